@@ -60,7 +60,12 @@ pub struct Message {
 impl Message {
     /// A message with a role and text and nothing else.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Message { role: Some(role), content: Some(content.into()), train: None, extra: Map::new() }
+        Message {
+            role: Some(role),
+            content: Some(content.into()),
+            train: None,
+            extra: Map::new(),
+        }
     }
 
     pub fn system(content: impl Into<String>) -> Self {
@@ -97,7 +102,10 @@ impl Message {
     pub fn from_json(value: &Value, context: &str) -> Result<Message> {
         let object = value.as_object().ok_or_else(|| Error::Message {
             context: context.to_owned(),
-            message: format!("expected a JSON object with `role` and `content`, found {}", json_kind(value)),
+            message: format!(
+                "expected a JSON object with `role` and `content`, found {}",
+                json_kind(value)
+            ),
         })?;
         let mut message = Message::default();
         for (key, field) in object {
@@ -133,7 +141,10 @@ impl Message {
                     other => {
                         return Err(Error::Message {
                             context: context.to_owned(),
-                            message: format!("`train` must be true or false, found {}", json_kind(other)),
+                            message: format!(
+                                "`train` must be true or false, found {}",
+                                json_kind(other)
+                            ),
                         });
                     }
                 },
@@ -196,7 +207,10 @@ pub struct Conversation {
 
 impl Conversation {
     pub fn new(messages: Vec<Message>) -> Self {
-        Conversation { messages, tools: None }
+        Conversation {
+            messages,
+            tools: None,
+        }
     }
 
     /// Reads a `messages` JSON array.
@@ -220,7 +234,8 @@ impl Conversation {
             Value::Object(object) => {
                 let messages = object.get("messages").ok_or_else(|| Error::Message {
                     context: context.to_owned(),
-                    message: "expected a `messages` array or an object with a `messages` key".to_owned(),
+                    message: "expected a `messages` array or an object with a `messages` key"
+                        .to_owned(),
                 })?;
                 let mut conversation = Conversation::from_json_messages(messages, context)?;
                 match object.get("tools") {
@@ -229,7 +244,10 @@ impl Conversation {
                     Some(other) => {
                         return Err(Error::Message {
                             context: context.to_owned(),
-                            message: format!("`tools` must be an array, found {}", json_kind(other)),
+                            message: format!(
+                                "`tools` must be an array, found {}",
+                                json_kind(other)
+                            ),
                         });
                     }
                 }
@@ -296,7 +314,9 @@ impl std::str::FromStr for TrainOn {
             "assistant" => Ok(TrainOn::Assistant),
             "all" => Ok(TrainOn::All),
             "last_assistant" => Ok(TrainOn::LastAssistant),
-            other => Err(format!("unknown training policy `{other}`: expected assistant, all or last_assistant")),
+            other => Err(format!(
+                "unknown training policy `{other}`: expected assistant, all or last_assistant"
+            )),
         }
     }
 }
@@ -308,7 +328,11 @@ mod tests {
 
     #[test]
     fn user_turns_are_not_trained_by_default() {
-        let messages = [Message::system("s"), Message::user("u"), Message::assistant("a")];
+        let messages = [
+            Message::system("s"),
+            Message::user("u"),
+            Message::assistant("a"),
+        ];
         assert_eq!(TrainOn::Assistant.trained(&messages), [false, false, true]);
         assert_eq!(TrainOn::All.trained(&messages), [true, true, true]);
     }
@@ -321,20 +345,29 @@ mod tests {
             Message::user("u2"),
             Message::assistant("a2"),
         ];
-        assert_eq!(TrainOn::LastAssistant.trained(&messages), [false, false, false, true]);
+        assert_eq!(
+            TrainOn::LastAssistant.trained(&messages),
+            [false, false, false, true]
+        );
     }
 
     #[test]
     fn a_message_train_flag_overrides_the_policy() {
-        let messages = [Message::user("u").with_train(true), Message::assistant("a").with_train(false)];
+        let messages = [
+            Message::user("u").with_train(true),
+            Message::assistant("a").with_train(false),
+        ];
         assert_eq!(TrainOn::Assistant.trained(&messages), [true, false]);
     }
 
     #[test]
     fn unknown_roles_are_rejected_with_context() {
-        let error = Message::from_json(&json!({"role": "robot", "content": "x"}), "f.jsonl:3: message 1")
-            .unwrap_err()
-            .to_string();
+        let error = Message::from_json(
+            &json!({"role": "robot", "content": "x"}),
+            "f.jsonl:3: message 1",
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             error,
             "f.jsonl:3: message 1: unknown role `robot`: expected one of system, user, assistant, tool"

@@ -56,7 +56,11 @@ fn write_repr(out: &mut String, value: &Value) {
 
 /// Python's string repr: single quotes unless the text has a single quote and no double quote.
 fn write_str_repr(out: &mut String, text: &str) {
-    let quote = if text.contains('\'') && !text.contains('"') { '"' } else { '\'' };
+    let quote = if text.contains('\'') && !text.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(quote);
     for ch in text.chars() {
         match ch {
@@ -95,7 +99,11 @@ fn py_float(float: f64) -> String {
         return "NaN".to_owned();
     }
     if float.is_infinite() {
-        return if float > 0.0 { "Infinity".to_owned() } else { "-Infinity".to_owned() };
+        return if float > 0.0 {
+            "Infinity".to_owned()
+        } else {
+            "-Infinity".to_owned()
+        };
     }
     if float == float.trunc() && float.abs() < 1e16 {
         return format!("{float:.1}");
@@ -129,7 +137,10 @@ pub fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
             Some(text) => Some(text.to_owned()),
             None => {
                 let width = i64::try_from(indent).map_err(|_| {
-                    Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string")
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: indent must be an integer or a string",
+                    )
                 })?;
                 Some(" ".repeat(width.max(0) as usize))
             }
@@ -137,8 +148,14 @@ pub fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     };
     let (item_separator, key_separator) = match separators {
         Some(separators) if !separators.is_none() => {
-            let item = separators.get_item_by_index(0).ok().and_then(|v| v.as_str().map(str::to_owned));
-            let key = separators.get_item_by_index(1).ok().and_then(|v| v.as_str().map(str::to_owned));
+            let item = separators
+                .get_item_by_index(0)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let key = separators
+                .get_item_by_index(1)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
             match (item, key) {
                 (Some(item), Some(key)) => (item, key),
                 _ => {
@@ -173,7 +190,12 @@ struct JsonOptions {
     key_separator: String,
 }
 
-fn write_json(out: &mut String, value: &Value, options: &JsonOptions, depth: usize) -> Result<(), Error> {
+fn write_json(
+    out: &mut String,
+    value: &Value,
+    options: &JsonOptions,
+    depth: usize,
+) -> Result<(), Error> {
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -181,7 +203,11 @@ fn write_json(out: &mut String, value: &Value, options: &JsonOptions, depth: usi
             let number = py_number(value);
             out.push_str(&number);
         }
-        ValueKind::String => write_json_string(out, value.as_str().unwrap_or_default(), options.ensure_ascii),
+        ValueKind::String => write_json_string(
+            out,
+            value.as_str().unwrap_or_default(),
+            options.ensure_ascii,
+        ),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = value.try_iter()?.collect();
             write_container(out, '[', ']', items.len(), options, depth, |out, index| {
@@ -286,16 +312,23 @@ pub fn strftime_now(state: &State, format: &str) -> Result<Value, Error> {
             format!("strftime_now: invalid format string {format:?}"),
         ));
     }
-    let pinned = state.lookup(NOW_VARIABLE).and_then(|value| value.as_str().map(str::to_owned));
+    let pinned = state
+        .lookup(NOW_VARIABLE)
+        .and_then(|value| value.as_str().map(str::to_owned));
     let now = match pinned {
         Some(text) => chrono::DateTime::parse_from_rfc3339(&text)
             .map_err(|error| {
-                Error::new(ErrorKind::InvalidOperation, format!("strftime_now: bad pinned time {text:?}: {error}"))
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("strftime_now: bad pinned time {text:?}: {error}"),
+                )
             })?
             .naive_local(),
         None => chrono::Local::now().naive_local(),
     };
-    Ok(Value::from(now.format_with_items(items.into_iter()).to_string()))
+    Ok(Value::from(
+        now.format_with_items(items.into_iter()).to_string(),
+    ))
 }
 
 #[cfg(test)]
@@ -310,18 +343,29 @@ mod tests {
     #[test]
     fn values_print_as_python_prints_them() {
         let ctx = minijinja::context! { t => true, n => (), l => vec![Value::from("a'b"), Value::from(1), Value::from(2.5)] };
-        assert_eq!(render("{{ t }} {{ n }} {{ l }} {{ t | string }}", ctx), "True None [\"a'b\", 1, 2.5] True");
+        assert_eq!(
+            render("{{ t }} {{ n }} {{ l }} {{ t | string }}", ctx),
+            "True None [\"a'b\", 1, 2.5] True"
+        );
     }
 
     #[test]
     fn tojson_is_python_json_dumps() {
-        let data: Value = Value::from_serialize(serde_json::json!({"b": [1, 2.0, "é<"], "a": {"x": null, "y": false}}));
+        let data: Value = Value::from_serialize(
+            serde_json::json!({"b": [1, 2.0, "é<"], "a": {"x": null, "y": false}}),
+        );
         assert_eq!(
-            render("{{ d | tojson }}", minijinja::context! { d => data.clone() }),
+            render(
+                "{{ d | tojson }}",
+                minijinja::context! { d => data.clone() }
+            ),
             r#"{"b": [1, 2.0, "é<"], "a": {"x": null, "y": false}}"#
         );
         assert_eq!(
-            render("{{ d | tojson(indent=2, sort_keys=true) }}", minijinja::context! { d => data }),
+            render(
+                "{{ d | tojson(indent=2, sort_keys=true) }}",
+                minijinja::context! { d => data }
+            ),
             "{\n  \"a\": {\n    \"x\": null,\n    \"y\": false\n  },\n  \"b\": [\n    1,\n    2.0,\n    \"é<\"\n  ]\n}"
         );
     }
@@ -336,7 +380,10 @@ mod tests {
     #[test]
     fn strftime_now_can_be_pinned_and_rejects_bad_formats() {
         let ctx = minijinja::context! { __temper_now => "2024-07-26T10:00:00+00:00" };
-        assert_eq!(render("{{ strftime_now('%d %b %Y') }}", ctx.clone()), "26 Jul 2024");
+        assert_eq!(
+            render("{{ strftime_now('%d %b %Y') }}", ctx.clone()),
+            "26 Jul 2024"
+        );
         let env = crate::template::environment();
         assert!(env.render_str("{{ strftime_now('%Q') }}", ctx).is_err());
     }

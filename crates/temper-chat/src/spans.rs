@@ -46,7 +46,10 @@ pub struct Rendered {
 impl Rendered {
     /// The byte ranges whose tokens get loss.
     pub fn trained_ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-        self.spans.iter().filter(|span| span.trained).map(|span| span.start..span.end)
+        self.spans
+            .iter()
+            .filter(|span| span.trained)
+            .map(|span| span.start..span.end)
     }
 }
 
@@ -62,14 +65,17 @@ pub struct Span {
 }
 
 /// Text with sentinels removed, and where `{% generation %}` output was.
-struct Clean {
-    text: String,
-    generation: Vec<(usize, usize)>,
+pub(crate) struct Clean {
+    pub(crate) text: String,
+    pub(crate) generation: Vec<(usize, usize)>,
 }
 
-fn strip_generation_marks(raw: &str) -> Clean {
+pub(crate) fn strip_generation_marks(raw: &str) -> Clean {
     if !raw.contains([GENERATION_START, GENERATION_END]) {
-        return Clean { text: raw.to_owned(), generation: Vec::new() };
+        return Clean {
+            text: raw.to_owned(),
+            generation: Vec::new(),
+        };
     }
     let mut text = String::with_capacity(raw.len());
     let mut generation = Vec::new();
@@ -126,6 +132,10 @@ fn common_prefix(a: &str, b: &str) -> usize {
     len
 }
 
+/// Stands in for an assistant message's content while its rendered position is located. A
+/// noncharacter, so it cannot occur in real text (messages containing one are refused).
+const CONTENT_SENTINEL: char = '\u{FDD4}';
+
 pub(crate) fn render_with_spans(
     template: &ChatTemplate,
     conversation: &Conversation,
@@ -133,67 +143,109 @@ pub(crate) fn render_with_spans(
     train_on: TrainOn,
 ) -> Result<Rendered> {
     let messages = template_messages(&conversation.messages)?;
-    let agp = options.add_generation_prompt;
-    let render = |count: usize, add_generation_prompt: bool| -> Result<Clean> {
-        template
-            .render_raw(&messages[..count], conversation, add_generation_prompt, options)
-            .map(|raw| strip_generation_marks(&raw))
-    };
-    let full = render(messages.len(), agp)?;
     let n = messages.len();
+    let agp = options.add_generation_prompt;
+    let render_values =
+        |values: &[minijinja::Value], add_generation_prompt: bool| -> Result<Clean> {
+            template
+                .render_raw(values, conversation, add_generation_prompt, options)
+                .map(|raw| strip_generation_marks(&raw))
+        };
+    let render = |count: usize, add_generation_prompt: bool| {
+        render_values(&messages[..count], add_generation_prompt)
+    };
+    let full = render(n, agp)?;
+    let trained = train_on.trained(&conversation.messages);
 
-    // Message boundaries in sentinel coordinates: message i covers starts[i]..ends[i].
-    let mut ends = Vec::with_capacity(n);
+    // Where each message's text stops agreeing with the full render when it is rendered as the
+    // last message. Exact for most templates; early for templates that render the last turn
+    // differently (Qwen3's think tags, gpt-oss' <|return|>), which the trained ranges below fix.
+    let mut agreed_ends = Vec::with_capacity(n);
     for i in 0..n {
-        // With a generation prompt, the last message ends where the render without it stops
-        // agreeing, so the prompt belongs to no message.
+        let previous = agreed_ends.last().copied().unwrap_or(0);
         let end = if i + 1 == n && !agp {
             full.text.len()
         } else {
-            let prefix = render(i + 1, false).map_err(|error| span_error(template, i, error))?;
-            common_prefix(&full.text, &prefix.text)
+            match render(i + 1, false) {
+                Ok(prefix) => common_prefix(&full.text, &prefix.text),
+                // Some templates refuse a conversation that is only a system message ("No user
+                // query found"). An untrained message is then merged into the next one's span;
+                // a trained one cannot be located and is an error.
+                Err(_) if !trained[i] => previous,
+                Err(error) => return Err(span_error(template, i, error)),
+            }
         };
-        let previous = ends.last().copied().unwrap_or(0);
-        ends.push(end.max(previous));
+        agreed_ends.push(end.max(previous));
     }
-    let trained = train_on.trained(&conversation.messages);
 
+    // The trained byte ranges of each trained assistant message.
+    let mut answers: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
+    let is_trained_answer =
+        |i: usize| trained[i] && conversation.messages[i].role() == Role::Assistant;
+    if template.has_generation_blocks() {
+        // Each `{% generation %}` range belongs to the last assistant message that starts before it.
+        for &(g_start, g_end) in &full.generation {
+            let owner = (0..n)
+                .filter(|&i| conversation.messages[i].role() == Role::Assistant)
+                .take_while(|&i| i == 0 || agreed_ends[i - 1] <= g_start)
+                .last();
+            if let Some(owner) = owner.filter(|&i| trained[i]) {
+                answers[owner].push((g_start, g_end));
+            }
+        }
+    } else {
+        for i in (0..n).filter(|&i| is_trained_answer(i)) {
+            let located = locate_answer(template, conversation, options, &full, i, &render_values)?;
+            answers[i].push(match located {
+                Some(range) => range,
+                None => {
+                    // The template looks at the content itself (or there is none): fall back to
+                    // "after the generation prompt's header, up to where the texts disagree".
+                    let start = if i == 0 { 0 } else { agreed_ends[i - 1] };
+                    let header_end = match render(i, true) {
+                        Ok(prompt) => {
+                            common_prefix(&full.text, &prompt.text).clamp(start, agreed_ends[i])
+                        }
+                        Err(_) if i == 0 => start,
+                        Err(error) => return Err(span_error(template, i, error)),
+                    };
+                    (header_end, agreed_ends[i])
+                }
+            });
+        }
+    }
+
+    // Tile the text: message i covers cursor..end, its trained ranges inside, the rest untrained.
     let mut spans = Vec::with_capacity(2 * n);
     let mut push = |message: usize, role: Role, start: usize, end: usize, trained: bool| {
         if end > start {
-            spans.push(Span { message, role, start, end, trained });
+            spans.push(Span {
+                message,
+                role,
+                start,
+                end,
+                trained,
+            });
         }
     };
+    let mut cursor = 0;
     for (i, message) in conversation.messages.iter().enumerate() {
         let role = message.role();
-        let start = if i == 0 { 0 } else { ends[i - 1] };
-        let end = ends[i];
-        if !(trained[i] && role == Role::Assistant) {
-            push(i, role, start, end, trained[i]);
-            continue;
-        }
-        if template.has_generation_blocks() {
-            let mut cursor = start;
-            for &(g_start, g_end) in &full.generation {
-                let (g_start, g_end) = (g_start.max(start), g_end.min(end));
-                if g_start >= g_end {
-                    continue;
-                }
-                push(i, role, cursor, g_start, false);
-                push(i, role, g_start, g_end, true);
-                cursor = g_end;
-            }
-            push(i, role, cursor, end, false);
+        let answer_end = answers[i].iter().map(|&(_, end)| end).max().unwrap_or(0);
+        let end = agreed_ends[i].max(answer_end).max(cursor);
+        if !is_trained_answer(i) {
+            push(i, role, cursor, end, trained[i]);
         } else {
-            let header_end = match render(i, true) {
-                Ok(prompt) => common_prefix(&full.text, &prompt.text).clamp(start, end),
-                // A template may refuse a conversation that does not start with a user turn.
-                Err(_) if i == 0 => start,
-                Err(error) => return Err(span_error(template, i, error)),
-            };
-            push(i, role, start, header_end, false);
-            push(i, role, header_end, end, true);
+            let mut inner = cursor;
+            for &(a_start, a_end) in &answers[i] {
+                let a_start = a_start.max(inner);
+                push(i, role, inner, a_start, false);
+                push(i, role, a_start, a_end, true);
+                inner = inner.max(a_end);
+            }
+            push(i, role, inner, end, false);
         }
+        cursor = end;
     }
 
     let (text, offsets) = finalize(&full.text, template.bos_token(), template.eos_token());
@@ -202,6 +254,84 @@ pub(crate) fn render_with_spans(
         span.end = offsets[span.end];
     }
     Ok(Rendered { text, spans })
+}
+
+/// Finds assistant message `i`'s answer in the full render: its content plus the end-of-turn
+/// text that follows it. The content is located by rendering once more with the content
+/// replaced by a sentinel; the end-of-turn text is what follows the content both in the full
+/// render and when the message is rendered as the last one. Returns `None` when the template
+/// does not render the content verbatim and exactly once.
+fn locate_answer(
+    template: &ChatTemplate,
+    conversation: &Conversation,
+    options: &RenderOptions,
+    full: &Clean,
+    i: usize,
+    render_values: &dyn Fn(&[minijinja::Value], bool) -> Result<Clean>,
+) -> Result<Option<(usize, usize)>> {
+    let n = conversation.messages.len();
+    if conversation.messages[i]
+        .content
+        .as_deref()
+        .is_none_or(str::is_empty)
+    {
+        return Ok(None);
+    }
+    let mut probe = conversation.messages.clone();
+    probe[i].content = Some(CONTENT_SENTINEL.to_string());
+    let values: Vec<minijinja::Value> = probe
+        .iter()
+        .map(|m| minijinja::Value::from_serialize(m.to_template_json()))
+        .collect();
+    let find_once = |text: &str| -> Option<usize> {
+        let at = text.find(CONTENT_SENTINEL)?;
+        (text[at + CONTENT_SENTINEL.len_utf8()..]
+            .find(CONTENT_SENTINEL)
+            .is_none())
+        .then_some(at)
+    };
+    let Ok(probe_full) = render_values(&values, options.add_generation_prompt) else {
+        return Ok(None);
+    };
+    let Some(at) = find_once(&probe_full.text) else {
+        return Ok(None);
+    };
+    let after = at + CONTENT_SENTINEL.len_utf8();
+    let (prefix, suffix) = (&probe_full.text[..at], &probe_full.text[after..]);
+    if prefix.len() + suffix.len() > full.text.len()
+        || !full.text.starts_with(prefix)
+        || !full.text.ends_with(suffix)
+    {
+        return Ok(None);
+    }
+    let (content_start, content_end) = (prefix.len(), full.text.len() - suffix.len());
+    if i + 1 == n && !options.add_generation_prompt {
+        // Everything after the last message's content is its end-of-turn text.
+        return Ok(Some((content_start, full.text.len())));
+    }
+    let as_last = match render_values(&values[..=i], false) {
+        Ok(as_last) => as_last,
+        Err(error) => return Err(span_error(template, i, error)),
+    };
+    let Some(at_last) = find_once(&as_last.text) else {
+        return Ok(None);
+    };
+    let tail = &full.text[content_end..];
+    let tail_as_last = &as_last.text[at_last + CONTENT_SENTINEL.len_utf8()..];
+    let mut end_of_turn = common_prefix(tail, tail_as_last);
+    if end_of_turn < tail_as_last.len() {
+        // The texts diverge inside the end-of-turn text, e.g. gpt-oss ends a middle turn with
+        // `<|end|>` and the last one with `<|return|>`: they agree on `<|`, which is no token of
+        // its own. Never end inside an unclosed `<...>`.
+        let agreed = &tail[..end_of_turn];
+        if let Some(open) = agreed
+            .rfind('<')
+            .filter(|&open| !agreed[open..].contains('>'))
+        {
+            end_of_turn = open;
+        }
+    }
+    Ok(Some((content_start, content_end + end_of_turn)))
 }
 
 fn span_error(template: &ChatTemplate, index: usize, error: Error) -> Error {
@@ -222,18 +352,33 @@ mod tests {
 
     /// Renders and shows the text with each span bracketed: `[role+|...|]` for trained spans,
     /// `[role|...|]` for the others.
-    fn check(template: &str, messages: Vec<Message>, agp: bool, train_on: TrainOn, expected: Expect) {
+    fn check(
+        template: &str,
+        messages: Vec<Message>,
+        agp: bool,
+        train_on: TrainOn,
+        expected: Expect,
+    ) {
         let template = ChatTemplate::builtin(template)
             .unwrap()
             .with_special_tokens(Some("<s>".into()), Some("</s>".into()));
-        let options = RenderOptions { add_generation_prompt: agp, ..Default::default() };
-        let rendered = template.render(&Conversation::new(messages), &options, train_on).unwrap();
+        let options = RenderOptions {
+            add_generation_prompt: agp,
+            ..Default::default()
+        };
+        let rendered = template
+            .render(&Conversation::new(messages), &options, train_on)
+            .unwrap();
         let mut shown = String::new();
         let mut cursor = 0;
         for span in &rendered.spans {
             shown.push_str(&rendered.text[cursor..span.start]);
             let mark = if span.trained { "+" } else { "" };
-            shown.push_str(&format!("[{}{mark}|{}|]", span.role, &rendered.text[span.start..span.end]));
+            shown.push_str(&format!(
+                "[{}{mark}|{}|]",
+                span.role,
+                &rendered.text[span.start..span.end]
+            ));
             cursor = span.end;
         }
         shown.push_str(&rendered.text[cursor..]);
@@ -276,7 +421,11 @@ mod tests {
     fn the_generation_prompt_is_not_part_of_any_message() {
         check(
             "llama3",
-            vec![Message::user("Hi"), Message::assistant("Hello!"), Message::user("Bye")],
+            vec![
+                Message::user("Hi"),
+                Message::assistant("Hello!"),
+                Message::user("Bye"),
+            ],
             true,
             TrainOn::Assistant,
             expect![[r#"
@@ -297,7 +446,12 @@ mod tests {
         // phi3 appends eos_token after the last message only; earlier turns end at <|end|>\n.
         check(
             "phi3",
-            vec![Message::user("Hi"), Message::assistant("Hello!"), Message::user("Bye"), Message::assistant("Ciao")],
+            vec![
+                Message::user("Hi"),
+                Message::assistant("Hello!"),
+                Message::user("Bye"),
+                Message::assistant("Ciao"),
+            ],
             false,
             TrainOn::Assistant,
             expect![[r#"
@@ -318,7 +472,9 @@ mod tests {
         check(
             "alpaca",
             vec![
-                Message::user("Translate.\n\nBonjour").with_extra("instruction", "Translate.").with_extra("input", "Bonjour"),
+                Message::user("Translate.\n\nBonjour")
+                    .with_extra("instruction", "Translate.")
+                    .with_extra("input", "Bonjour"),
                 Message::assistant("Hello"),
             ],
             false,
@@ -339,7 +495,12 @@ mod tests {
     fn last_assistant_policy_trains_one_turn() {
         check(
             "zephyr",
-            vec![Message::user("a"), Message::assistant("b"), Message::user("c"), Message::assistant("d")],
+            vec![
+                Message::user("a"),
+                Message::assistant("b"),
+                Message::user("c"),
+                Message::assistant("d"),
+            ],
             false,
             TrainOn::LastAssistant,
             expect![[r#"
@@ -359,7 +520,9 @@ mod tests {
     fn sentinel_code_points_in_messages_are_refused() {
         let template = ChatTemplate::builtin("chatml").unwrap();
         let conversation = Conversation::new(vec![Message::user("a\u{FDD1}b")]);
-        let error = template.render(&conversation, &RenderOptions::default(), TrainOn::All).unwrap_err();
+        let error = template
+            .render(&conversation, &RenderOptions::default(), TrainOn::All)
+            .unwrap_err();
         assert!(error.to_string().contains("U+FDD1"), "{error}");
     }
 }

@@ -51,14 +51,28 @@ pub fn environment() -> Environment<'static> {
         out.write_str(&python::py_str(value))?;
         Ok(())
     });
+    // jinja2: `none is iterable` is false; minijinja says true for none and undefined.
+    env.add_test("iterable", |value: Value| {
+        !matches!(
+            value.kind(),
+            minijinja::value::ValueKind::None | minijinja::value::ValueKind::Undefined
+        ) && value.try_iter().is_ok()
+    });
     env.add_filter("tojson", python::tojson);
     env.add_filter("string", |value: Value| python::py_str(&value));
-    env.add_function("raise_exception", |message: String| -> std::result::Result<Value, minijinja::Error> {
-        Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("{RAISED_PREFIX}{message}")))
-    });
-    env.add_function("strftime_now", |state: &minijinja::State, format: String| {
-        python::strftime_now(state, &format)
-    });
+    env.add_function(
+        "raise_exception",
+        |message: String| -> std::result::Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("{RAISED_PREFIX}{message}"),
+            ))
+        },
+    );
+    env.add_function(
+        "strftime_now",
+        |state: &minijinja::State, format: String| python::strftime_now(state, &format),
+    );
     env.add_filter(GENERATION_FILTER, |body: String| {
         format!("{GENERATION_START}{body}{GENERATION_END}")
     });
@@ -90,11 +104,23 @@ impl ChatTemplate {
     pub fn from_source(name: impl Into<String>, source: impl Into<String>) -> Result<ChatTemplate> {
         let name = name.into();
         let source = source.into();
-        let (rewritten, has_generation_blocks) = rewrite_generation_blocks(&source);
+        // jinja2 turns every newline of the template source ("\r\n", "\r") into "\n".
+        let normalized = source.replace("\r\n", "\n").replace('\r', "\n");
+        let (rewritten, has_generation_blocks) = rewrite_generation_blocks(&normalized);
         let mut env = environment();
         env.add_template_owned(TEMPLATE_NAME, rewritten)
-            .map_err(|error| Error::Syntax { template: name.clone(), message: describe(&error) })?;
-        Ok(ChatTemplate { name, source, env, has_generation_blocks, bos_token: None, eos_token: None })
+            .map_err(|error| Error::Syntax {
+                template: name.clone(),
+                message: describe(&error),
+            })?;
+        Ok(ChatTemplate {
+            name,
+            source,
+            env,
+            has_generation_blocks,
+            bos_token: None,
+            eos_token: None,
+        })
     }
 
     /// One of [`BUILTIN_TEMPLATES`].
@@ -123,8 +149,10 @@ impl ChatTemplate {
         if path.extension().is_some_and(|ext| ext == "json") {
             return ChatTemplate::from_tokenizer_config(path, selector);
         }
-        let source = std::fs::read_to_string(path)
-            .map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        let source = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         ChatTemplate::from_source(path.display().to_string(), source)
     }
 
@@ -132,8 +160,14 @@ impl ChatTemplate {
     /// tokens from a Hugging Face `tokenizer_config.json`. With a list, `selector` picks a
     /// name; without one the template named `default` is used.
     pub fn from_tokenizer_config(path: &Path, selector: Option<&str>) -> Result<ChatTemplate> {
-        let config_error = |message: String| Error::TokenizerConfig { path: path.to_owned(), message };
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        let config_error = |message: String| Error::TokenizerConfig {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         let config: serde_json::Value = serde_json::from_str(&text).map_err(|error| {
             config_error(format!("line {}: invalid JSON: {error}", error.line()))
         })?;
@@ -167,7 +201,10 @@ impl ChatTemplate {
                     }
                 }
                 found.ok_or_else(|| {
-                    config_error(format!("no chat template named `{wanted}`; it has: {}", names.join(", ")))
+                    config_error(format!(
+                        "no chat template named `{wanted}`; it has: {}",
+                        names.join(", ")
+                    ))
                 })?
             }
             Some(other) => {
@@ -188,7 +225,11 @@ impl ChatTemplate {
     }
 
     /// Sets the strings passed as `bos_token` and `eos_token`.
-    pub fn with_special_tokens(mut self, bos_token: Option<String>, eos_token: Option<String>) -> Self {
+    pub fn with_special_tokens(
+        mut self,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Self {
         self.bos_token = bos_token;
         self.eos_token = eos_token;
         self
@@ -217,10 +258,20 @@ impl ChatTemplate {
     }
 
     /// Renders the conversation to text, exactly as `apply_chat_template(tokenize=False)`.
-    pub fn render_text(&self, conversation: &Conversation, options: &RenderOptions) -> Result<String> {
+    pub fn render_text(
+        &self,
+        conversation: &Conversation,
+        options: &RenderOptions,
+    ) -> Result<String> {
         let messages = template_messages(&conversation.messages)?;
-        let raw = self.render_raw(&messages, conversation, options.add_generation_prompt, options)?;
-        Ok(spans::finalize(&raw, self.bos_token(), self.eos_token()).0)
+        let raw = self.render_raw(
+            &messages,
+            conversation,
+            options.add_generation_prompt,
+            options,
+        )?;
+        let clean = spans::strip_generation_marks(&raw);
+        Ok(spans::finalize(&clean.text, self.bos_token(), self.eos_token()).0)
     }
 
     /// Renders the conversation and locates the bytes each message produced.
@@ -243,10 +294,13 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         options: &RenderOptions,
     ) -> Result<String> {
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(|error| Error::Render {
-            template: self.name.clone(),
-            message: describe(&error),
-        })?;
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|error| Error::Render {
+                template: self.name.clone(),
+                message: describe(&error),
+            })?;
         let mut context: Vec<(String, Value)> = Vec::with_capacity(8 + options.extra.len());
         for (key, value) in &options.extra {
             context.push((key.clone(), Value::from_serialize(value)));
@@ -260,22 +314,42 @@ impl ChatTemplate {
             },
         ));
         context.push(("documents".to_owned(), Value::from(())));
-        context.push(("add_generation_prompt".to_owned(), Value::from(add_generation_prompt)));
+        context.push((
+            "add_generation_prompt".to_owned(),
+            Value::from(add_generation_prompt),
+        ));
         if self.bos_token.is_some() {
-            context.push(("bos_token".to_owned(), Value::from(BOS_SENTINEL.to_string())));
+            context.push((
+                "bos_token".to_owned(),
+                Value::from(BOS_SENTINEL.to_string()),
+            ));
         }
         if self.eos_token.is_some() {
-            context.push(("eos_token".to_owned(), Value::from(EOS_SENTINEL.to_string())));
+            context.push((
+                "eos_token".to_owned(),
+                Value::from(EOS_SENTINEL.to_string()),
+            ));
         }
         let context: Value = context.into_iter().collect();
-        template.render(context).map_err(|error| self.render_error(&error))
+        template
+            .render(context)
+            .map_err(|error| self.render_error(&error))
     }
 
     fn render_error(&self, error: &minijinja::Error) -> Error {
-        if let Some(message) = error.detail().and_then(|detail| detail.strip_prefix(RAISED_PREFIX)) {
-            return Error::Raised { template: self.name.clone(), message: message.to_owned() };
+        if let Some(message) = error
+            .detail()
+            .and_then(|detail| detail.strip_prefix(RAISED_PREFIX))
+        {
+            return Error::Raised {
+                template: self.name.clone(),
+                message: message.to_owned(),
+            };
         }
-        Error::Render { template: self.name.clone(), message: describe(error) }
+        Error::Render {
+            template: self.name.clone(),
+            message: describe(error),
+        }
     }
 }
 
@@ -295,13 +369,20 @@ pub(crate) fn template_messages(messages: &[Message]) -> Result<Vec<Value>> {
 fn check_reserved(value: &serde_json::Value, index: usize) -> Result<()> {
     match value {
         serde_json::Value::String(text) => {
-            match text.chars().find(|c| ('\u{FDD0}'..='\u{FDD3}').contains(c)) {
-                Some(c) => Err(Error::ReservedCodePoint { index, code_point: c as u32 }),
+            match text.chars().find(|c| ('\u{FDD0}'..='\u{FDD4}').contains(c)) {
+                Some(c) => Err(Error::ReservedCodePoint {
+                    index,
+                    code_point: c as u32,
+                }),
                 None => Ok(()),
             }
         }
-        serde_json::Value::Array(items) => items.iter().try_for_each(|item| check_reserved(item, index)),
-        serde_json::Value::Object(object) => object.values().try_for_each(|item| check_reserved(item, index)),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .try_for_each(|item| check_reserved(item, index)),
+        serde_json::Value::Object(object) => object
+            .values()
+            .try_for_each(|item| check_reserved(item, index)),
         _ => Ok(()),
     }
 }
@@ -312,12 +393,19 @@ fn check_reserved(value: &serde_json::Value, index: usize) -> Result<()> {
 fn rewrite_generation_blocks(source: &str) -> (String, bool) {
     static START: OnceLock<regex_lite::Regex> = OnceLock::new();
     static END: OnceLock<regex_lite::Regex> = OnceLock::new();
-    let start = START.get_or_init(|| regex_lite::Regex::new(r"\{%([-+]?)\s*generation\s*([-+]?)%\}").expect("valid regex"));
-    let end = END.get_or_init(|| regex_lite::Regex::new(r"\{%([-+]?)\s*endgeneration\s*([-+]?)%\}").expect("valid regex"));
+    let start = START.get_or_init(|| {
+        regex_lite::Regex::new(r"\{%([-+]?)\s*generation\s*([-+]?)%\}").expect("valid regex")
+    });
+    let end = END.get_or_init(|| {
+        regex_lite::Regex::new(r"\{%([-+]?)\s*endgeneration\s*([-+]?)%\}").expect("valid regex")
+    });
     if !start.is_match(source) {
         return (source.to_owned(), false);
     }
-    let rewritten = start.replace_all(source, format!("{{%${{1}} filter {GENERATION_FILTER} ${{2}}%}}").as_str());
+    let rewritten = start.replace_all(
+        source,
+        format!("{{%${{1}} filter {GENERATION_FILTER} ${{2}}%}}").as_str(),
+    );
     let rewritten = end.replace_all(&rewritten, "{%${1} endfilter ${2}%}");
     (rewritten.into_owned(), true)
 }
@@ -334,7 +422,11 @@ fn special_token(config: &serde_json::Value, key: &str) -> Option<String> {
 fn unknown_template(name: &str) -> Error {
     Error::UnknownTemplate {
         name: name.to_owned(),
-        builtins: BUILTIN_TEMPLATES.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", "),
+        builtins: BUILTIN_TEMPLATES
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 
