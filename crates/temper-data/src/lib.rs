@@ -1,1 +1,30 @@
+//! The SFT data pipeline: dataset files in, token ids and loss masks out.
+//!
+//! ```text
+//! JSONL / JSON file --records--> Sample (alpaca, messages, sharegpt, prompt/completion, text)
+//!   --example--> rendered text + trained byte spans (temper-chat) --tokenize--> ids + loss mask
+//!   --truncate--> --pack--> rows with restarting position ids --collate--> Batch
+//! ```
+//!
+//! Everything here is plain data (`Vec<u32>`, `Vec<bool>`): this crate has no dependency on
+//! burn and knows nothing of models or tensors. It also does not download anything: tokenizers
+//! are `tokenizer.json` files on disk. Bad input never panics: each unusable record is an
+//! [`Error::Record`] naming `FILE:LINE`, which `on_error = "skip"` turns into a count.
 
+mod error;
+pub mod example;
+pub mod pack;
+pub mod pipeline;
+pub mod records;
+pub mod report;
+pub mod shuffle;
+pub mod tokenize;
+
+pub use error::{Error, Problem, Result};
+pub use example::{Example, Truncation, truncate};
+pub use pack::{Batch, Pack, collate, pack, packing_efficiency};
+pub use pipeline::{DataConfig, Prepared, prepare};
+pub use records::{FieldNames, Format, OnError, ReadOptions, Record, Sample, read_file};
+pub use report::QualityReport;
+pub use shuffle::{Sampler, SamplerState, epoch_order};
+pub use tokenize::{SpecialTokenNames, Tokenizer};

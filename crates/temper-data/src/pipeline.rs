@@ -1,0 +1,248 @@
+//! The whole data pipeline of one file: read, render, tokenize, mask, truncate, pack.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use temper_chat::{ChatTemplate, TrainOn};
+
+use crate::error::{Error, Problem, Result};
+use crate::example::{Example, Truncation, encode_record, truncate};
+use crate::pack::{Pack, pack};
+use crate::records::{
+    FieldNames, Format, OnError, ReadOptions, ReadOutcome, Record, Sample, read_file,
+};
+use crate::tokenize::Tokenizer;
+
+/// The `[data]` section of a run configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// The records' format; detected from the first record when absent.
+    pub format: Option<Format>,
+    /// JSON key names, for datasets that use other names.
+    pub fields: FieldNames,
+    /// A built-in template name, a `.jinja` file or a `tokenizer_config.json`. Defaults to
+    /// `alpaca` for alpaca records, else the `tokenizer_config.json` beside the tokenizer.
+    pub template: Option<String>,
+    /// Which messages are trained: `assistant` (default), `all` or `last_assistant`.
+    pub train_on: TrainOn,
+    /// The longest example (or packed row), in tokens.
+    pub max_length: usize,
+    /// What happens to longer examples.
+    pub truncation: Truncation,
+    /// Pack examples into rows of `max_length` (best-fit decreasing) instead of padding them.
+    pub packing: bool,
+    /// Round padded rows up to a multiple of this.
+    pub pad_to_multiple_of: Option<usize>,
+    /// `fail` on the first bad record (default) or `skip` and count it.
+    pub on_error: OnError,
+    /// Special tokens, when the tokenizer files do not say.
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub pad_token: Option<String>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            format: None,
+            fields: FieldNames::default(),
+            template: None,
+            train_on: TrainOn::Assistant,
+            max_length: 1024,
+            truncation: Truncation::KeepStart,
+            packing: false,
+            pad_to_multiple_of: None,
+            on_error: OnError::Fail,
+            bos_token: None,
+            eos_token: None,
+            pad_token: None,
+        }
+    }
+}
+
+impl DataConfig {
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_length < 2 {
+            return Err(Error::Config {
+                key: "data.max_length".into(),
+                message: format!("must be at least 2, got {}", self.max_length),
+            });
+        }
+        if self.pad_to_multiple_of == Some(0) {
+            return Err(Error::Config {
+                key: "data.pad_to_multiple_of".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn special_token_names(&self) -> crate::tokenize::SpecialTokenNames {
+        crate::tokenize::SpecialTokenNames {
+            bos: self.bos_token.clone(),
+            eos: self.eos_token.clone(),
+            pad: self.pad_token.clone(),
+        }
+    }
+}
+
+/// A prepared dataset: every usable record, its example, and the rows to train on.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub path: PathBuf,
+    /// Records that rendered and tokenized (parallel to `untruncated`).
+    pub records: Vec<Record>,
+    /// Examples before truncation, parallel to `records`.
+    pub untruncated: Vec<Example>,
+    /// Examples that survived truncation (what training sees).
+    pub examples: Vec<Example>,
+    /// Rows: packs of several examples, or one example each.
+    pub rows: Vec<Pack>,
+    /// Records and examples that were dropped, by reason.
+    pub skipped: BTreeMap<Problem, usize>,
+    pub first_skips: BTreeMap<Problem, String>,
+    pub max_length: usize,
+    pub packing: bool,
+    /// The name of the template used, if any.
+    pub template: Option<String>,
+}
+
+impl Prepared {
+    pub fn total_tokens(&self) -> usize {
+        self.examples.iter().map(Example::len).sum()
+    }
+
+    pub fn trained_tokens(&self) -> usize {
+        self.examples.iter().map(Example::trained_tokens).sum()
+    }
+
+    /// Non-padding fraction of the rows at `max_length`.
+    pub fn packing_efficiency(&self) -> f64 {
+        crate::pack::packing_efficiency(&self.rows, self.max_length)
+    }
+}
+
+/// Picks the chat template for a file (see [`DataConfig::template`]).
+pub fn resolve_template(
+    config: &DataConfig,
+    tokenizer: &Tokenizer,
+    records: &[Record],
+) -> Result<Option<ChatTemplate>> {
+    let needs_template = records.iter().any(|r| matches!(r.sample, Sample::Chat(_)));
+    let spec = match &config.template {
+        Some(spec) => spec.clone(),
+        None if !needs_template => return Ok(None),
+        None if records.iter().all(|r| r.format == Format::Alpaca) => "alpaca".to_owned(),
+        None => {
+            let beside = tokenizer
+                .path()
+                .parent()
+                .map(|dir| dir.join("tokenizer_config.json"));
+            match beside.filter(|path| path.is_file()) {
+                Some(path) => path.display().to_string(),
+                None => {
+                    return Err(Error::Config {
+                        key: "data.template".into(),
+                        message: format!(
+                            "chat records need a chat template and there is no tokenizer_config.json beside {}: pass one of {} or a .jinja file",
+                            tokenizer.path().display(),
+                            temper_chat::BUILTIN_TEMPLATES
+                                .iter()
+                                .map(|(n, _)| *n)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+    };
+    let template = ChatTemplate::load(&spec)?.with_special_tokens(
+        tokenizer.bos.as_ref().map(|t| t.text.clone()),
+        Some(tokenizer.eos.text.clone()),
+    );
+    Ok(Some(template))
+}
+
+/// Reads, renders, tokenizes (in parallel), truncates and packs one file.
+pub fn prepare(path: &Path, tokenizer: &Tokenizer, config: &DataConfig) -> Result<Prepared> {
+    config.validate()?;
+    let read = read_file(
+        path,
+        &ReadOptions {
+            format: config.format,
+            fields: config.fields.clone(),
+            on_error: config.on_error,
+        },
+    )?;
+    let (read_records, mut outcome) = (
+        read.records,
+        ReadOutcome {
+            records: Vec::new(),
+            ..read
+        },
+    );
+    let template = resolve_template(config, tokenizer, &read_records)?;
+    let encoded: Vec<Result<Example>> = read_records
+        .par_iter()
+        .map(|record| encode_record(record, template.as_ref(), config.train_on, tokenizer, path))
+        .collect();
+
+    let mut records = Vec::with_capacity(encoded.len());
+    let mut untruncated = Vec::with_capacity(encoded.len());
+    let mut examples = Vec::with_capacity(encoded.len());
+    for (record, example) in read_records.into_iter().zip(encoded) {
+        let example = match example {
+            Ok(example) => example,
+            Err(error) => {
+                outcome.skip_or_fail(error, config.on_error)?;
+                continue;
+            }
+        };
+        match truncate(example.clone(), config.max_length, config.truncation) {
+            Ok(kept) => examples.push(kept),
+            Err((problem, message)) => {
+                let error = Error::Record {
+                    path: path.to_owned(),
+                    line: record.line,
+                    problem,
+                    message,
+                };
+                // Dropping is what `drop` and an untrainable example ask for; `error` stops.
+                let on_error = if config.truncation == Truncation::Error {
+                    config.on_error
+                } else {
+                    OnError::Skip
+                };
+                outcome.skip_or_fail(error, on_error)?;
+            }
+        }
+        records.push(record);
+        untruncated.push(example);
+    }
+    let rows = if config.packing {
+        pack(&examples, config.max_length)
+    } else {
+        examples
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Pack::single(e, i))
+            .collect()
+    };
+    Ok(Prepared {
+        path: path.to_owned(),
+        records,
+        untruncated,
+        examples,
+        rows,
+        skipped: outcome.skipped,
+        first_skips: outcome.first_skips,
+        max_length: config.max_length,
+        packing: config.packing,
+        template: template.map(|t| t.name().to_owned()),
+    })
+}

@@ -1,0 +1,905 @@
+//! Reading dataset files: JSON lines or a JSON array, in the alpaca, `messages`, ShareGPT,
+//! prompt/completion or plain-text format, detected per file or given explicitly.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use temper_chat::{Conversation, Message, Role, json_kind};
+
+use crate::error::{Error, Problem, Result};
+
+/// The shape of the records of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// `{"instruction", "input", "output", "system"?}`.
+    Alpaca,
+    /// `{"messages": [{"role", "content"}, ...], "tools"?}` (OpenAI / TRL conversational).
+    Messages,
+    /// `{"conversations": [{"from", "value"}, ...]}`.
+    Sharegpt,
+    /// `{"prompt", "completion"}`, both strings or both message lists.
+    PromptCompletion,
+    /// `{"text"}`: every token is trained.
+    Text,
+}
+
+impl Format {
+    pub const ALL: [Format; 5] = [
+        Format::Alpaca,
+        Format::Messages,
+        Format::Sharegpt,
+        Format::PromptCompletion,
+        Format::Text,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Alpaca => "alpaca",
+            Format::Messages => "messages",
+            Format::Sharegpt => "sharegpt",
+            Format::PromptCompletion => "prompt_completion",
+            Format::Text => "text",
+        }
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Format::ALL.into_iter().find(|f| f.as_str() == s).ok_or_else(|| Error::Config {
+            key: "format".into(),
+            message: format!(
+                "unknown format `{s}`: expected one of alpaca, messages, sharegpt, prompt_completion, text"
+            ),
+        })
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON key names of each field, for datasets that name them differently
+/// (`--field instruction=question`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FieldNames {
+    pub instruction: String,
+    pub input: String,
+    pub output: String,
+    pub system: String,
+    pub messages: String,
+    pub role: String,
+    pub content: String,
+    pub conversations: String,
+    pub from: String,
+    pub value: String,
+    pub prompt: String,
+    pub completion: String,
+    pub text: String,
+}
+
+impl Default for FieldNames {
+    fn default() -> Self {
+        FieldNames {
+            instruction: "instruction".into(),
+            input: "input".into(),
+            output: "output".into(),
+            system: "system".into(),
+            messages: "messages".into(),
+            role: "role".into(),
+            content: "content".into(),
+            conversations: "conversations".into(),
+            from: "from".into(),
+            value: "value".into(),
+            prompt: "prompt".into(),
+            completion: "completion".into(),
+            text: "text".into(),
+        }
+    }
+}
+
+impl FieldNames {
+    /// Applies one `field=json_key` mapping.
+    pub fn set(&mut self, field: &str, key: &str) -> Result<()> {
+        let slot = match field {
+            "instruction" => &mut self.instruction,
+            "input" => &mut self.input,
+            "output" => &mut self.output,
+            "system" => &mut self.system,
+            "messages" => &mut self.messages,
+            "role" => &mut self.role,
+            "content" => &mut self.content,
+            "conversations" => &mut self.conversations,
+            "from" => &mut self.from,
+            "value" => &mut self.value,
+            "prompt" => &mut self.prompt,
+            "completion" => &mut self.completion,
+            "text" => &mut self.text,
+            other => {
+                return Err(Error::Config {
+                    key: format!("fields.{other}"),
+                    message: "unknown field: expected one of instruction, input, output, system, messages, role, content, conversations, from, value, prompt, completion, text".into(),
+                });
+            }
+        };
+        *slot = key.to_owned();
+        Ok(())
+    }
+}
+
+/// What to do with a record that cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Stop with the record's `FILE:LINE:` message.
+    #[default]
+    Fail,
+    /// Skip it and count it by reason.
+    Skip,
+}
+
+/// One usable training example before tokenization.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sample {
+    /// Rendered with a chat template.
+    Chat(Conversation),
+    /// A plain prompt and completion: the completion (and EOS) is trained.
+    Completion { prompt: String, completion: String },
+    /// Plain text: all of it (and EOS) is trained.
+    Text(String),
+}
+
+/// A sample and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// 1-based line of the record's first character in its file.
+    pub line: usize,
+    pub format: Format,
+    pub sample: Sample,
+}
+
+/// The records of one file and the ones that were skipped.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOutcome {
+    pub records: Vec<Record>,
+    /// Skipped records by problem (only with [`OnError::Skip`]).
+    pub skipped: BTreeMap<Problem, usize>,
+    /// The first message of each kind of skip, so a report can show an example.
+    pub first_skips: BTreeMap<Problem, String>,
+}
+
+impl ReadOutcome {
+    /// Counts a skipped record (or returns the error under [`OnError::Fail`]).
+    pub fn skip_or_fail(&mut self, error: Error, on_error: OnError) -> Result<()> {
+        match (on_error, error.problem()) {
+            (OnError::Skip, Some(problem)) => {
+                *self.skipped.entry(problem).or_default() += 1;
+                self.first_skips
+                    .entry(problem)
+                    .or_insert_with(|| error.to_string());
+                Ok(())
+            }
+            _ => Err(error),
+        }
+    }
+}
+
+/// How to read a file.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// `None` detects the format from the first record.
+    pub format: Option<Format>,
+    pub fields: FieldNames,
+    pub on_error: OnError,
+}
+
+/// Reads a `.jsonl` file (one JSON object a line; blank lines are ignored) or a `.json` file
+/// holding one array of objects.
+pub fn read_file(path: &Path, options: &ReadOptions) -> Result<ReadOutcome> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let raw = raw_records(path, &bytes)?;
+    let mut outcome = ReadOutcome::default();
+    let mut format = options.format;
+    for item in raw {
+        let parsed = item.and_then(|(line, value)| {
+            let format = match format {
+                Some(format) => format,
+                None => *format.insert(detect_format(path, line, &value, &options.fields)?),
+            };
+            let sample = parse_record(path, line, &value, format, &options.fields)?;
+            Ok(Record {
+                line,
+                format,
+                sample,
+            })
+        });
+        match parsed {
+            Ok(record) => outcome.records.push(record),
+            Err(error) => outcome.skip_or_fail(error, options.on_error)?,
+        }
+    }
+    if outcome.records.is_empty() && outcome.skipped.is_empty() {
+        return Err(Error::File {
+            path: path.to_owned(),
+            message: "contains no records".into(),
+        });
+    }
+    Ok(outcome)
+}
+
+type RawRecord = Result<(usize, Value)>;
+
+fn record_error(path: &Path, line: usize, problem: Problem, message: impl Into<String>) -> Error {
+    Error::Record {
+        path: path.to_owned(),
+        line,
+        problem,
+        message: message.into(),
+    }
+}
+
+/// Splits a file into JSON values with their line numbers.
+fn raw_records(path: &Path, bytes: &[u8]) -> Result<Vec<RawRecord>> {
+    let first = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    match first.map(|at| bytes[at]) {
+        None => Err(Error::File {
+            path: path.to_owned(),
+            message: "is empty".into(),
+        }),
+        Some(b'[') => json_array_records(path, bytes),
+        Some(_) => Ok(json_lines_records(path, bytes)),
+    }
+}
+
+fn json_lines_records(path: &Path, bytes: &[u8]) -> Vec<RawRecord> {
+    let mut records = Vec::new();
+    for (index, line_bytes) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = index + 1;
+        let text = match std::str::from_utf8(line_bytes) {
+            Ok(text) => text,
+            Err(error) => {
+                records.push(Err(record_error(
+                    path,
+                    line,
+                    Problem::InvalidUtf8,
+                    format!(
+                        "invalid UTF-8 at byte {} of the line",
+                        error.valid_up_to() + 1
+                    ),
+                )));
+                continue;
+            }
+        };
+        let text = text.trim_start_matches('\u{feff}').trim();
+        if text.is_empty() {
+            continue;
+        }
+        records.push(
+            serde_json::from_str::<Value>(text)
+                .map(|value| (line, value))
+                .map_err(|error| {
+                    record_error(
+                        path,
+                        line,
+                        Problem::InvalidJson,
+                        format!("invalid JSON: {}", strip_position(&error)),
+                    )
+                }),
+        );
+    }
+    records
+}
+
+/// serde_json appends " at line 1 column 7"; the line is ours to report.
+fn strip_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => format!("{} (column {})", &text[..at], error.column()),
+        None => text,
+    }
+}
+
+/// A JSON array file: each element is parsed on its own so that one bad element names its
+/// own line (and can be skipped).
+fn json_array_records(path: &Path, bytes: &[u8]) -> Result<Vec<RawRecord>> {
+    let text = std::str::from_utf8(bytes).map_err(|error| {
+        let line = 1 + bytes[..error.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        record_error(path, line, Problem::InvalidUtf8, "invalid UTF-8")
+    })?;
+    let elements = split_top_level_array(text).map_err(|(offset, message)| {
+        let line = 1 + text[..offset].matches('\n').count();
+        record_error(
+            path,
+            line,
+            Problem::InvalidJson,
+            format!("invalid JSON: {message}"),
+        )
+    })?;
+    Ok(elements
+        .into_iter()
+        .map(|(start, end)| {
+            let line = 1 + text[..start].matches('\n').count();
+            serde_json::from_str::<Value>(&text[start..end])
+                .map(|value| (line, value))
+                .map_err(|error| {
+                    let line = line + error.line() - 1;
+                    record_error(
+                        path,
+                        line,
+                        Problem::InvalidJson,
+                        format!("invalid JSON: {}", strip_position(&error)),
+                    )
+                })
+        })
+        .collect())
+}
+
+/// Byte ranges of the elements of a top-level JSON array, found by tracking strings and
+/// nesting (elements are validated by serde_json afterwards).
+fn split_top_level_array(text: &str) -> std::result::Result<Vec<(usize, usize)>, (usize, String)> {
+    let bytes = text.as_bytes();
+    let open = bytes.iter().position(|&b| b == b'[').unwrap_or(0);
+    let mut elements = Vec::new();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut element_start: Option<usize> = None;
+    let mut closed_at = None;
+    for (offset, &byte) in bytes.iter().enumerate().skip(open + 1) {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => {
+                in_string = true;
+                element_start.get_or_insert(offset);
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                element_start.get_or_insert(offset);
+            }
+            b']' | b'}' if depth > 0 => depth -= 1,
+            b']' => {
+                if let Some(start) = element_start.take() {
+                    elements.push((start, offset));
+                }
+                closed_at = Some(offset);
+                break;
+            }
+            b',' if depth == 0 => match element_start.take() {
+                Some(start) => elements.push((start, offset)),
+                None => return Err((offset, "unexpected `,` (an empty array element)".into())),
+            },
+            b if b.is_ascii_whitespace() => {}
+            _ => {
+                element_start.get_or_insert(offset);
+            }
+        }
+    }
+    let Some(closed_at) = closed_at else {
+        return Err((
+            text.len(),
+            "the top-level array is not closed (is the file truncated?)".into(),
+        ));
+    };
+    if let Some(extra) = text[closed_at + 1..].find(|c: char| !c.is_whitespace()) {
+        return Err((
+            closed_at + 1 + extra,
+            "unexpected text after the top-level array".into(),
+        ));
+    }
+    Ok(elements)
+}
+
+/// The format of a file, from the keys of its first record.
+pub fn detect_format(
+    path: &Path,
+    line: usize,
+    value: &Value,
+    fields: &FieldNames,
+) -> Result<Format> {
+    let Some(object) = value.as_object() else {
+        return Err(record_error(
+            path,
+            line,
+            Problem::WrongType,
+            format!("expected a JSON object, found {}", json_kind(value)),
+        ));
+    };
+    let has = |key: &str| object.contains_key(key);
+    let format = if has(&fields.messages) {
+        Format::Messages
+    } else if has(&fields.conversations) {
+        Format::Sharegpt
+    } else if has(&fields.instruction) && has(&fields.output) {
+        Format::Alpaca
+    } else if has(&fields.prompt) && has(&fields.completion) {
+        Format::PromptCompletion
+    } else if has(&fields.text) {
+        Format::Text
+    } else {
+        let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        return Err(record_error(
+            path,
+            line,
+            Problem::UnknownFormat,
+            format!(
+                "cannot tell the dataset format from the keys [{}]: expected `{}` (messages), `{}` (sharegpt), `{}`+`{}` (alpaca), `{}`+`{}` (prompt_completion) or `{}` (text); set the format or map field names",
+                keys.join(", "),
+                fields.messages,
+                fields.conversations,
+                fields.instruction,
+                fields.output,
+                fields.prompt,
+                fields.completion,
+                fields.text
+            ),
+        ));
+    };
+    Ok(format)
+}
+
+/// Reads one record of a known format.
+pub fn parse_record(
+    path: &Path,
+    line: usize,
+    value: &Value,
+    format: Format,
+    fields: &FieldNames,
+) -> Result<Sample> {
+    let record = RecordReader { path, line, format };
+    let object = value.as_object().ok_or_else(|| {
+        record.error(
+            Problem::WrongType,
+            format!("expected a JSON object, found {}", json_kind(value)),
+        )
+    })?;
+    match format {
+        Format::Alpaca => record.alpaca(object, fields),
+        Format::Messages => {
+            let messages = record.required(object, &fields.messages)?;
+            let mut conversation = Conversation::new(record.messages(
+                messages,
+                &fields.messages,
+                &fields.role,
+                &fields.content,
+            )?);
+            match object.get("tools") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(tools)) => conversation.tools = Some(tools.clone()),
+                Some(other) => {
+                    return Err(record.error(
+                        Problem::WrongType,
+                        format!("`tools` must be an array, found {}", json_kind(other)),
+                    ));
+                }
+            }
+            record.validate_chat(conversation)
+        }
+        Format::Sharegpt => {
+            let turns = record.required(object, &fields.conversations)?;
+            let messages =
+                record.messages(turns, &fields.conversations, &fields.from, &fields.value)?;
+            record.validate_chat(Conversation::new(messages))
+        }
+        Format::PromptCompletion => record.prompt_completion(object, fields),
+        Format::Text => {
+            let text = record.string(object, &fields.text)?;
+            if text.trim().is_empty() {
+                return Err(record.error(
+                    Problem::EmptyResponse,
+                    format!("`{}` is empty", fields.text),
+                ));
+            }
+            Ok(Sample::Text(text.to_owned()))
+        }
+    }
+}
+
+struct RecordReader<'a> {
+    path: &'a Path,
+    line: usize,
+    format: Format,
+}
+
+impl RecordReader<'_> {
+    fn error(&self, problem: Problem, message: impl Into<String>) -> Error {
+        record_error(self.path, self.line, problem, message)
+    }
+
+    fn required<'v>(&self, object: &'v Map<String, Value>, key: &str) -> Result<&'v Value> {
+        object.get(key).ok_or_else(|| {
+            self.error(
+                Problem::MissingField,
+                format!("missing field `{key}` ({} format)", self.format),
+            )
+        })
+    }
+
+    fn string<'v>(&self, object: &'v Map<String, Value>, key: &str) -> Result<&'v str> {
+        let value = self.required(object, key)?;
+        value.as_str().ok_or_else(|| {
+            self.error(
+                Problem::WrongType,
+                format!("`{key}` must be a string, found {}", json_kind(value)),
+            )
+        })
+    }
+
+    fn optional_string<'v>(
+        &self,
+        object: &'v Map<String, Value>,
+        key: &str,
+    ) -> Result<Option<&'v str>> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(other) => Err(self.error(
+                Problem::WrongType,
+                format!("`{key}` must be a string, found {}", json_kind(other)),
+            )),
+        }
+    }
+
+    fn alpaca(&self, object: &Map<String, Value>, fields: &FieldNames) -> Result<Sample> {
+        let instruction = self.string(object, &fields.instruction)?;
+        let input = self
+            .optional_string(object, &fields.input)?
+            .unwrap_or_default();
+        let output = self.string(object, &fields.output)?;
+        let system = self.optional_string(object, &fields.system)?;
+        if instruction.trim().is_empty() {
+            return Err(self.error(
+                Problem::MissingField,
+                format!("`{}` is empty", fields.instruction),
+            ));
+        }
+        if output.trim().is_empty() {
+            return Err(self.error(
+                Problem::EmptyResponse,
+                format!("`{}` is empty", fields.output),
+            ));
+        }
+        // Chat templates see instruction and input joined; the alpaca template reads them apart.
+        let content = if input.is_empty() {
+            instruction.to_owned()
+        } else {
+            format!("{instruction}\n\n{input}")
+        };
+        let mut messages = Vec::with_capacity(3);
+        if let Some(system) = system.filter(|s| !s.is_empty()) {
+            messages.push(Message::system(system));
+        }
+        messages.push(
+            Message::user(content)
+                .with_extra("instruction", instruction)
+                .with_extra("input", input),
+        );
+        messages.push(Message::assistant(output));
+        Ok(Sample::Chat(Conversation::new(messages)))
+    }
+
+    fn prompt_completion(
+        &self,
+        object: &Map<String, Value>,
+        fields: &FieldNames,
+    ) -> Result<Sample> {
+        let prompt = self.required(object, &fields.prompt)?;
+        let completion = self.required(object, &fields.completion)?;
+        match (prompt, completion) {
+            (Value::String(prompt), Value::String(completion)) => {
+                if completion.trim().is_empty() {
+                    return Err(self.error(
+                        Problem::EmptyResponse,
+                        format!("`{}` is empty", fields.completion),
+                    ));
+                }
+                Ok(Sample::Completion {
+                    prompt: prompt.clone(),
+                    completion: completion.clone(),
+                })
+            }
+            (Value::Array(_), Value::Array(_)) => {
+                let mut messages = self.messages(prompt, &fields.prompt, "role", "content")?;
+                for message in &mut messages {
+                    message.train.get_or_insert(false);
+                }
+                let completion_messages =
+                    self.messages(completion, &fields.completion, "role", "content")?;
+                if completion_messages.is_empty() {
+                    return Err(self.error(
+                        Problem::EmptyResponse,
+                        format!("`{}` is empty", fields.completion),
+                    ));
+                }
+                messages.extend(completion_messages.into_iter().map(|m| {
+                    let train = m.train.unwrap_or(true);
+                    m.with_train(train)
+                }));
+                self.validate_chat(Conversation::new(messages))
+            }
+            _ => Err(self.error(
+                Problem::WrongType,
+                format!(
+                    "`{}` and `{}` must both be strings or both be message lists, found {} and {}",
+                    fields.prompt,
+                    fields.completion,
+                    json_kind(prompt),
+                    json_kind(completion)
+                ),
+            )),
+        }
+    }
+
+    /// Reads a list of messages whose role and text are under `role_key` and `text_key`.
+    fn messages(
+        &self,
+        value: &Value,
+        list_key: &str,
+        role_key: &str,
+        text_key: &str,
+    ) -> Result<Vec<Message>> {
+        let items = value.as_array().ok_or_else(|| {
+            self.error(
+                Problem::WrongType,
+                format!("`{list_key}` must be an array, found {}", json_kind(value)),
+            )
+        })?;
+        let mut messages = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let at = format!("`{list_key}[{index}]`");
+            let object = item.as_object().ok_or_else(|| {
+                self.error(
+                    Problem::WrongType,
+                    format!("{at} must be an object, found {}", json_kind(item)),
+                )
+            })?;
+            let role_value = object.get(role_key).ok_or_else(|| {
+                self.error(Problem::MissingField, format!("{at} has no `{role_key}`"))
+            })?;
+            let role_name = role_value.as_str().ok_or_else(|| {
+                self.error(
+                    Problem::WrongType,
+                    format!(
+                        "{at}.{role_key} must be a string, found {}",
+                        json_kind(role_value)
+                    ),
+                )
+            })?;
+            let role = parse_role(role_name).ok_or_else(|| {
+                self.error(
+                    Problem::UnknownRole,
+                    format!("{at} has unknown role `{role_name}`: expected system, user, assistant or tool (or a ShareGPT alias: human, gpt, ...)"),
+                )
+            })?;
+            let content = match object.get(text_key) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(text)) => Some(text.clone()),
+                Some(other) => {
+                    return Err(self.error(
+                        Problem::WrongType,
+                        format!(
+                            "{at}.{text_key} must be a string, found {}",
+                            json_kind(other)
+                        ),
+                    ));
+                }
+            };
+            let train = match object.get("train") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(train)) => Some(*train),
+                Some(other) => {
+                    return Err(self.error(
+                        Problem::WrongType,
+                        format!(
+                            "{at}.train must be true or false, found {}",
+                            json_kind(other)
+                        ),
+                    ));
+                }
+            };
+            let extra = object
+                .iter()
+                .filter(|(key, value)| {
+                    *key != role_key && *key != text_key && *key != "train" && !value.is_null()
+                })
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            messages.push(Message {
+                role: Some(role),
+                content,
+                train,
+                extra,
+            });
+        }
+        Ok(messages)
+    }
+
+    fn validate_chat(&self, conversation: Conversation) -> Result<Sample> {
+        let messages = &conversation.messages;
+        if messages.is_empty() {
+            return Err(self.error(
+                Problem::EmptyConversation,
+                "the conversation has no messages",
+            ));
+        }
+        if !messages.iter().any(|m| m.role() == Role::Assistant) {
+            return Err(self.error(
+                Problem::NoAssistantTurn,
+                "the conversation has no assistant message to train on",
+            ));
+        }
+        for (index, message) in messages.iter().enumerate() {
+            let empty = message
+                .content
+                .as_deref()
+                .is_none_or(|c| c.trim().is_empty());
+            if message.role() == Role::Assistant
+                && empty
+                && !message.extra.contains_key("tool_calls")
+            {
+                return Err(self.error(
+                    Problem::EmptyResponse,
+                    format!("assistant message {index} is empty"),
+                ));
+            }
+        }
+        Ok(Sample::Chat(conversation))
+    }
+}
+
+/// Role names and the usual ShareGPT aliases.
+pub fn parse_role(name: &str) -> Option<Role> {
+    Some(match name {
+        "system" => Role::System,
+        "user" | "human" => Role::User,
+        "assistant" | "gpt" | "chatgpt" | "bing" | "bard" | "model" => Role::Assistant,
+        "tool" | "function" | "observation" | "function_response" | "ipython" => Role::Tool,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(name: &str, contents: &str, options: ReadOptions) -> Result<ReadOutcome> {
+        let dir = std::env::temp_dir().join(format!("temper-data-records-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        let outcome = read_file(&path, &options);
+        std::fs::remove_file(&path).unwrap();
+        outcome.map_err(|error| {
+            // Make messages independent of the temp dir.
+            match error {
+                Error::Record {
+                    line,
+                    problem,
+                    message,
+                    ..
+                } => Error::Record {
+                    path: name.into(),
+                    line,
+                    problem,
+                    message,
+                },
+                other => other,
+            }
+        })
+    }
+
+    #[test]
+    fn alpaca_records_become_conversations() {
+        let outcome = read(
+            "a.jsonl",
+            "{\"instruction\": \"Add\", \"input\": \"1 2\", \"output\": \"3\"}\n\n{\"instruction\": \"Hi\", \"output\": \"Hello\", \"system\": \"Be kind\"}\n",
+            ReadOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(outcome.records.len(), 2);
+        assert_eq!(outcome.records[1].line, 3);
+        let Sample::Chat(conversation) = &outcome.records[0].sample else {
+            panic!()
+        };
+        assert_eq!(
+            conversation.messages[0].content.as_deref(),
+            Some("Add\n\n1 2")
+        );
+        assert_eq!(conversation.messages[0].extra["input"], "1 2");
+        let Sample::Chat(conversation) = &outcome.records[1].sample else {
+            panic!()
+        };
+        assert_eq!(conversation.messages[0].role(), Role::System);
+    }
+
+    #[test]
+    fn sharegpt_aliases_map_to_roles() {
+        let outcome = read(
+            "s.json",
+            "[\n {\"conversations\": [{\"from\": \"human\", \"value\": \"hi\"}, {\"from\": \"gpt\", \"value\": \"yo\"}]}\n]",
+            ReadOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(outcome.records[0].format, Format::Sharegpt);
+        assert_eq!(outcome.records[0].line, 2);
+        let Sample::Chat(conversation) = &outcome.records[0].sample else {
+            panic!()
+        };
+        assert_eq!(conversation.messages[1].role(), Role::Assistant);
+    }
+
+    #[test]
+    fn bad_records_name_file_and_line_or_are_counted() {
+        let contents = "{\"text\": \"ok\"}\n{\"text\": 3}\n{not json\n";
+        let error = read("t.jsonl", contents, ReadOptions::default()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "t.jsonl:2: `text` must be a string, found a number"
+        );
+        let outcome = read(
+            "t.jsonl",
+            contents,
+            ReadOptions {
+                on_error: OnError::Skip,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(outcome.records.len(), 1);
+        assert_eq!(outcome.skipped[&Problem::WrongType], 1);
+        assert_eq!(outcome.skipped[&Problem::InvalidJson], 1);
+    }
+
+    #[test]
+    fn field_names_can_be_mapped() {
+        let mut fields = FieldNames::default();
+        fields.set("instruction", "question").unwrap();
+        fields.set("output", "answer").unwrap();
+        let outcome = read(
+            "q.jsonl",
+            "{\"question\": \"2+2?\", \"answer\": \"4\"}\n",
+            ReadOptions {
+                fields,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(outcome.records[0].format, Format::Alpaca);
+    }
+
+    #[test]
+    fn array_elements_report_their_own_line() {
+        let error = read(
+            "x.json",
+            "[\n{\"text\": \"a\"},\n{\"text\": \"\"}\n]",
+            ReadOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(error.to_string(), "x.json:3: `text` is empty");
+        let error = read(
+            "y.json",
+            "[\n{\"text\": \"a\"},\n{\"text\": \"b\"}\n",
+            ReadOptions::default(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("not closed"), "{error}");
+    }
+}
