@@ -1,1 +1,50 @@
-fn main() {}
+//! The `temper` command line.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod data;
+mod template;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Supervised fine-tuning of language models, in Rust.
+#[derive(Debug, Parser)]
+#[command(name = "temper", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Chat templates: render conversations, list the built-in ones.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
+    /// Datasets: inspect what will be trained, prepare (tokenize, mask, pack).
+    #[command(subcommand)]
+    Data(data::DataCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Template(command) => template::run(command),
+        Command::Data(command) => data::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `key=value`.
+pub fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{text}`"))
+}

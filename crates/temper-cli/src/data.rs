@@ -1,0 +1,440 @@
+//! `temper data ...`
+
+use std::io::IsTerminal;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use temper_chat::TrainOn;
+use temper_data::example::render_record;
+use temper_data::{
+    DataConfig, Format, OnError, Prepared, QualityReport, Tokenizer, Truncation, prepare,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// The quality report, and the first examples with their trained tokens highlighted.
+    Inspect {
+        #[command(flatten)]
+        input: InputArgs,
+        /// How many examples to show.
+        #[arg(long, default_value_t = 3)]
+        examples: usize,
+        /// Print the report and examples as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tokenize, mask, truncate and pack a file, and report throughput.
+    Prepare {
+        #[command(flatten)]
+        input: InputArgs,
+        /// Write the rows as JSON lines (`input_ids`, `loss_mask`, `position_ids`, `boundaries`).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Print the statistics as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The dataset and how to read it (the `[data]` section of a run configuration).
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// A `.jsonl` or `.json` dataset file.
+    file: PathBuf,
+    /// The `tokenizer.json` to tokenize with.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// A built-in template name, a `.jinja` file or a `tokenizer_config.json`.
+    #[arg(long)]
+    template: Option<String>,
+    /// alpaca, messages, sharegpt, prompt_completion or text (detected when absent).
+    #[arg(long)]
+    format: Option<Format>,
+    /// Map a field to another JSON key, e.g. `--field instruction=question`.
+    #[arg(long = "field", value_parser = crate::key_value)]
+    fields: Vec<(String, String)>,
+    /// Which messages are trained: assistant, all, last_assistant.
+    #[arg(long, default_value = "assistant")]
+    train_on: TrainOn,
+    #[arg(long, default_value_t = 1024)]
+    max_length: usize,
+    /// keep_start, keep_end, drop or error.
+    #[arg(long, default_value = "keep_start")]
+    truncation: Truncation,
+    /// Pack examples into rows of max_length instead of padding them.
+    #[arg(long)]
+    packing: bool,
+    /// Skip (and count) bad records instead of stopping at the first.
+    #[arg(long)]
+    skip_errors: bool,
+    #[arg(long)]
+    eos_token: Option<String>,
+    #[arg(long)]
+    bos_token: Option<String>,
+}
+
+impl InputArgs {
+    fn config(&self) -> Result<DataConfig> {
+        let mut config = DataConfig {
+            format: self.format,
+            template: self.template.clone(),
+            train_on: self.train_on,
+            max_length: self.max_length,
+            truncation: self.truncation,
+            packing: self.packing,
+            on_error: if self.skip_errors {
+                OnError::Skip
+            } else {
+                OnError::Fail
+            },
+            eos_token: self.eos_token.clone(),
+            bos_token: self.bos_token.clone(),
+            ..DataConfig::default()
+        };
+        for (field, key) in &self.fields {
+            config.fields.set(field, key)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn load(&self) -> Result<(DataConfig, Tokenizer)> {
+        let config = self.config()?;
+        let tokenizer = Tokenizer::from_file(&self.tokenizer, &config.special_token_names())?;
+        Ok((config, tokenizer))
+    }
+}
+
+pub fn run(command: DataCommand) -> Result<()> {
+    match command {
+        DataCommand::Inspect {
+            input,
+            examples,
+            json,
+        } => inspect(&input, examples, json),
+        DataCommand::Prepare {
+            input,
+            output,
+            json,
+        } => prepare_command(&input, output.as_deref(), json),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ShownExample {
+    line: usize,
+    text: String,
+    input_ids: Vec<u32>,
+    loss_mask: Vec<bool>,
+    /// The trained text, token run by token run.
+    trained_text: Vec<String>,
+}
+
+fn inspect(input: &InputArgs, count: usize, json: bool) -> Result<()> {
+    let (config, tokenizer) = input.load()?;
+    let prepared = prepare(&input.file, &tokenizer, &config)?;
+    let report = QualityReport::build(&prepared);
+    let template = temper_data::pipeline::resolve_template(&config, &tokenizer, &prepared.records)?;
+    let mut shown = Vec::new();
+    for (record, example) in prepared
+        .records
+        .iter()
+        .zip(&prepared.untruncated)
+        .take(count)
+    {
+        let rendered = render_record(record, template.as_ref(), config.train_on)?;
+        let (_, offsets) = tokenizer.encode(&rendered.text)?;
+        let mut trained_text = Vec::new();
+        let mut run: Option<Range<usize>> = None;
+        for (&(start, end), &trained) in offsets.iter().zip(&example.loss_mask) {
+            match (&mut run, trained && end > start) {
+                (Some(range), true) => range.end = end,
+                (None, true) => run = Some(start..end),
+                (Some(_), false) => {
+                    trained_text.extend(run.take().map(|r| rendered.text[r].to_owned()))
+                }
+                (None, false) => {}
+            }
+        }
+        trained_text.extend(run.map(|r| rendered.text[r].to_owned()));
+        let appended_eos = example.input_ids.len() > offsets.len();
+        if appended_eos {
+            trained_text.push(tokenizer.eos.text.clone());
+        }
+        shown.push((rendered.text, offsets, example, trained_text));
+    }
+    if json {
+        let examples: Vec<ShownExample> = shown
+            .into_iter()
+            .zip(&prepared.records)
+            .map(|((text, _, example, trained_text), record)| ShownExample {
+                line: record.line,
+                text,
+                input_ids: example.input_ids.clone(),
+                loss_mask: example.loss_mask.clone(),
+                trained_text,
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "report": report, "examples": examples })
+            )?
+        );
+        return Ok(());
+    }
+    print_report(&report, &prepared);
+    for ((text, offsets, example, _), record) in shown.iter().zip(&prepared.records) {
+        println!(
+            "\n── example at {}:{} · {} tokens, {} trained{}",
+            input.file.display(),
+            record.line,
+            example.len(),
+            example.trained_tokens(),
+            if example.len() > config.max_length {
+                format!(" · truncated to {}", config.max_length)
+            } else {
+                String::new()
+            }
+        );
+        let trained: Vec<Range<usize>> = offsets
+            .iter()
+            .zip(&example.loss_mask)
+            .filter(|((s, e), m)| **m && e > s)
+            .map(|(&(s, e), _)| s..e)
+            .collect();
+        print!("{}", highlight(text, &trained));
+        if example.input_ids.len() > offsets.len() {
+            print!("{}", style(&tokenizer.eos.text, true));
+        }
+        println!();
+    }
+    if !std::io::stdout().is_terminal() {
+        println!("\n(trained text is between [[ and ]])");
+    }
+    Ok(())
+}
+
+/// The text with trained byte ranges marked: green on a terminal, `[[...]]` otherwise.
+pub fn highlight(text: &str, trained: &[Range<usize>]) -> String {
+    let mut out = String::with_capacity(text.len() + 8 * trained.len());
+    let mut cursor = 0;
+    let mut merged: Vec<Range<usize>> = Vec::new();
+    for range in trained {
+        match merged.last_mut() {
+            Some(last) if last.end >= range.start => last.end = last.end.max(range.end),
+            _ => merged.push(range.clone()),
+        }
+    }
+    for range in merged {
+        let start = range.start.max(cursor);
+        out.push_str(&text[cursor..start]);
+        out.push_str(&style(&text[start..range.end], true));
+        cursor = range.end;
+    }
+    out.push_str(&text[cursor..]);
+    out
+}
+
+fn style(text: &str, trained: bool) -> String {
+    match (trained, std::io::stdout().is_terminal()) {
+        (false, _) => text.to_owned(),
+        (true, true) => format!("\x1b[1;32m{text}\x1b[0m"),
+        (true, false) => format!("[[{text}]]"),
+    }
+}
+
+fn print_report(report: &QualityReport, prepared: &Prepared) {
+    let formats: Vec<String> = report
+        .records_by_format
+        .iter()
+        .map(|(f, n)| format!("{f} {n}"))
+        .collect();
+    let skipped: Vec<String> = report
+        .skipped
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect();
+    println!("file              {}", report.file);
+    println!(
+        "records           {} ({})",
+        prepared.records.len(),
+        formats.join(", ")
+    );
+    println!(
+        "skipped           {}",
+        if skipped.is_empty() {
+            "none".into()
+        } else {
+            skipped.join(", ")
+        }
+    );
+    for (problem, message) in &prepared.first_skips {
+        println!("  first {problem}: {message}");
+    }
+    println!(
+        "template          {}",
+        report.template.as_deref().unwrap_or("none (plain text)")
+    );
+    println!(
+        "examples          {} (max_length {})",
+        report.examples, report.max_length
+    );
+    println!(
+        "tokens            {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "min", "mean", "p50", "p90", "p99", "max"
+    );
+    for (name, stats) in [
+        ("  prompt", &report.prompt_tokens),
+        ("  response", &report.response_tokens),
+        ("  total", &report.total_tokens),
+    ] {
+        println!(
+            "{name:<18}{:>8} {:>8.1} {:>8} {:>8} {:>8} {:>8}",
+            stats.min, stats.mean, stats.p50, stats.p90, stats.p99, stats.max
+        );
+    }
+    println!("over max_length   {}", report.over_max_length);
+    println!(
+        "trained tokens    {:.1}% of all tokens",
+        100.0 * report.trained_token_fraction
+    );
+    println!(
+        "instructions      {} unique of {} (diversity {:.3})",
+        report.unique_instructions,
+        prepared.records.len(),
+        report.instruction_diversity
+    );
+    let prefixes = |list: &[temper_data::report::RepeatedPrefix]| {
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.iter()
+                .map(|p| format!("\"{}\" x{}", p.prefix, p.count))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    println!(
+        "repeated openings instructions: {}",
+        prefixes(&report.repeated_instruction_prefixes)
+    );
+    println!(
+        "                  outputs: {}",
+        prefixes(&report.repeated_output_prefixes)
+    );
+    println!(
+        "duplicates        {} exact, {} near (>= 80% shared word 3-grams)",
+        report.exact_duplicates, report.near_duplicates
+    );
+    println!("empty outputs     {}", report.empty_outputs);
+    println!(
+        "rows              {} {} · {:.1}% of row capacity is real tokens",
+        report.rows,
+        if report.packing {
+            "packed"
+        } else {
+            "padded (one example each)"
+        },
+        100.0 * report.packing_efficiency
+    );
+}
+
+#[derive(Debug, Serialize)]
+struct PrepareStats {
+    file: String,
+    examples: usize,
+    kept: usize,
+    skipped: std::collections::BTreeMap<String, usize>,
+    seconds: f64,
+    examples_per_second: f64,
+    tokens: usize,
+    trained_tokens: usize,
+    tokens_per_second: f64,
+    packs: usize,
+    packing_efficiency: f64,
+    threads: usize,
+}
+
+fn prepare_command(input: &InputArgs, output: Option<&Path>, json: bool) -> Result<()> {
+    let (config, tokenizer) = input.load()?;
+    let started = Instant::now();
+    let prepared = prepare(&input.file, &tokenizer, &config)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let total = prepared.records.len() + prepared.skipped.values().sum::<usize>()
+        - prepared
+            .skipped
+            .iter()
+            .filter(|(p, _)| {
+                matches!(
+                    p,
+                    temper_data::Problem::TooLong | temper_data::Problem::NoTrainedTokens
+                )
+            })
+            .map(|(_, n)| n)
+            .sum::<usize>();
+    let stats = PrepareStats {
+        file: input.file.display().to_string(),
+        examples: total,
+        kept: prepared.examples.len(),
+        skipped: prepared
+            .skipped
+            .iter()
+            .map(|(p, n)| (p.as_str().to_owned(), *n))
+            .collect(),
+        seconds,
+        examples_per_second: total as f64 / seconds,
+        tokens: prepared.total_tokens(),
+        trained_tokens: prepared.trained_tokens(),
+        tokens_per_second: prepared.total_tokens() as f64 / seconds,
+        packs: prepared.rows.len(),
+        packing_efficiency: prepared.packing_efficiency(),
+        threads: rayon::current_num_threads(),
+    };
+    if let Some(output) = output {
+        write_rows(output, &prepared)?;
+    }
+    if json {
+        println!("{}", serde_json::to_string(&stats)?);
+    } else {
+        println!(
+            "{} examples -> {} kept, {} rows ({:.1}% full) in {:.2}s: {:.0} examples/s, {:.0} tokens/s on {} threads",
+            stats.examples,
+            stats.kept,
+            stats.packs,
+            100.0 * stats.packing_efficiency,
+            stats.seconds,
+            stats.examples_per_second,
+            stats.tokens_per_second,
+            stats.threads
+        );
+    }
+    Ok(())
+}
+
+/// Writes rows as JSON lines through a temporary file, so a failure leaves nothing behind.
+fn write_rows(path: &Path, prepared: &Prepared) -> Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("partial");
+    let result = (|| -> Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
+        for row in &prepared.rows {
+            serde_json::to_writer(&mut out, row)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => std::fs::rename(&temporary, path)
+            .with_context(|| format!("cannot write {}", path.display())),
+        Err(error) => {
+            let _ = std::fs::remove_file(&temporary);
+            Err(error.context(format!("cannot write {}", path.display())))
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! `cargo xtask bench data`: the data pipeline against the Python baseline, same machine, same run.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{assets, root, run};
+
+pub fn data(args: &[&str]) -> Result<()> {
+    let examples: usize = match args {
+        [] => 50_000,
+        ["--n", n] => n.parse().context("--n takes a number")?,
+        _ => bail!("usage: cargo xtask bench data [--n N]"),
+    };
+    let assets = assets::fetch_all()?;
+    let root = root();
+    let work = crate::cache_dir().join("bench");
+    std::fs::create_dir_all(&work)?;
+    let data = work.join(format!("alpaca-{examples}.jsonl"));
+    if !data.is_file() {
+        run(Command::new("python3")
+            .current_dir(&root)
+            .args(["datasets/generate.py", "--alpaca-out"])
+            .arg(&data)
+            .args(["--n", &examples.to_string(), "--seed", "7"]))?;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "temper-cli",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let temper = target.join("release/temper");
+
+    let tokenizer = assets.gpt2_tokenizer.display().to_string();
+    let data_arg = data.display().to_string();
+    let rust_args = [
+        "data",
+        "prepare",
+        &data_arg,
+        "--tokenizer",
+        &tokenizer,
+        "--max-length",
+        "512",
+        "--packing",
+        "--json",
+    ];
+    let mut rust_runs = Vec::new();
+    for _ in 0..3 {
+        rust_runs.push(json_of(Command::new(&temper).args(rust_args))?);
+    }
+    let python = |mode: &[&str]| -> Result<Option<serde_json::Value>> {
+        let mut command = Command::new("python3");
+        command
+            .current_dir(&root)
+            .args([
+                "xtask/bench/data_pipeline.py",
+                "--data",
+                &data_arg,
+                "--tokenizer",
+                &tokenizer,
+                "--max-length",
+                "512",
+                "--json",
+            ])
+            .args(mode);
+        let output = command.output().context("cannot run python3")?;
+        if output.status.code() == Some(3) {
+            println!(
+                "python baseline skipped: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return Ok(None);
+        }
+        if !output.status.success() {
+            bail!(
+                "python baseline failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(Some(
+            serde_json::from_slice(&output.stdout).context("python baseline printed no JSON")?,
+        ))
+    };
+    let python_encode = python(&[])?;
+    let python_batch = python(&["--encode-batch"])?;
+
+    let best = rust_runs
+        .iter()
+        .max_by(|a, b| {
+            a["examples_per_second"]
+                .as_f64()
+                .partial_cmp(&b["examples_per_second"].as_f64())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .context("no Rust run")?;
+    let rate = |v: &serde_json::Value| v["examples_per_second"].as_f64().unwrap_or(f64::NAN);
+    let mut table = String::new();
+    table.push_str("| pipeline | examples/s | seconds | tokens | trained tokens | packs | packing efficiency | vs Python encode |\n");
+    table.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    let base = python_encode.as_ref().map(rate);
+    let mut row = |name: &str, v: &serde_json::Value| {
+        let ratio = base.map_or("n/a".to_owned(), |base| format!("{:.1}x", rate(v) / base));
+        table.push_str(&format!(
+            "| {name} | {:.0} | {:.2} | {} | {} | {} | {:.4} | {ratio} |\n",
+            rate(v),
+            v["seconds"].as_f64().unwrap_or(f64::NAN),
+            v["tokens"],
+            v["trained_tokens"],
+            v["packs"],
+            v["packing_efficiency"].as_f64().unwrap_or(f64::NAN),
+        ));
+    };
+    row("temper (Rust, all cores, best of 3)", best);
+    if let Some(v) = &python_encode {
+        row("Python: jinja2 + tokenizers `encode` per example", v);
+    }
+    if let Some(v) = &python_batch {
+        row("Python: jinja2 + tokenizers `encode_batch`", v);
+    }
+    let machine = machine_description();
+    let section = format!(
+        "## Data pipeline\n\nRead, render with the alpaca template, tokenize with the GPT-2 tokenizer, build loss masks, \
+         truncate to 512 tokens and pack (best-fit decreasing) {examples} generated alpaca examples \
+         (`datasets/generate.py --n {examples} --seed 7`).\n\nMachine: {machine}.\n\nCommand: `cargo xtask bench data`\n\n{table}"
+    );
+    println!("\n{section}");
+    write_section(
+        &root.join("docs/benchmarks.md"),
+        "## Data pipeline",
+        &section,
+    )?;
+    Ok(())
+}
+
+fn json_of(command: &mut Command) -> Result<serde_json::Value> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    serde_json::from_slice(&output.stdout).with_context(|| format!("{command:?} printed no JSON"))
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}
+
+/// Replaces the section starting with `heading` (up to the next `## `) in a markdown file, or
+/// appends it; written through a temporary file.
+fn write_section(path: &std::path::Path, heading: &str, section: &str) -> Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".to_owned());
+    let updated = match existing.find(heading) {
+        Some(start) => {
+            let rest = &existing[start + heading.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(existing.len(), |i| start + heading.len() + i + 1);
+            format!("{}{}{}", &existing[..start], section, &existing[end..])
+        }
+        None => format!("{}\n{}", existing.trim_end(), format!("\n{section}")),
+    };
+    let temporary = path.with_extension("md.partial");
+    std::fs::write(&temporary, updated)?;
+    std::fs::rename(&temporary, path)?;
+    Ok(())
+}
