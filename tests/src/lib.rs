@@ -1,1 +1,26 @@
+//! Helpers shared by Temper's end-to-end tests.
 
+use std::path::{Path, PathBuf};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_owned()
+}
+
+/// A fetched asset (see `cargo xtask assets`). Panics with instructions when it is missing:
+/// these tests must not silently pass without their data.
+pub fn asset(relative: &str) -> PathBuf {
+    let cache = std::env::var_os("TEMPER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/temper"));
+    let path = cache.join(relative);
+    assert!(
+        path.is_file(),
+        "MISSING TEST ASSET {}: run `cargo xtask assets` first (CI does; `cargo xtask test` does it for you)",
+        path.display()
+    );
+    path
+}

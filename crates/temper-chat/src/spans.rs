@@ -141,6 +141,7 @@ pub(crate) fn render_with_spans(
     conversation: &Conversation,
     options: &RenderOptions,
     train_on: TrainOn,
+    exact_untrained_spans: bool,
 ) -> Result<Rendered> {
     let messages = template_messages(&conversation.messages)?;
     let n = messages.len();
@@ -160,9 +161,17 @@ pub(crate) fn render_with_spans(
     // Where each message's text stops agreeing with the full render when it is rendered as the
     // last message. Exact for most templates; early for templates that render the last turn
     // differently (Qwen3's think tags, gpt-oss' <|return|>), which the trained ranges below fix.
-    let mut agreed_ends = Vec::with_capacity(n);
-    for i in 0..n {
-        let previous = agreed_ends.last().copied().unwrap_or(0);
+    // Each costs a render, so with `exact_untrained_spans == false` only the ones that decide a
+    // trained range are computed; the others let untrained messages merge into the next span.
+    let is_trained_answer =
+        |i: usize| trained[i] && conversation.messages[i].role() == Role::Assistant;
+    let needs_end = |i: usize| {
+        exact_untrained_spans
+            || template.has_generation_blocks()
+            || (trained[i] && !is_trained_answer(i))
+            || (i + 1 < n && trained[i + 1] && !is_trained_answer(i + 1))
+    };
+    let agreed_end = |i: usize, previous: usize| -> Result<usize> {
         let end = if i + 1 == n && !agp {
             full.text.len()
         } else {
@@ -175,13 +184,20 @@ pub(crate) fn render_with_spans(
                 Err(error) => return Err(span_error(template, i, error)),
             }
         };
-        agreed_ends.push(end.max(previous));
+        Ok(end.max(previous))
+    };
+    let mut agreed_ends: Vec<usize> = Vec::with_capacity(n);
+    for i in 0..n {
+        let previous = agreed_ends.last().copied().unwrap_or(0);
+        agreed_ends.push(if needs_end(i) {
+            agreed_end(i, previous)?
+        } else {
+            previous
+        });
     }
 
     // The trained byte ranges of each trained assistant message.
     let mut answers: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
-    let is_trained_answer =
-        |i: usize| trained[i] && conversation.messages[i].role() == Role::Assistant;
     if template.has_generation_blocks() {
         // Each `{% generation %}` range belongs to the last assistant message that starts before it.
         for &(g_start, g_end) in &full.generation {
@@ -201,15 +217,14 @@ pub(crate) fn render_with_spans(
                 None => {
                     // The template looks at the content itself (or there is none): fall back to
                     // "after the generation prompt's header, up to where the texts disagree".
-                    let start = if i == 0 { 0 } else { agreed_ends[i - 1] };
+                    let start = if i == 0 { 0 } else { agreed_end(i - 1, 0)? };
+                    let end = agreed_end(i, start)?;
                     let header_end = match render(i, true) {
-                        Ok(prompt) => {
-                            common_prefix(&full.text, &prompt.text).clamp(start, agreed_ends[i])
-                        }
+                        Ok(prompt) => common_prefix(&full.text, &prompt.text).clamp(start, end),
                         Err(_) if i == 0 => start,
                         Err(error) => return Err(span_error(template, i, error)),
                     };
-                    (header_end, agreed_ends[i])
+                    (header_end, end)
                 }
             });
         }

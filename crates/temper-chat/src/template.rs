@@ -282,7 +282,19 @@ impl ChatTemplate {
         options: &RenderOptions,
         train_on: crate::TrainOn,
     ) -> Result<Rendered> {
-        spans::render_with_spans(self, conversation, options, train_on)
+        spans::render_with_spans(self, conversation, options, train_on, true)
+    }
+
+    /// Like [`ChatTemplate::render`], but spends renders only on the trained spans: the
+    /// trained spans are the same, while consecutive untrained messages may come back as one
+    /// span attributed to the last of them. What the data pipeline uses.
+    pub fn render_for_training(
+        &self,
+        conversation: &Conversation,
+        options: &RenderOptions,
+        train_on: crate::TrainOn,
+    ) -> Result<Rendered> {
+        spans::render_with_spans(self, conversation, options, train_on, false)
     }
 
     /// Renders messages (already converted to template values) with sentinels in place of the

@@ -291,6 +291,22 @@ fn incremental_spans_hold_each_answer() {
                 }
             };
         assert_eq!(Some(&rendered.text), case.text.as_ref());
+        for train_on in [TrainOn::Assistant, TrainOn::All, TrainOn::LastAssistant] {
+            let trained = |rendered: temper_chat::Result<temper_chat::Rendered>| {
+                rendered
+                    .map(|r| r.trained_ranges().collect::<Vec<_>>())
+                    .map_err(|e| e.to_string())
+            };
+            assert_eq!(
+                trained(template(&case.template).render(conversation, &options, train_on)),
+                trained(template(&case.template).render_for_training(
+                    conversation,
+                    &options,
+                    train_on
+                )),
+                "{label}: render_for_training must train the same bytes ({train_on:?})"
+            );
+        }
         for (index, message) in conversation.messages.iter().enumerate() {
             let content = message.content.as_deref().unwrap_or_default().trim();
             // Reasoning templates re-render `<think>` blocks found in the content.

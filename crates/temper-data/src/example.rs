@@ -53,7 +53,8 @@ pub fn render_record(
                 key: "template".into(),
                 message: "chat records need a chat template: pass a built-in name, a .jinja file or a tokenizer_config.json".into(),
             })?;
-            let rendered = template.render(conversation, &RenderOptions::default(), train_on)?;
+            let rendered =
+                template.render_for_training(conversation, &RenderOptions::default(), train_on)?;
             let trained = rendered.trained_ranges().collect();
             Ok(RenderedExample {
                 text: rendered.text,

@@ -664,21 +664,21 @@ impl RecordReader<'_> {
         })?;
         let mut messages = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
-            let at = format!("`{list_key}[{index}]`");
+            let at = format!("{list_key}[{index}]");
             let object = item.as_object().ok_or_else(|| {
                 self.error(
                     Problem::WrongType,
-                    format!("{at} must be an object, found {}", json_kind(item)),
+                    format!("`{at}` must be an object, found {}", json_kind(item)),
                 )
             })?;
             let role_value = object.get(role_key).ok_or_else(|| {
-                self.error(Problem::MissingField, format!("{at} has no `{role_key}`"))
+                self.error(Problem::MissingField, format!("`{at}` has no `{role_key}`"))
             })?;
             let role_name = role_value.as_str().ok_or_else(|| {
                 self.error(
                     Problem::WrongType,
                     format!(
-                        "{at}.{role_key} must be a string, found {}",
+                        "`{at}.{role_key}` must be a string, found {}",
                         json_kind(role_value)
                     ),
                 )
@@ -686,7 +686,7 @@ impl RecordReader<'_> {
             let role = parse_role(role_name).ok_or_else(|| {
                 self.error(
                     Problem::UnknownRole,
-                    format!("{at} has unknown role `{role_name}`: expected system, user, assistant or tool (or a ShareGPT alias: human, gpt, ...)"),
+                    format!("`{at}` has unknown role `{role_name}`: expected system, user, assistant or tool (or a ShareGPT alias: human, gpt, ...)"),
                 )
             })?;
             let content = match object.get(text_key) {
@@ -696,7 +696,7 @@ impl RecordReader<'_> {
                     return Err(self.error(
                         Problem::WrongType,
                         format!(
-                            "{at}.{text_key} must be a string, found {}",
+                            "`{at}.{text_key}` must be a string, found {}",
                             json_kind(other)
                         ),
                     ));
@@ -709,7 +709,7 @@ impl RecordReader<'_> {
                     return Err(self.error(
                         Problem::WrongType,
                         format!(
-                            "{at}.train must be true or false, found {}",
+                            "`{at}.train` must be true or false, found {}",
                             json_kind(other)
                         ),
                     ));

@@ -1,0 +1,206 @@
+//! The `temper` binary as a user runs it: real files in, exit status and output checked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn gpt2_tokenizer() -> PathBuf {
+    let cache = std::env::var_os("TEMPER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/temper"));
+    let path = cache.join("gpt2/tokenizer.json");
+    assert!(
+        path.is_file(),
+        "MISSING TEST ASSET {}: run `cargo xtask assets` first",
+        path.display()
+    );
+    path
+}
+
+fn temper(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_temper"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every file of `tests/fixtures/bad_input/` is one kind of bad input; its `.expected` file
+/// holds the exact message. The CLI must exit with status 1 and that `FILE:LINE:` message.
+#[test]
+fn bad_input_exits_1_with_file_line_and_reason() {
+    let dir = root().join("tests/fixtures/bad_input");
+    let tokenizer = gpt2_tokenizer();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "expected") {
+            continue;
+        }
+        let relative = format!(
+            "tests/fixtures/bad_input/{}",
+            path.file_name().unwrap().to_str().unwrap()
+        );
+        let expected = std::fs::read_to_string(path.with_extension("expected")).unwrap();
+        // gemma refuses system messages, which template_rejects.jsonl has.
+        let output = temper(&[
+            "data",
+            "inspect",
+            &relative,
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+            "--template",
+            "gemma",
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{relative}: {stderr}");
+        assert!(
+            !stderr.contains("panicked"),
+            "{relative} panicked: {stderr}"
+        );
+        assert_eq!(
+            stderr.strip_prefix("error: ").unwrap_or(&stderr),
+            expected,
+            "{relative}"
+        );
+        if !expected.starts_with(&format!("{relative}:")) {
+            panic!("{relative}: the message must start with the file name: {expected}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 14, "{checked}");
+}
+
+#[test]
+fn skipped_records_are_counted_by_reason() {
+    let dir = std::env::temp_dir().join(format!("temper-cli-skip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mixed.jsonl");
+    std::fs::write(
+        &file,
+        "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\", \"output\": \"\"}\nnot json\n{\"instruction\": \"d\", \"output\": \"e\"}\n",
+    )
+    .unwrap();
+    let output = temper(&[
+        "data",
+        "inspect",
+        file.to_str().unwrap(),
+        "--tokenizer",
+        gpt2_tokenizer().to_str().unwrap(),
+        "--skip-errors",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["report"]["examples"], 2);
+    assert_eq!(
+        json["report"]["skipped"],
+        serde_json::json!({"invalid_json": 1, "empty_response": 1})
+    );
+    assert_eq!(json["report"]["empty_outputs"], 1);
+    assert_eq!(
+        json["examples"][0]["trained_text"],
+        serde_json::json!(["b<|endoftext|>"])
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn template_render_json_gives_byte_spans() {
+    let dir = std::env::temp_dir().join(format!("temper-cli-render-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("chat.json");
+    std::fs::write(
+        &file,
+        r#"[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Héllo!"}]"#,
+    )
+    .unwrap();
+    let output = temper(&[
+        "template",
+        "render",
+        "--template",
+        "chatml",
+        "--messages",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let text = json["text"].as_str().unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHéllo!<|im_end|>\n"
+    );
+    let trained: Vec<&str> = json["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["trained"] == true)
+        .map(|s| &text[s["start"].as_u64().unwrap() as usize..s["end"].as_u64().unwrap() as usize])
+        .collect();
+    assert_eq!(trained, ["Héllo!<|im_end|>\n"]);
+    assert_eq!(json["spans"][0]["role"], "user");
+
+    let output = temper(&[
+        "template",
+        "render",
+        "--template",
+        "no-such-template",
+        "--messages",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("unknown chat template `no-such-template`")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn prepare_writes_rows_and_reports_throughput() {
+    let dir = std::env::temp_dir().join(format!("temper-cli-prepare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows = dir.join("rows.jsonl");
+    let output = temper(&[
+        "data",
+        "prepare",
+        "datasets/tasks/test.alpaca.jsonl",
+        "--tokenizer",
+        gpt2_tokenizer().to_str().unwrap(),
+        "--max-length",
+        "256",
+        "--packing",
+        "--json",
+        "--output",
+        rows.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(stats["examples"], 200);
+    let written = std::fs::read_to_string(&rows).unwrap();
+    assert_eq!(
+        written.lines().count() as u64,
+        stats["packs"].as_u64().unwrap()
+    );
+    assert!(!dir.join("rows.partial").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,307 @@
+//! The data pipeline end to end with real tokenizers (GPT-2 byte-level BPE and Mistral's
+//! SentencePiece BPE, fetched by `cargo xtask assets`).
+
+use std::path::Path;
+
+use temper_chat::{ChatTemplate, Conversation, Message, TrainOn};
+use temper_data::example::{RenderedExample, render_record, tokenize_rendered};
+use temper_data::records::{Record, Sample};
+use temper_data::{DataConfig, Format, Pack, SpecialTokenNames, Tokenizer, collate, prepare};
+use temper_tests::{asset, root};
+
+fn gpt2() -> Tokenizer {
+    Tokenizer::from_file(&asset("gpt2/tokenizer.json"), &SpecialTokenNames::default()).unwrap()
+}
+
+fn mistral() -> Tokenizer {
+    Tokenizer::from_file(
+        &asset("mistral/tokenizer.json"),
+        &SpecialTokenNames::default(),
+    )
+    .unwrap()
+}
+
+/// The decoded trained tokens of an example, run by run.
+fn trained_text(tokenizer: &Tokenizer, ids: &[u32], mask: &[bool]) -> String {
+    let trained: Vec<u32> = ids
+        .iter()
+        .zip(mask)
+        .filter(|(_, m)| **m)
+        .map(|(id, _)| *id)
+        .collect();
+    tokenizer.decode(&trained)
+}
+
+#[test]
+fn gpt2_tokenizer_from_tiktoken_assets_matches_openai_ids() {
+    let tokenizer = gpt2();
+    assert_eq!(tokenizer.encode("Hello world!").unwrap().0, [15496, 995, 0]);
+    assert_eq!(tokenizer.eos.id, 50256);
+    assert_eq!(tokenizer.pad_id, 50256, "GPT-2 has no pad token: EOS pads");
+}
+
+#[test]
+fn alpaca_trains_exactly_the_output_and_eos() {
+    let tokenizer = gpt2();
+    let config = DataConfig {
+        max_length: 512,
+        ..DataConfig::default()
+    };
+    let prepared = prepare(
+        &root().join("datasets/tasks/train.alpaca.jsonl"),
+        &tokenizer,
+        &config,
+    )
+    .unwrap();
+    assert_eq!(prepared.examples.len(), 2000);
+    for (record, example) in prepared.records.iter().zip(&prepared.examples).take(200) {
+        let Sample::Chat(conversation) = &record.sample else {
+            panic!("alpaca records are chats")
+        };
+        let output = conversation
+            .messages
+            .last()
+            .unwrap()
+            .content
+            .clone()
+            .unwrap();
+        assert_eq!(
+            trained_text(&tokenizer, &example.input_ids, &example.loss_mask),
+            format!("{output}<|endoftext|>")
+        );
+        // Trained tokens are one contiguous run at the end.
+        let first = example.loss_mask.iter().position(|&m| m).unwrap();
+        assert!(
+            example.loss_mask[first..].iter().all(|&m| m),
+            "line {}",
+            record.line
+        );
+    }
+}
+
+#[test]
+fn chat_turns_train_answers_and_end_of_turn_with_one_bos() {
+    // Mistral's tokenizer adds <s>, and so does the mistral template: keep one.
+    let tokenizer = mistral();
+    let template = ChatTemplate::builtin("mistral")
+        .unwrap()
+        .with_special_tokens(Some("<s>".into()), Some("</s>".into()));
+    let conversation = Conversation::new(vec![
+        Message::user("What is the capital of France?"),
+        Message::assistant("The capital of France is Paris."),
+        Message::user("And of Italy?"),
+        Message::assistant("Rome."),
+    ]);
+    let record = Record {
+        line: 1,
+        format: Format::Messages,
+        sample: Sample::Chat(conversation),
+    };
+    let rendered = render_record(&record, Some(&template), TrainOn::Assistant).unwrap();
+    assert!(rendered.text.starts_with("<s> [INST]"));
+    let example = tokenize_rendered(&rendered, &tokenizer, 1).unwrap();
+    assert_eq!(example.input_ids[0], 1);
+    assert_ne!(example.input_ids[1], 1, "BOS appears once");
+    let runs: Vec<String> = runs(&example.input_ids, &example.loss_mask)
+        .iter()
+        .map(|ids| tokenizer.decode(ids))
+        .collect();
+    assert_eq!(runs, ["The capital of France is Paris.</s>", "Rome.</s>"]);
+}
+
+fn runs(ids: &[u32], mask: &[bool]) -> Vec<Vec<u32>> {
+    let mut runs: Vec<Vec<u32>> = Vec::new();
+    let mut previous = false;
+    for (id, &m) in ids.iter().zip(mask) {
+        if m && !previous {
+            runs.push(Vec::new());
+        }
+        if m {
+            runs.last_mut().unwrap().push(*id);
+        }
+        previous = m;
+    }
+    runs
+}
+
+#[test]
+fn chatml_with_a_tokenizer_that_lacks_its_tokens_still_masks_by_bytes() {
+    // GPT-2 does not know <|im_end|>: it is split into pieces, and all of them are trained.
+    let tokenizer = gpt2();
+    let template = ChatTemplate::builtin("chatml").unwrap();
+    let conversation =
+        Conversation::new(vec![Message::user("Hi"), Message::assistant("Hello there")]);
+    let record = Record {
+        line: 1,
+        format: Format::Messages,
+        sample: Sample::Chat(conversation),
+    };
+    let example = tokenize_rendered(
+        &render_record(&record, Some(&template), TrainOn::Assistant).unwrap(),
+        &tokenizer,
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        trained_text(&tokenizer, &example.input_ids, &example.loss_mask),
+        "Hello there<|im_end|>\n"
+    );
+}
+
+#[test]
+fn text_and_completion_examples_end_with_a_trained_eos() {
+    let tokenizer = gpt2();
+    let text = RenderedExample {
+        text: "plain text".into(),
+        trained: vec![0..10],
+        append_eos: true,
+    };
+    let example = tokenize_rendered(&text, &tokenizer, 1).unwrap();
+    assert_eq!(example.input_ids.last(), Some(&50256));
+    assert!(example.loss_mask.iter().all(|&m| m));
+
+    let record = Record {
+        line: 1,
+        format: Format::PromptCompletion,
+        sample: Sample::Completion {
+            prompt: "Q: 2+2?\nA:".into(),
+            completion: " 4".into(),
+        },
+    };
+    let example = tokenize_rendered(
+        &render_record(&record, None, TrainOn::Assistant).unwrap(),
+        &tokenizer,
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        trained_text(&tokenizer, &example.input_ids, &example.loss_mask),
+        " 4<|endoftext|>"
+    );
+}
+
+#[test]
+fn gpt2_padding_with_eos_keeps_the_trained_eos() {
+    let tokenizer = gpt2();
+    let config = DataConfig {
+        max_length: 512,
+        ..DataConfig::default()
+    };
+    let prepared = prepare(
+        &root().join("datasets/sample/sft_chapter.alpaca.jsonl"),
+        &tokenizer,
+        &config,
+    )
+    .unwrap();
+    let rows: Vec<&Pack> = prepared.rows.iter().take(4).collect();
+    let batch = collate(&rows, tokenizer.pad_id, Some(8));
+    for row in 0..batch.batch_size {
+        let cells = row * batch.seq_len..(row + 1) * batch.seq_len;
+        let last_real = cells
+            .clone()
+            .rev()
+            .find(|&i| batch.segment_ids[i] != 0)
+            .unwrap();
+        assert_eq!(batch.input_ids[last_real], 50256);
+        assert!(
+            batch.loss_mask[last_real],
+            "the EOS that ends the answer is trained"
+        );
+        assert!(
+            cells
+                .filter(|&i| batch.segment_ids[i] == 0)
+                .all(|i| !batch.loss_mask[i] && batch.input_ids[i] == 50256)
+        );
+    }
+}
+
+#[test]
+fn packed_rows_hold_the_same_examples_as_unpacked_ones() {
+    let tokenizer = gpt2();
+    let path = root().join("datasets/tasks/train.messages.jsonl");
+    let padded = prepare(
+        &path,
+        &tokenizer,
+        &DataConfig {
+            max_length: 256,
+            template: Some("chatml".into()),
+            ..DataConfig::default()
+        },
+    )
+    .unwrap();
+    let packed = prepare(
+        &path,
+        &tokenizer,
+        &DataConfig {
+            max_length: 256,
+            template: Some("chatml".into()),
+            packing: true,
+            ..DataConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        packed.rows.len() * 3 < padded.rows.len(),
+        "packing saves rows: {} vs {}",
+        packed.rows.len(),
+        padded.rows.len()
+    );
+    assert!(
+        packed.packing_efficiency() > 0.95,
+        "{}",
+        packed.packing_efficiency()
+    );
+    let mut seen = vec![false; padded.examples.len()];
+    for row in &packed.rows {
+        assert!(row.len() <= 256);
+        for (k, &index) in row.examples.iter().enumerate() {
+            let span = row.boundaries[k]..row.boundaries[k + 1];
+            assert_eq!(
+                row.input_ids[span.clone()],
+                padded.examples[index].input_ids[..]
+            );
+            assert_eq!(
+                row.loss_mask[span.clone()],
+                padded.examples[index].loss_mask[..]
+            );
+            assert_eq!(
+                row.position_ids[span.clone()],
+                (0..span.len() as u32).collect::<Vec<_>>()[..]
+            );
+            seen[index] = true;
+        }
+    }
+    assert!(
+        seen.iter().all(|&s| s),
+        "every example is packed exactly once"
+    );
+}
+
+#[test]
+fn every_shipped_dataset_prepares() {
+    let tokenizer = gpt2();
+    for (file, template) in [
+        ("datasets/tasks/train.alpaca.jsonl", None),
+        ("datasets/tasks/test.messages.jsonl", Some("chatml")),
+        ("datasets/sample/sft_chapter.alpaca.json", None),
+        ("datasets/sample/sft_chapter.messages.jsonl", Some("zephyr")),
+        ("datasets/sample/sharegpt.jsonl", Some("llama3")),
+        ("datasets/sample/prompt_completion.jsonl", None),
+        ("datasets/sample/text.jsonl", None),
+    ] {
+        let config = DataConfig {
+            template: template.map(str::to_owned),
+            max_length: 1024,
+            ..DataConfig::default()
+        };
+        let prepared = prepare(Path::new(&root().join(file)), &tokenizer, &config)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(!prepared.examples.is_empty(), "{file}");
+        assert!(
+            prepared.skipped.is_empty(),
+            "{file}: {:?}",
+            prepared.skipped
+        );
+        assert!(prepared.trained_tokens() > 0);
+    }
+}
