@@ -305,3 +305,85 @@ fn every_shipped_dataset_prepares() {
         assert!(prepared.trained_tokens() > 0);
     }
 }
+
+/// The fast byte-level BPE encoder must give exactly what `tokenizers` gives: same ids, same
+/// offsets, on every shipped dataset (rendered with its template) and on whitespace, quotes
+/// and Unicode edge cases.
+#[test]
+fn fast_path_matches_tokenizers() {
+    let tokenizer = gpt2();
+    assert!(
+        tokenizer.uses_fast_path(),
+        "GPT-2's tokenizer.json is plain byte-level BPE"
+    );
+    let mut texts: Vec<String> = [
+        "Hello world!",
+        "a  \nb",
+        "  leading",
+        "trailing  ",
+        "\t\t x",
+        "x\r\n\r\ny",
+        "it's don't I'M we'Ve they'll he'd",
+        "'s's''s",
+        "12345 678.9 1,000",
+        "Ⅻ ² ½ ٣",
+        "é e\u{301} naïve café",
+        "東京の天気は？ 한국어 Привет",
+        "🌧\u{fe0f} 👨\u{200d}👩\u{200d}👧",
+        "   \n\n\n   ",
+        "<|endoftext|>inside<|endoftext|><|endoftext|> text",
+        "a<|endoftext",
+        "\u{a0}nbsp\u{2003}em\u{3000}ideo",
+        "x\u{0}y\u{7f}z",
+        "$$$ ??? !!! ...",
+        "tab\tsep\tvalues\n",
+        "mixed123abc 123abc abc123",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for file in [
+        "datasets/tasks/train.alpaca.jsonl",
+        "datasets/tasks/train.messages.jsonl",
+        "datasets/sample/sft_chapter.messages.jsonl",
+        "datasets/sample/sharegpt.jsonl",
+        "datasets/sample/text.jsonl",
+    ] {
+        let config = DataConfig {
+            template: Some("chatml".into()),
+            ..DataConfig::default()
+        };
+        let read = temper_data::read_file(&root().join(file), &Default::default()).unwrap();
+        let template =
+            temper_data::pipeline::resolve_template(&config, &tokenizer, &read.records).unwrap();
+        for record in &read.records {
+            texts.push(
+                render_record(record, template.as_ref(), TrainOn::Assistant)
+                    .unwrap()
+                    .text,
+            );
+        }
+    }
+    let conversations: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("crates/temper-chat/tests/fixtures/parity/conversations.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    collect_strings(&conversations, &mut texts);
+    assert!(texts.len() > 4000);
+    for text in &texts {
+        let fast = tokenizer.encode(text).unwrap();
+        let reference = tokenizer.encode_reference(text).unwrap();
+        assert_eq!(fast, reference, "{text:?}");
+    }
+}
+
+fn collect_strings(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(text) => out.push(text.clone()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
+        _ => {}
+    }
+}

@@ -13,6 +13,7 @@
 
 mod error;
 pub mod example;
+mod fast_bpe;
 pub mod pack;
 pub mod pipeline;
 pub mod records;

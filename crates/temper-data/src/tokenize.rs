@@ -22,6 +22,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// An exact, faster encoder for byte-level BPE tokenizers (GPT-2 style), when it applies.
+    fast: Option<crate::fast_bpe::FastByteLevel>,
     path: PathBuf,
     pub bos: Option<SpecialToken>,
     pub eos: SpecialToken,
@@ -60,11 +62,21 @@ impl Tokenizer {
     /// Loads `tokenizer.json`. Special tokens come from `names`, else from a
     /// `tokenizer_config.json` next to the file, else from well-known token strings.
     pub fn from_file(path: &Path, names: &SpecialTokenNames) -> Result<Tokenizer> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|error| Error::Tokenizer {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_owned(),
-            message: error.to_string(),
+            source,
         })?;
-        Tokenizer::new(inner, path, names)
+        let inner: tokenizers::Tokenizer =
+            text.parse()
+                .map_err(|error: tokenizers::Error| Error::Tokenizer {
+                    path: path.to_owned(),
+                    message: error.to_string(),
+                })?;
+        let mut tokenizer = Tokenizer::new(inner, path, names)?;
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
+            tokenizer.fast = crate::fast_bpe::FastByteLevel::for_tokenizer(&json, &tokenizer.inner);
+        }
+        Ok(tokenizer)
     }
 
     /// Wraps an already loaded tokenizer (`path` is used in messages and to find a
@@ -137,6 +149,7 @@ impl Tokenizer {
         let pad_id = pad.map_or(eos.id, |pad| pad.id);
         Ok(Tokenizer {
             inner,
+            fast: None,
             path: path.to_owned(),
             bos,
             eos,
@@ -159,15 +172,14 @@ impl Tokenizer {
     /// Encodes text with the tokenizer's own special tokens (its post-processor's BOS).
     /// Returns ids and byte offsets; tokens the tokenizer added have empty offsets.
     pub fn encode(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
-        let encoding = self
-            .inner
-            .encode(text, true)
-            .map_err(|error| Error::Tokenizer {
-                path: self.path.clone(),
-                message: error.to_string(),
-            })?;
-        let mut ids = encoding.get_ids().to_vec();
-        let mut offsets = encoding.get_offsets().to_vec();
+        let (mut ids, mut offsets) = match &self.fast {
+            Some(fast) => fast.encode(text, self.inner.get_model()),
+            None => self.encode_reference(text),
+        }
+        .map_err(|error| Error::Tokenizer {
+            path: self.path.clone(),
+            message: error.to_string(),
+        })?;
         // A template that writes BOS itself and a tokenizer that adds one: keep one.
         if let Some(bos) = &self.bos
             && ids.len() >= 2
@@ -179,6 +191,20 @@ impl Tokenizer {
             offsets.remove(added);
         }
         Ok((ids, offsets))
+    }
+
+    /// `tokenizers`' own `encode` (ids and byte offsets), without the fast path.
+    pub fn encode_reference(
+        &self,
+        text: &str,
+    ) -> tokenizers::Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let encoding = self.inner.encode(text, true)?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
+    }
+
+    /// Whether the exact fast byte-level BPE encoder is in use.
+    pub fn uses_fast_path(&self) -> bool {
+        self.fast.is_some()
     }
 
     /// Token ids -> text (for display).
