@@ -14,6 +14,7 @@ pub fn root() -> PathBuf {
 /// these tests must not silently pass without their data.
 pub fn asset(relative: &str) -> PathBuf {
     let cache = std::env::var_os("TEMPER_CACHE")
+        .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(".cache/temper"));
     let path = cache.join(relative);

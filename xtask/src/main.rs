@@ -46,6 +46,7 @@ pub fn root() -> PathBuf {
 /// Where fetched assets live: `$TEMPER_CACHE`, else `.cache/temper` in the repository.
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("TEMPER_CACHE")
+        .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(".cache/temper"))
 }

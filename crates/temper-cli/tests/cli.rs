@@ -12,6 +12,7 @@ fn root() -> PathBuf {
 
 fn gpt2_tokenizer() -> PathBuf {
     let cache = std::env::var_os("TEMPER_CACHE")
+        .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(".cache/temper"));
     let path = cache.join("gpt2/tokenizer.json");
