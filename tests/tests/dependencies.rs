@@ -1,6 +1,8 @@
 //! Invariant: temper-chat and temper-data have no dependency, direct or transitive, on burn.
 //! Invariant: the burn-free crates depend only downwards (temper-chat never on temper-data).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 

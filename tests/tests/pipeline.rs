@@ -1,6 +1,8 @@
 //! The data pipeline end to end with real tokenizers (GPT-2 byte-level BPE and Mistral's
 //! SentencePiece BPE, fetched by `cargo xtask assets`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use temper_chat::{ChatTemplate, Conversation, Message, TrainOn};
@@ -153,7 +155,7 @@ fn text_and_completion_examples_end_with_a_trained_eos() {
     let tokenizer = gpt2();
     let text = RenderedExample {
         text: "plain text".into(),
-        trained: vec![0..10],
+        trained: std::iter::once(0..10).collect(),
         append_eos: true,
     };
     let example = tokenize_rendered(&text, &tokenizer, 1).unwrap();

@@ -176,7 +176,7 @@ fn write_section(path: &std::path::Path, heading: &str, section: &str) -> Result
                 .map_or(existing.len(), |i| start + heading.len() + i + 1);
             format!("{}{}{}", &existing[..start], section, &existing[end..])
         }
-        None => format!("{}\n{}", existing.trim_end(), format!("\n{section}")),
+        None => format!("{}\n\n{section}", existing.trim_end()),
     };
     let temporary = path.with_extension("md.partial");
     std::fs::write(&temporary, updated)?;

@@ -12,11 +12,10 @@ pub enum Error {
     UnknownTemplate { name: String, builtins: String },
 
     /// A file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A `tokenizer_config.json` that is not valid JSON or has no usable `chat_template`.

@@ -123,13 +123,23 @@ impl ChatTemplate {
         })
     }
 
-    /// One of [`BUILTIN_TEMPLATES`].
+    /// One of [`BUILTIN_TEMPLATES`], with the BOS/EOS strings of the models it comes from
+    /// (a tokenizer's own tokens replace them in the data pipeline).
     pub fn builtin(name: &str) -> Result<ChatTemplate> {
         let (_, source) = BUILTIN_TEMPLATES
             .iter()
             .find(|(builtin, _)| *builtin == name)
             .ok_or_else(|| unknown_template(name))?;
-        ChatTemplate::from_source(name, *source)
+        let (bos, eos) = match name {
+            "llama3" => (Some("<|begin_of_text|>"), Some("<|eot_id|>")),
+            "zephyr" | "mistral" => (Some("<s>"), Some("</s>")),
+            "gemma" => (Some("<bos>"), Some("<eos>")),
+            "phi3" => (Some("<s>"), Some("<|endoftext|>")),
+            "chatml" => (None, Some("<|im_end|>")),
+            _ => (None, None),
+        };
+        Ok(ChatTemplate::from_source(name, *source)?
+            .with_special_tokens(bos.map(str::to_owned), eos.map(str::to_owned)))
     }
 
     /// A built-in name, a `.jinja` file, or a `tokenizer_config.json` (optionally
@@ -149,9 +159,9 @@ impl ChatTemplate {
         if path.extension().is_some_and(|ext| ext == "json") {
             return ChatTemplate::from_tokenizer_config(path, selector);
         }
-        let source = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let source = std::fs::read_to_string(path).map_err(|error| Error::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         ChatTemplate::from_source(path.display().to_string(), source)
     }
@@ -164,9 +174,9 @@ impl ChatTemplate {
             path: path.to_owned(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let config: serde_json::Value = serde_json::from_str(&text).map_err(|error| {
             config_error(format!("line {}: invalid JSON: {error}", error.line()))

@@ -1,5 +1,7 @@
 //! Loading templates from names, `.jinja` files and `tokenizer_config.json` files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use temper_chat::{ChatTemplate, Conversation, Error, Message, RenderOptions};

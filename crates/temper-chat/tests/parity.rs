@@ -5,6 +5,8 @@
 //! with the `transformers` and `jinja2` versions recorded in `expected.json`. To regenerate:
 //! `pip install transformers jinja2 && python crates/temper-chat/tests/fixtures/parity/make_expected.py`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -31,7 +31,8 @@ pub enum DataCommand {
     Prepare {
         #[command(flatten)]
         input: InputArgs,
-        /// Write the rows as JSON lines (`input_ids`, `loss_mask`, `position_ids`, `boundaries`).
+        /// Write the rows as JSON lines (`input_ids`, `loss_mask`, `position_ids`, `boundaries`,
+        /// `examples`), through a temporary file.
         #[arg(long)]
         output: Option<PathBuf>,
         /// Print the statistics as JSON.
@@ -61,6 +62,7 @@ pub struct InputArgs {
     #[arg(long, default_value = "assistant")]
     train_on: TrainOn,
     #[arg(long, default_value_t = 1024)]
+    /// The longest example (or packed row), in tokens.
     max_length: usize,
     /// keep_start, keep_end, drop or error.
     #[arg(long, default_value = "keep_start")]
@@ -72,8 +74,13 @@ pub struct InputArgs {
     #[arg(long)]
     skip_errors: bool,
     #[arg(long)]
+    /// The end-of-sequence token, when the tokenizer files do not say.
     eos_token: Option<String>,
+    /// The padding token (EOS pads when there is none, as for GPT-2).
     #[arg(long)]
+    pad_token: Option<String>,
+    #[arg(long)]
+    /// The beginning-of-sequence token, when the tokenizer files do not say.
     bos_token: Option<String>,
 }
 
@@ -93,6 +100,7 @@ impl InputArgs {
             },
             eos_token: self.eos_token.clone(),
             bos_token: self.bos_token.clone(),
+            pad_token: self.pad_token.clone(),
             ..DataConfig::default()
         };
         for (field, key) in &self.fields {
@@ -195,10 +203,16 @@ fn inspect(input: &InputArgs, count: usize, json: bool) -> Result<()> {
             record.line,
             example.len(),
             example.trained_tokens(),
-            if example.len() > config.max_length {
-                format!(" · truncated to {}", config.max_length)
-            } else {
-                String::new()
+            match config.truncation {
+                _ if example.len() <= config.max_length => String::new(),
+                Truncation::KeepStart | Truncation::KeepEnd => {
+                    format!(
+                        " · cut to {} tokens ({:?}) for training",
+                        config.max_length, config.truncation
+                    )
+                }
+                Truncation::Drop | Truncation::Error =>
+                    " · longer than max_length: dropped".to_owned(),
             }
         );
         let trained: Vec<Range<usize>> = offsets
@@ -304,10 +318,8 @@ fn print_report(report: &QualityReport, prepared: &Prepared) {
         100.0 * report.trained_token_fraction
     );
     println!(
-        "instructions      {} unique of {} (diversity {:.3})",
-        report.unique_instructions,
-        prepared.records.len(),
-        report.instruction_diversity
+        "instructions      {} unique (diversity {:.3} over the records that have one)",
+        report.unique_instructions, report.instruction_diversity
     );
     let prefixes = |list: &[temper_data::report::RepeatedPrefix]| {
         if list.is_empty() {
@@ -333,12 +345,12 @@ fn print_report(report: &QualityReport, prepared: &Prepared) {
     );
     println!("empty outputs     {}", report.empty_outputs);
     println!(
-        "rows              {} {} · {:.1}% of row capacity is real tokens",
+        "rows              {} {} · {:.1}% of rows of max_length tokens is real tokens",
         report.rows,
         if report.packing {
             "packed"
         } else {
-            "padded (one example each)"
+            "padded (one example each; batches pad to their longest row, so their fill is higher)"
         },
         100.0 * report.packing_efficiency
     );

@@ -21,7 +21,7 @@ pub enum TemplateCommand {
         /// Append the header of an assistant turn.
         #[arg(long)]
         add_generation_prompt: bool,
-        /// Print `{"text", "spans": [{"role", "start", "end", "trained"}]}` (byte offsets).
+        /// Print `{"text", "spans": [{"role", "message", "start", "end", "trained"}]}` (byte offsets).
         #[arg(long)]
         json: bool,
         /// Which messages are trained: assistant, all, last_assistant.
@@ -83,10 +83,17 @@ pub fn run(command: TemplateCommand) -> Result<()> {
             let text = std::fs::read_to_string(&messages)
                 .with_context(|| format!("cannot read {}", messages.display()))?;
             let value: serde_json::Value = serde_json::from_str(&text).map_err(|error| {
+                let message = error.to_string();
+                let message = message
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 anyhow::anyhow!(
-                    "{}:{}: invalid JSON: {error}",
+                    "{}:{}: invalid JSON: {message} (column {})",
                     messages.display(),
-                    error.line()
+                    error.line(),
+                    error.column()
                 )
             })?;
             let conversation = Conversation::from_json(&value, &messages.display().to_string())?;
@@ -109,6 +116,9 @@ pub fn run(command: TemplateCommand) -> Result<()> {
                     })?
                 );
             } else {
+                if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    eprintln!("(trained text is between [[ and ]])");
+                }
                 print!(
                     "{}",
                     crate::data::highlight(

@@ -1,5 +1,7 @@
 //! The `temper` binary as a user runs it: real files in, exit status and output checked.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

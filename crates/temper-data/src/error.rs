@@ -60,11 +60,10 @@ pub enum Error {
         message: String,
     },
 
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// The file as a whole is unusable (empty, not JSON lines nor a JSON array, ...).

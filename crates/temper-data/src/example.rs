@@ -65,13 +65,13 @@ pub fn render_record(
         Sample::Completion { prompt, completion } => {
             let text = format!("{prompt}{completion}");
             Ok(RenderedExample {
-                trained: vec![prompt.len()..text.len()],
+                trained: std::iter::once(prompt.len()..text.len()).collect(),
                 text,
                 append_eos: true,
             })
         }
         Sample::Text(text) => Ok(RenderedExample {
-            trained: vec![0..text.len()],
+            trained: std::iter::once(0..text.len()).collect(),
             text: text.clone(),
             append_eos: true,
         }),
@@ -137,20 +137,17 @@ pub enum Truncation {
 }
 
 impl std::str::FromStr for Truncation {
-    type Err = Error;
+    type Err = String;
 
-    fn from_str(s: &str) -> Result<Self> {
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "keep_start" => Ok(Truncation::KeepStart),
             "keep_end" => Ok(Truncation::KeepEnd),
             "drop" => Ok(Truncation::Drop),
             "error" => Ok(Truncation::Error),
-            other => Err(Error::Config {
-                key: "truncation".into(),
-                message: format!(
-                    "unknown value `{other}`: expected keep_start, keep_end, drop or error"
-                ),
-            }),
+            other => Err(format!(
+                "unknown truncation `{other}`: expected keep_start, keep_end, drop or error"
+            )),
         }
     }
 }
@@ -162,7 +159,8 @@ pub fn truncate(
     max_length: usize,
     truncation: Truncation,
 ) -> std::result::Result<Example, (Problem, String)> {
-    if example.len() > max_length {
+    let truncated = example.len() > max_length;
+    if truncated {
         let len = example.len();
         match truncation {
             Truncation::KeepStart => {
@@ -190,10 +188,15 @@ pub fn truncate(
         }
     }
     if example.trained_tokens() == 0 {
-        return Err((
-            Problem::NoTrainedTokens,
-            "no trained token is left after truncation".into(),
-        ));
+        let message = if truncated {
+            format!(
+                "no trained token is left after truncation to max_length = {max_length} ({truncation:?})"
+            )
+        } else {
+            "no token of this example is trained (check the messages' `train` flags and `train_on`)"
+                .to_owned()
+        };
+        return Err((Problem::NoTrainedTokens, message));
     }
     Ok(example)
 }

@@ -112,7 +112,7 @@ impl FastByteLevel {
         &self,
         text: &str,
         model: &impl Model,
-    ) -> tokenizers::Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    ) -> tokenizers::Result<crate::tokenize::Encoded> {
         let mut ids = Vec::with_capacity(text.len() / 3);
         let mut offsets = Vec::with_capacity(text.len() / 3);
         let mut cursor = 0;

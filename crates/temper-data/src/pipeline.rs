@@ -138,17 +138,24 @@ pub fn resolve_template(
         None if !needs_template => return Ok(None),
         None if records.iter().all(|r| r.format == Format::Alpaca) => "alpaca".to_owned(),
         None => {
+            // The tokenizer's own chat template, when its tokenizer_config.json has one.
             let beside = tokenizer
                 .path()
                 .parent()
                 .map(|dir| dir.join("tokenizer_config.json"));
-            match beside.filter(|path| path.is_file()) {
+            let has_template = beside.as_ref().is_some_and(|path| {
+                std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                    .is_some_and(|config| config.get("chat_template").is_some_and(|t| !t.is_null()))
+            });
+            match beside.filter(|_| has_template) {
                 Some(path) => path.display().to_string(),
                 None => {
                     return Err(Error::Config {
-                        key: "data.template".into(),
+                        key: "template".into(),
                         message: format!(
-                            "chat records need a chat template and there is no tokenizer_config.json beside {}: pass one of {} or a .jinja file",
+                            "chat records need a chat template, and the tokenizer ({}) has no tokenizer_config.json with a `chat_template` beside it: pass --template (one of {}, a .jinja file or a tokenizer_config.json)",
                             tokenizer.path().display(),
                             temper_chat::BUILTIN_TEMPLATES
                                 .iter()
@@ -161,8 +168,15 @@ pub fn resolve_template(
             }
         }
     };
+    // A tokenizer without BOS gives templates an empty `bos_token`, not an undefined one that
+    // `bos_token + ...` would fail on.
     let template = ChatTemplate::load(&spec)?.with_special_tokens(
-        tokenizer.bos.as_ref().map(|t| t.text.clone()),
+        Some(
+            tokenizer
+                .bos
+                .as_ref()
+                .map_or_else(String::new, |t| t.text.clone()),
+        ),
         Some(tokenizer.eos.text.clone()),
     );
     Ok(Some(template))

@@ -47,15 +47,13 @@ impl Format {
 }
 
 impl std::str::FromStr for Format {
-    type Err = Error;
+    type Err = String;
 
-    fn from_str(s: &str) -> Result<Self> {
-        Format::ALL.into_iter().find(|f| f.as_str() == s).ok_or_else(|| Error::Config {
-            key: "format".into(),
-            message: format!(
-                "unknown format `{s}`: expected one of alpaca, messages, sharegpt, prompt_completion, text"
-            ),
-        })
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| format!("unknown format `{s}`: expected one of alpaca, messages, sharegpt, prompt_completion, text"))
     }
 }
 
@@ -203,9 +201,9 @@ pub struct ReadOptions {
 /// Reads a `.jsonl` file (one JSON object a line; blank lines are ignored) or a `.json` file
 /// holding one array of objects.
 pub fn read_file(path: &Path, options: &ReadOptions) -> Result<ReadOutcome> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+    let bytes = std::fs::read(path).map_err(|error| Error::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let raw = raw_records(path, &bytes)?;
     let mut outcome = ReadOutcome::default();
@@ -617,12 +615,17 @@ impl RecordReader<'_> {
                 })
             }
             (Value::Array(_), Value::Array(_)) => {
-                let mut messages = self.messages(prompt, &fields.prompt, "role", "content")?;
+                let mut messages =
+                    self.messages(prompt, &fields.prompt, &fields.role, &fields.content)?;
                 for message in &mut messages {
                     message.train.get_or_insert(false);
                 }
-                let completion_messages =
-                    self.messages(completion, &fields.completion, "role", "content")?;
+                let completion_messages = self.messages(
+                    completion,
+                    &fields.completion,
+                    &fields.role,
+                    &fields.content,
+                )?;
                 if completion_messages.is_empty() {
                     return Err(self.error(
                         Problem::EmptyResponse,
@@ -696,8 +699,16 @@ impl RecordReader<'_> {
                     return Err(self.error(
                         Problem::WrongType,
                         format!(
-                            "`{at}.{text_key}` must be a string, found {}",
-                            json_kind(other)
+                            "`{at}.{text_key}` must be a string, found {}{}",
+                            json_kind(other),
+                            if other.as_array().is_some_and(|blocks| blocks
+                                .iter()
+                                .any(serde_json::Value::is_object))
+                            {
+                                " (multimodal content blocks are not supported)"
+                            } else {
+                                ""
+                            }
                         ),
                     ));
                 }

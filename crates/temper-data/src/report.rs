@@ -77,7 +77,7 @@ pub struct QualityReport {
     /// Trained tokens / all tokens, after truncation.
     pub trained_token_fraction: f64,
     pub unique_instructions: usize,
-    /// unique instructions / records.
+    /// unique instructions / records with an instruction (0 when none has one).
     pub instruction_diversity: f64,
     pub repeated_instruction_prefixes: Vec<RepeatedPrefix>,
     pub repeated_output_prefixes: Vec<RepeatedPrefix>,
@@ -243,7 +243,10 @@ impl QualityReport {
             .iter()
             .map(|r| instruction_and_output(&r.sample))
             .unzip();
-        let unique_instructions = instructions.iter().collect::<HashSet<_>>().len();
+        // Plain-text records have no instruction; diversity is over the records that do.
+        let with_instruction: Vec<&String> =
+            instructions.iter().filter(|i| !i.is_empty()).collect();
+        let unique_instructions = with_instruction.iter().collect::<HashSet<_>>().len();
         let texts: Vec<String> = prepared
             .records
             .iter()
@@ -277,10 +280,10 @@ impl QualityReport {
                 prepared.trained_tokens() as f64 / all_tokens as f64
             },
             unique_instructions,
-            instruction_diversity: if instructions.is_empty() {
+            instruction_diversity: if with_instruction.is_empty() {
                 0.0
             } else {
-                unique_instructions as f64 / instructions.len() as f64
+                unique_instructions as f64 / with_instruction.len() as f64
             },
             repeated_instruction_prefixes: top_prefixes(&instructions, 3, 5),
             repeated_output_prefixes: top_prefixes(&outputs, 3, 5),

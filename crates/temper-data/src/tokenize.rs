@@ -18,6 +18,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+/// Token ids and the byte range of the text each one covers (empty for added specials).
+pub type Encoded = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A `tokenizer.json` tokenizer and the special tokens the pipeline needs.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -62,9 +65,9 @@ impl Tokenizer {
     /// Loads `tokenizer.json`. Special tokens come from `names`, else from a
     /// `tokenizer_config.json` next to the file, else from well-known token strings.
     pub fn from_file(path: &Path, names: &SpecialTokenNames) -> Result<Tokenizer> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| Error::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let inner: tokenizers::Tokenizer =
             text.parse()
@@ -171,7 +174,7 @@ impl Tokenizer {
 
     /// Encodes text with the tokenizer's own special tokens (its post-processor's BOS).
     /// Returns ids and byte offsets; tokens the tokenizer added have empty offsets.
-    pub fn encode(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode(&self, text: &str) -> Result<Encoded> {
         let (mut ids, mut offsets) = match &self.fast {
             Some(fast) => fast.encode(text, self.inner.get_model()),
             None => self.encode_reference(text),
@@ -194,10 +197,7 @@ impl Tokenizer {
     }
 
     /// `tokenizers`' own `encode` (ids and byte offsets), without the fast path.
-    pub fn encode_reference(
-        &self,
-        text: &str,
-    ) -> tokenizers::Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_reference(&self, text: &str) -> tokenizers::Result<Encoded> {
         let encoding = self.inner.encode(text, true)?;
         Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
     }

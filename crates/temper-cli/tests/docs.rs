@@ -1,0 +1,89 @@
+//! The console examples in `docs/*.md` are real: every `$ temper ...` line is run and each
+//! output line shown under it must appear, in order, in what it prints. A line ending in `…`
+//! only has to start the same; a line starting with `…` only has to end the same; `…` alone
+//! stands for lines left out. Timings (`in 0.12s: ...`) are compared up to the time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+fn matches(expected: &str, actual: &str) -> bool {
+    if let Some(prefix) = expected
+        .split(" in 0.")
+        .next()
+        .filter(|_| expected.contains("examples/s"))
+    {
+        return actual.starts_with(prefix);
+    }
+    actual == expected
+        || expected
+            .strip_suffix('…')
+            .is_some_and(|prefix| actual.starts_with(prefix.trim_end()))
+        || expected
+            .strip_prefix('…')
+            .is_some_and(|suffix| actual.ends_with(suffix))
+}
+
+#[test]
+fn console_examples_in_the_docs_are_real_output() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap();
+    let binary = env!("CARGO_BIN_EXE_temper");
+    let mut commands = 0;
+    let mut failures = Vec::new();
+    for doc in ["docs/datasets.md", "docs/templates.md", "docs/masking.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        for block in text.split("```console\n").skip(1) {
+            let block = block.split("```").next().unwrap();
+            let mut runs: Vec<(&str, Vec<&str>)> = Vec::new();
+            for line in block.lines() {
+                match (line.strip_prefix("$ "), runs.last_mut()) {
+                    (Some(command), _) => runs.push((command, Vec::new())),
+                    (None, Some((_, expected))) => expected.push(line),
+                    (None, None) => {}
+                }
+            }
+            for (command, expected) in runs {
+                if command.contains(".cache/temper/")
+                    && !root.join(".cache/temper/gpt2/tokenizer.json").is_file()
+                {
+                    panic!("MISSING TEST ASSET: run `cargo xtask assets` first ({doc}: {command})");
+                }
+                let script = format!("temper() {{ '{binary}' \"$@\"; }}; {command}");
+                let output = Command::new("bash")
+                    .arg("-c")
+                    .arg(&script)
+                    .current_dir(&root)
+                    .output()
+                    .unwrap();
+                let printed = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                let actual: Vec<&str> = printed.lines().collect();
+                let mut position = 0;
+                for line in expected
+                    .iter()
+                    .filter(|l| !l.trim().is_empty() && l.trim() != "…")
+                {
+                    match actual[position..].iter().position(|a| matches(line, a)) {
+                        Some(found) => position += found + 1,
+                        None => {
+                            failures.push(format!(
+                                "{doc}: `{command}`: no line {line:?} (in order) in:\n{printed}"
+                            ));
+                            break;
+                        }
+                    }
+                }
+                commands += 1;
+            }
+        }
+    }
+    assert!(commands >= 10, "{commands}");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
