@@ -260,3 +260,50 @@ pub fn prepare(path: &Path, tokenizer: &Tokenizer, config: &DataConfig) -> Resul
         template: template.map(|t| t.name().to_owned()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_section_reads_from_toml_with_defaults() {
+        let config: DataConfig = toml::from_str(
+            "max_length = 512\npacking = true\ntrain_on = \"last_assistant\"\ntruncation = \"keep_end\"\n[fields]\ninstruction = \"question\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.max_length, 512);
+        assert!(config.packing);
+        assert_eq!(config.train_on, TrainOn::LastAssistant);
+        assert_eq!(config.truncation, Truncation::KeepEnd);
+        assert_eq!(config.fields.instruction, "question");
+        assert_eq!(
+            config.fields.output, "output",
+            "unset fields keep their defaults"
+        );
+        assert_eq!(config.on_error, OnError::Fail);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let error = toml::from_str::<DataConfig>("max_lenght = 512\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `max_lenght`"), "{error}");
+        let error = toml::from_str::<DataConfig>("truncation = \"middle\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown variant `middle`"), "{error}");
+    }
+
+    #[test]
+    fn nonsense_values_are_refused() {
+        let config = DataConfig {
+            max_length: 1,
+            ..DataConfig::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "invalid `data.max_length`: must be at least 2, got 1"
+        );
+    }
+}
