@@ -30,4 +30,4 @@ pub use error::{Error, Result};
 pub use message::{Conversation, Message, Role, TrainOn, json_kind};
 pub use python::NOW_VARIABLE;
 pub use spans::{Rendered, Span};
-pub use template::{BUILTIN_TEMPLATES, ChatTemplate, RenderOptions, environment};
+pub use template::{BUILTIN_TEMPLATES, ChatTemplate, RenderOptions, environment, special_token};

@@ -432,8 +432,9 @@ fn rewrite_generation_blocks(source: &str) -> (String, bool) {
     (rewritten.into_owned(), true)
 }
 
-/// `bos_token` in a tokenizer config is a string or an AddedToken object `{"content": ..}`.
-fn special_token(config: &serde_json::Value, key: &str) -> Option<String> {
+/// A special token of a `tokenizer_config.json` (`bos_token`, `eos_token`, ...), written
+/// there as a string or as an AddedToken object `{"content": ..}`.
+pub fn special_token(config: &serde_json::Value, key: &str) -> Option<String> {
     match config.get(key)? {
         serde_json::Value::String(token) => Some(token.clone()),
         serde_json::Value::Object(object) => object.get("content")?.as_str().map(str::to_owned),

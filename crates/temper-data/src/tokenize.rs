@@ -95,14 +95,10 @@ impl Tokenizer {
             .filter(|config| config.is_file())
             .and_then(|config| std::fs::read_to_string(config).ok())
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-        let from_config = |key: &str| -> Option<String> {
-            match config.as_ref()?.get(key)? {
-                serde_json::Value::String(text) => Some(text.clone()),
-                serde_json::Value::Object(object) => {
-                    object.get("content")?.as_str().map(str::to_owned)
-                }
-                _ => None,
-            }
+        let from_config = |key: &str| {
+            config
+                .as_ref()
+                .and_then(|config| temper_chat::special_token(config, key))
         };
         let lookup = |key: &str, text: &str| -> Result<SpecialToken> {
             let id = inner.token_to_id(text).ok_or_else(|| Error::Tokenizer {
