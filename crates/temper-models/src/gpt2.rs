@@ -1,0 +1,250 @@
+//! GPT-2 (`GPT2LMHeadModel`): learned positions, fused `c_attn`, HF `Conv1D` weights stored
+//! `[in, out]`, tanh-GELU, LayerNorm before each sublayer, output tied to `wte`.
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::activation::gelu_approximate;
+use burn::tensor::{Bool, Int};
+
+use crate::config::Gpt2Config;
+use crate::error::Result;
+use crate::layers::{Embedding, LayerNorm, Linear, LinearConfig, WeightLayout, attention};
+use crate::weights::{WeightWriter, Weights};
+
+#[derive(Module, Debug)]
+pub struct Gpt2<B: Backend> {
+    pub transformer: Gpt2Transformer<B>,
+    #[module(skip)]
+    pub config: Gpt2Config,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Transformer<B: Backend> {
+    pub wte: Embedding<B>,
+    pub wpe: Embedding<B>,
+    pub h: Vec<Gpt2Block<B>>,
+    pub ln_f: LayerNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Block<B: Backend> {
+    pub ln_1: LayerNorm<B>,
+    pub attn: Gpt2Attention<B>,
+    pub ln_2: LayerNorm<B>,
+    pub mlp: Gpt2Mlp<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Attention<B: Backend> {
+    /// q, k and v in one projection: `[n_embd, 3 * n_embd]`.
+    pub c_attn: Linear<B>,
+    pub c_proj: Linear<B>,
+    pub n_head: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt2Mlp<B: Backend> {
+    pub c_fc: Linear<B>,
+    pub c_proj: Linear<B>,
+}
+
+impl Gpt2Config {
+    fn linears(&self) -> [LinearConfig; 4] {
+        let e = self.n_embd;
+        [
+            LinearConfig::new(e, 3 * e).with_bias(true),
+            LinearConfig::new(e, e).with_bias(true),
+            LinearConfig::new(e, self.n_inner).with_bias(true),
+            LinearConfig::new(self.n_inner, e).with_bias(true),
+        ]
+    }
+
+    /// A randomly initialised model (HF's initialisation: normal(0, 0.02), unit norms).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt2<B> {
+        let [c_attn, c_proj, c_fc, mlp_proj] = self.linears();
+        let eps = self.layer_norm_epsilon;
+        Gpt2 {
+            transformer: Gpt2Transformer {
+                wte: Embedding::init(self.vocab_size, self.n_embd, device),
+                wpe: Embedding::init(self.n_positions, self.n_embd, device),
+                h: (0..self.n_layer)
+                    .map(|_| Gpt2Block {
+                        ln_1: LayerNorm::init(self.n_embd, eps, device),
+                        attn: Gpt2Attention {
+                            c_attn: c_attn.init(device),
+                            c_proj: c_proj.init(device),
+                            n_head: self.n_head,
+                        },
+                        ln_2: LayerNorm::init(self.n_embd, eps, device),
+                        mlp: Gpt2Mlp {
+                            c_fc: c_fc.init(device),
+                            c_proj: mlp_proj.init(device),
+                        },
+                    })
+                    .collect(),
+                ln_f: LayerNorm::init(self.n_embd, eps, device),
+            },
+            config: self.clone(),
+        }
+    }
+
+    /// Builds the model from checkpoint tensors (keys with or without the `transformer.`
+    /// prefix, as GPT2LMHeadModel and GPT2Model save them).
+    pub fn load<B: Backend>(&self, weights: &mut Weights, device: &B::Device) -> Result<Gpt2<B>> {
+        let prefix = if weights.contains("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
+        let [c_attn, c_proj, c_fc, mlp_proj] = self.linears();
+        let (e, eps) = (self.n_embd, self.layer_norm_epsilon);
+        let mut h = Vec::with_capacity(self.n_layer);
+        for i in 0..self.n_layer {
+            let p = format!("{prefix}h.{i}");
+            // Old checkpoints carry the causal-mask buffers; they are not parameters.
+            weights.ignore(&format!("{p}.attn.bias"));
+            weights.ignore(&format!("{p}.attn.masked_bias"));
+            h.push(Gpt2Block {
+                ln_1: LayerNorm::load(weights, &format!("{p}.ln_1"), e, eps, device)?,
+                attn: Gpt2Attention {
+                    c_attn: Linear::load(
+                        weights,
+                        &format!("{p}.attn.c_attn"),
+                        &c_attn,
+                        WeightLayout::Conv1d,
+                        device,
+                    )?,
+                    c_proj: Linear::load(
+                        weights,
+                        &format!("{p}.attn.c_proj"),
+                        &c_proj,
+                        WeightLayout::Conv1d,
+                        device,
+                    )?,
+                    n_head: self.n_head,
+                },
+                ln_2: LayerNorm::load(weights, &format!("{p}.ln_2"), e, eps, device)?,
+                mlp: Gpt2Mlp {
+                    c_fc: Linear::load(
+                        weights,
+                        &format!("{p}.mlp.c_fc"),
+                        &c_fc,
+                        WeightLayout::Conv1d,
+                        device,
+                    )?,
+                    c_proj: Linear::load(
+                        weights,
+                        &format!("{p}.mlp.c_proj"),
+                        &mlp_proj,
+                        WeightLayout::Conv1d,
+                        device,
+                    )?,
+                },
+            });
+        }
+        let transformer = Gpt2Transformer {
+            wte: Embedding::load(
+                weights,
+                &format!("{prefix}wte.weight"),
+                self.vocab_size,
+                e,
+                device,
+            )?,
+            wpe: Embedding::load(
+                weights,
+                &format!("{prefix}wpe.weight"),
+                self.n_positions,
+                e,
+                device,
+            )?,
+            h,
+            ln_f: LayerNorm::load(weights, &format!("{prefix}ln_f"), e, eps, device)?,
+        };
+        // The output layer is tied to `wte`; a saved copy is allowed and ignored.
+        weights.ignore("lm_head.weight");
+        Ok(Gpt2 {
+            transformer,
+            config: self.clone(),
+        })
+    }
+}
+
+impl<B: Backend> Gpt2<B> {
+    /// # Shapes
+    /// input_ids, position_ids: `[batch, seq_len]`, mask: `[batch, 1, seq_len, seq_len]`
+    /// -> logits `[batch, seq_len, vocab_size]`
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 3> {
+        let t = &self.transformer;
+        let mut x = t.wte.forward(input_ids) + t.wpe.forward(position_ids);
+        for block in &t.h {
+            x = x.clone()
+                + block
+                    .attn
+                    .forward(block.ln_1.forward(x.clone()), mask.clone());
+            x = x.clone() + block.mlp.forward(block.ln_2.forward(x));
+        }
+        let x = t.ln_f.forward(x);
+        burn::tensor::module::linear(x, t.wte.weight.val().transpose(), None)
+    }
+
+    pub fn save(&self, writer: &mut WeightWriter) {
+        let t = &self.transformer;
+        writer.push_tensor("transformer.wte.weight", t.wte.weight.val());
+        writer.push_tensor("transformer.wpe.weight", t.wpe.weight.val());
+        for (i, block) in t.h.iter().enumerate() {
+            let p = format!("transformer.h.{i}");
+            block.ln_1.save(writer, &format!("{p}.ln_1"));
+            block
+                .attn
+                .c_attn
+                .save(writer, &format!("{p}.attn.c_attn"), WeightLayout::Conv1d);
+            block
+                .attn
+                .c_proj
+                .save(writer, &format!("{p}.attn.c_proj"), WeightLayout::Conv1d);
+            block.ln_2.save(writer, &format!("{p}.ln_2"));
+            block
+                .mlp
+                .c_fc
+                .save(writer, &format!("{p}.mlp.c_fc"), WeightLayout::Conv1d);
+            block
+                .mlp
+                .c_proj
+                .save(writer, &format!("{p}.mlp.c_proj"), WeightLayout::Conv1d);
+        }
+        t.ln_f.save(writer, "transformer.ln_f");
+    }
+}
+
+impl<B: Backend> Gpt2Attention<B> {
+    /// # Shapes
+    /// x: `[batch, seq_len, n_embd]` -> `[batch, seq_len, n_embd]`
+    pub fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+        let [batch, seq_len, n_embd] = x.dims();
+        let head_dim = n_embd / self.n_head;
+        let heads = |t: Tensor<B, 3>| {
+            t.reshape([batch, seq_len, self.n_head, head_dim])
+                .swap_dims(1, 2)
+        };
+        let mut qkv = self.c_attn.forward(x).chunk(3, 2).into_iter();
+        let (q, k, v) = match (qkv.next(), qkv.next(), qkv.next()) {
+            (Some(q), Some(k), Some(v)) => (heads(q), heads(k), heads(v)),
+            _ => unreachable!("c_attn has 3 * n_embd outputs"),
+        };
+        let out = attention(q, k, v, Some(mask))
+            .swap_dims(1, 2)
+            .reshape([batch, seq_len, n_embd]);
+        self.c_proj.forward(out)
+    }
+}
+
+impl<B: Backend> Gpt2Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.c_proj.forward(gelu_approximate(self.c_fc.forward(x)))
+    }
+}

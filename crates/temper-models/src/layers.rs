@@ -1,0 +1,394 @@
+//! The building blocks both architectures share: linear, embedding, norms, rotary position
+//! embedding and masked multi-head attention.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Distribution, Int};
+
+use crate::config::RopeScaling;
+use crate::error::Result;
+use crate::weights::{RawTensor, WeightWriter, Weights, raw};
+
+/// How a checkpoint stores a projection's weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `torch.nn.Linear`: `[out, in]` (Llama, Mistral, Qwen2).
+    Torch,
+    /// HF `Conv1D`: `[in, out]` (GPT-2).
+    Conv1d,
+}
+
+/// A dense projection `y = x W + b`.
+#[derive(Config, Debug)]
+pub struct LinearConfig {
+    /// Input features.
+    pub d_input: usize,
+    /// Output features.
+    pub d_output: usize,
+    /// Whether there is a bias.
+    #[config(default = false)]
+    pub bias: bool,
+}
+
+/// A dense projection whose weight is kept as `[in, out]`.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[d_input, d_output]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[d_output]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl LinearConfig {
+    /// Normal(0, 0.02) weights and zero biases, as HF initialises them.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Linear<B> {
+        Linear {
+            weight: Param::from_tensor(Tensor::random(
+                [self.d_input, self.d_output],
+                Distribution::Normal(0.0, 0.02),
+                device,
+            )),
+            bias: self
+                .bias
+                .then(|| Param::from_tensor(Tensor::zeros([self.d_output], device))),
+        }
+    }
+}
+
+impl<B: Backend> Linear<B> {
+    /// # Shapes
+    /// input: `[..., d_input]` -> `[..., d_output]`
+    pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        burn::tensor::module::linear(
+            input,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+        )
+    }
+
+    /// Reads `{prefix}.weight` (and `{prefix}.bias`) stored in `layout`.
+    pub fn load(
+        weights: &mut Weights,
+        prefix: &str,
+        config: &LinearConfig,
+        layout: WeightLayout,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let (d_in, d_out) = (config.d_input, config.d_output);
+        let weight = match layout {
+            WeightLayout::Torch => weights
+                .take(&format!("{prefix}.weight"), &[d_out, d_in])?
+                .transposed(),
+            WeightLayout::Conv1d => weights.take(&format!("{prefix}.weight"), &[d_in, d_out])?,
+        };
+        let bias = if config.bias {
+            Some(weights.take(&format!("{prefix}.bias"), &[d_out])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(weight.to_tensor(device)),
+            bias: bias.map(|b| Param::from_tensor(b.to_tensor(device))),
+        })
+    }
+
+    pub fn save(&self, writer: &mut WeightWriter, prefix: &str, layout: WeightLayout) {
+        let weight = raw(self.weight.val());
+        writer.push(
+            format!("{prefix}.weight"),
+            match layout {
+                WeightLayout::Torch => weight.transposed(),
+                WeightLayout::Conv1d => weight,
+            },
+        );
+        if let Some(bias) = &self.bias {
+            writer.push_tensor(format!("{prefix}.bias"), bias.val());
+        }
+    }
+}
+
+/// A token (or position) embedding table.
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    /// `[n_embeddings, d_model]`.
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Embedding<B> {
+    pub fn init(n: usize, d_model: usize, device: &B::Device) -> Self {
+        Embedding {
+            weight: Param::from_tensor(Tensor::random(
+                [n, d_model],
+                Distribution::Normal(0.0, 0.02),
+                device,
+            )),
+        }
+    }
+
+    pub fn load(
+        weights: &mut Weights,
+        key: &str,
+        n: usize,
+        d_model: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Ok(Embedding {
+            weight: Param::from_tensor(weights.take(key, &[n, d_model])?.to_tensor(device)),
+        })
+    }
+
+    /// # Shapes
+    /// ids: `[batch, seq_len]` -> `[batch, seq_len, d_model]`
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.weight.val(), ids)
+    }
+}
+
+/// LayerNorm with weight and bias (GPT-2).
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub epsilon: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    pub fn init(d_model: usize, epsilon: f64, device: &B::Device) -> Self {
+        LayerNorm {
+            weight: Param::from_tensor(Tensor::ones([d_model], device)),
+            bias: Param::from_tensor(Tensor::zeros([d_model], device)),
+            epsilon,
+        }
+    }
+
+    pub fn load(
+        weights: &mut Weights,
+        prefix: &str,
+        d_model: usize,
+        epsilon: f64,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: Param::from_tensor(
+                weights
+                    .take(&format!("{prefix}.weight"), &[d_model])?
+                    .to_tensor(device),
+            ),
+            bias: Param::from_tensor(
+                weights
+                    .take(&format!("{prefix}.bias"), &[d_model])?
+                    .to_tensor(device),
+            ),
+            epsilon,
+        })
+    }
+
+    pub fn save(&self, writer: &mut WeightWriter, prefix: &str) {
+        writer.push_tensor(format!("{prefix}.weight"), self.weight.val());
+        writer.push_tensor(format!("{prefix}.bias"), self.bias.val());
+    }
+
+    /// # Shapes
+    /// input: `[batch, seq_len, d_model]`
+    pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
+        let (variance, mean) = input.clone().var_mean_bias(2);
+        let normalized = (input - mean) / (variance + self.epsilon).sqrt();
+        normalized * self.weight.val().unsqueeze::<3>() + self.bias.val().unsqueeze::<3>()
+    }
+}
+
+/// RMSNorm (Llama): `x / sqrt(mean(x^2) + eps) * weight`.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub epsilon: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn init(d_model: usize, epsilon: f64, device: &B::Device) -> Self {
+        RmsNorm {
+            weight: Param::from_tensor(Tensor::ones([d_model], device)),
+            epsilon,
+        }
+    }
+
+    pub fn load(
+        weights: &mut Weights,
+        key: &str,
+        d_model: usize,
+        epsilon: f64,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: Param::from_tensor(weights.take(key, &[d_model])?.to_tensor(device)),
+            epsilon,
+        })
+    }
+
+    /// # Shapes
+    /// input: `[batch, seq_len, d_model]`
+    pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
+        let mean_square = input.clone().square().mean_dim(2);
+        input * (mean_square + self.epsilon).sqrt().recip() * self.weight.val().unsqueeze::<3>()
+    }
+}
+
+/// Rotary inverse frequencies of HF's rotate-half RoPE, with `rope_scaling` applied.
+pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
+    let base: Vec<f64> = (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+        .collect();
+    let scaled: Vec<f64> = match scaling {
+        None => base,
+        Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            let old_context = *original_max_position_embeddings as f64;
+            let low_freq_wavelen = old_context / low_freq_factor;
+            let high_freq_wavelen = old_context / high_freq_factor;
+            base.iter()
+                .map(|&freq| {
+                    let wavelen = 2.0 * std::f64::consts::PI / freq;
+                    if wavelen < high_freq_wavelen {
+                        freq
+                    } else if wavelen > low_freq_wavelen {
+                        freq / factor
+                    } else {
+                        let smooth = (old_context / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * freq / factor + smooth * freq
+                    }
+                })
+                .collect()
+        }
+    };
+    scaled.into_iter().map(|f| f as f32).collect()
+}
+
+/// `cos` and `sin` of the rotary angles for each position.
+///
+/// # Shapes
+/// position_ids: `[batch, seq_len]` -> two of `[batch, 1, seq_len, head_dim]`
+pub fn rope_cos_sin<B: Backend>(
+    position_ids: Tensor<B, 2, Int>,
+    inv_freq: &[f32],
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let device = position_ids.device();
+    let half = inv_freq.len();
+    let inv: Tensor<B, 3> = Tensor::<B, 1>::from_floats(inv_freq, &device).reshape([1, 1, half]);
+    let freqs = position_ids.float().unsqueeze_dim::<3>(2) * inv;
+    let angles = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(1);
+    (angles.clone().cos(), angles.sin())
+}
+
+/// `x * cos + rotate_half(x) * sin`, where `rotate_half([a, b]) = [-b, a]`.
+///
+/// # Shapes
+/// x: `[batch, heads, seq_len, head_dim]`, cos/sin: `[batch, 1, seq_len, head_dim]`
+pub fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [_, _, _, head_dim] = x.dims();
+    let half = head_dim / 2;
+    let first = x.clone().narrow(3, 0, half);
+    let second = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![second.neg(), first], 3);
+    x * cos + rotated * sin
+}
+
+/// Which key each query may not see: block-diagonal causal over segments.
+///
+/// ```text
+/// segment_ids  1 1 1 2 2 0        a query sees keys of its own segment at or before it;
+///              q\k 0 1 2 3 4 5    padding (segment 0) is seen by no one
+///              0   . x x x x x    (and sees only itself, so no softmax row is empty).
+///              1   . . x x x x
+///              2   . . . x x x    x = masked
+///              3   x x x . x x
+///              4   x x x . . x
+///              5   x x x x x .
+/// ```
+///
+/// # Shapes
+/// segment_ids: `[batch, seq_len]` -> `[batch, 1, seq_len, seq_len]` (true = masked)
+pub fn block_causal_mask<B: Backend>(segment_ids: Tensor<B, 2, Int>) -> Tensor<B, 4, Bool> {
+    let [batch, seq_len] = segment_ids.dims();
+    let device = segment_ids.device();
+    let queries = segment_ids
+        .clone()
+        .unsqueeze_dim::<3>(2)
+        .expand([batch, seq_len, seq_len]);
+    let keys = segment_ids
+        .unsqueeze_dim::<3>(1)
+        .expand([batch, seq_len, seq_len]);
+    let same_segment = queries.equal(keys.clone());
+    let real_key = keys.not_equal_elem(0);
+    let index = Tensor::<B, 1, Int>::arange(0..seq_len as i64, &device);
+    let query_index = index
+        .clone()
+        .reshape([1, seq_len, 1])
+        .expand([batch, seq_len, seq_len]);
+    let key_index = index
+        .reshape([1, 1, seq_len])
+        .expand([batch, seq_len, seq_len]);
+    let causal = query_index.clone().greater_equal(key_index.clone());
+    let diagonal = query_index.equal(key_index);
+    let allowed = same_segment
+        .bool_and(real_key)
+        .bool_and(causal)
+        .bool_or(diagonal);
+    allowed.bool_not().unsqueeze_dim::<4>(1)
+}
+
+/// Scaled dot-product attention with grouped-query heads.
+///
+/// # Shapes
+/// query: `[batch, n_heads, seq_q, head_dim]`, key/value: `[batch, n_kv_heads, seq_k, head_dim]`,
+/// mask: `[batch, 1, seq_q, seq_k]` (true = masked) -> `[batch, n_heads, seq_q, head_dim]`
+pub fn attention<B: Backend>(
+    query: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+) -> Tensor<B, 4> {
+    let [batch, n_heads, seq_q, head_dim] = query.dims();
+    let n_kv_heads = key.dims()[1];
+    let (key, value) = (
+        repeat_kv(key, n_heads / n_kv_heads),
+        repeat_kv(value, n_heads / n_kv_heads),
+    );
+    let seq_k = key.dims()[2];
+    let scores = query.matmul(key.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+    let scores = match mask {
+        Some(mask) => scores.mask_fill(
+            mask.expand([batch, n_heads, seq_q, seq_k]),
+            f32::NEG_INFINITY,
+        ),
+        None => scores,
+    };
+    softmax(scores, 3).matmul(value)
+}
+
+/// Repeats each key/value head `n_rep` times: kv head `g` serves query heads `g*n_rep..`.
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [batch, n_kv_heads, seq_len, head_dim] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([batch, n_kv_heads, n_rep, seq_len, head_dim])
+        .reshape([batch, n_kv_heads * n_rep, seq_len, head_dim])
+}
+
+/// A weight tensor for saving (helper for modules that store raw params).
+pub fn raw_param<B: Backend, const D: usize>(param: &Param<Tensor<B, D>>) -> RawTensor {
+    raw(param.val())
+}

@@ -1,0 +1,270 @@
+//! Checkpoint tensors: strict loading from safetensors (single file or sharded index), and
+//! writing them back.
+//!
+//! Loading is strict, as nanoGPT's is: every tensor the model needs must be present with the
+//! shape the configuration implies, and every tensor of the file must be used. Tied embeddings
+//! are the documented exception (an `lm_head.weight` equal in role to the embedding may be
+//! absent or present), and known non-parameter buffers (GPT-2's `attn.bias` causal mask) are
+//! ignored by name.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// A tensor read from a checkpoint, as f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl RawTensor {
+    /// The tensor as `[cols, rows]` (a 2-D transpose), for HF `nn.Linear` weights.
+    pub fn transposed(&self) -> RawTensor {
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let mut data = vec![0.0; self.data.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                data[c * rows + r] = self.data[r * cols + c];
+            }
+        }
+        RawTensor {
+            shape: vec![cols, rows],
+            data,
+        }
+    }
+
+    pub fn to_tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), self.shape.clone()),
+            device,
+        )
+    }
+}
+
+/// The tensors of a checkpoint, taken one by one as a model is built.
+#[derive(Debug)]
+pub struct Weights {
+    source: PathBuf,
+    tensors: BTreeMap<String, RawTensor>,
+    used: BTreeSet<String>,
+}
+
+impl Weights {
+    pub fn new(source: PathBuf, tensors: BTreeMap<String, RawTensor>) -> Weights {
+        Weights {
+            source,
+            tensors,
+            used: BTreeSet::new(),
+        }
+    }
+
+    /// Reads `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
+    pub fn from_dir(dir: &Path) -> Result<Weights> {
+        let single = dir.join("model.safetensors");
+        if single.is_file() {
+            return Weights::from_files(&[single.clone()], single);
+        }
+        let index = dir.join("model.safetensors.index.json");
+        if !index.is_file() {
+            return Err(Error::Safetensors {
+                path: dir.to_owned(),
+                message: "has neither model.safetensors nor model.safetensors.index.json".into(),
+            });
+        }
+        let text = std::fs::read_to_string(&index).map_err(|error| Error::Io {
+            path: index.clone(),
+            error,
+        })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|error| Error::Safetensors {
+                path: index.clone(),
+                message: format!("invalid JSON: {error}"),
+            })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::Safetensors {
+                path: index.clone(),
+                message: "has no `weight_map` object".into(),
+            })?;
+        let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        let files: Vec<PathBuf> = shards.into_iter().map(|shard| dir.join(shard)).collect();
+        Weights::from_files(&files, index)
+    }
+
+    fn from_files(files: &[PathBuf], source: PathBuf) -> Result<Weights> {
+        let mut tensors = BTreeMap::new();
+        for file in files {
+            let bytes = std::fs::read(file).map_err(|error| Error::Io {
+                path: file.clone(),
+                error,
+            })?;
+            let safetensors =
+                SafeTensors::deserialize(&bytes).map_err(|error| Error::Safetensors {
+                    path: file.clone(),
+                    message: format!(
+                        "not a valid safetensors file (truncated or corrupt?): {error}"
+                    ),
+                })?;
+            for (name, view) in safetensors.tensors() {
+                let data = to_f32(view.dtype(), view.data()).ok_or_else(|| Error::Safetensors {
+                    path: file.clone(),
+                    message: format!(
+                        "tensor `{name}` has dtype {:?}; supported: F32, F16, BF16",
+                        view.dtype()
+                    ),
+                })?;
+                tensors.insert(
+                    name,
+                    RawTensor {
+                        shape: view.shape().to_vec(),
+                        data,
+                    },
+                );
+            }
+        }
+        Ok(Weights::new(source, tensors))
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+
+    /// The tensor `key`, which must have shape `expected`.
+    pub fn take(&mut self, key: &str, expected: &[usize]) -> Result<RawTensor> {
+        let tensor = self.tensors.get(key).ok_or_else(|| Error::MissingTensor {
+            source_file: self.source.clone(),
+            key: key.to_owned(),
+            expected: expected.to_vec(),
+        })?;
+        if tensor.shape != expected {
+            return Err(Error::ShapeMismatch {
+                source_file: self.source.clone(),
+                key: key.to_owned(),
+                expected: expected.to_vec(),
+                actual: tensor.shape.clone(),
+            });
+        }
+        self.used.insert(key.to_owned());
+        Ok(tensor.clone())
+    }
+
+    /// Marks a tensor as deliberately unused (a buffer, or a tied copy).
+    pub fn ignore(&mut self, key: &str) {
+        if self.tensors.contains_key(key) {
+            self.used.insert(key.to_owned());
+        }
+    }
+
+    /// Fails when tensors were left unused.
+    pub fn finish(self) -> Result<()> {
+        let unused: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|key| !self.used.contains(*key))
+            .cloned()
+            .collect();
+        if unused.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::UnexpectedTensors {
+                source_file: self.source,
+                keys: unused,
+            })
+        }
+    }
+}
+
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    let pairs = || bytes.chunks_exact(2).map(|b| [b[0], b[1]]);
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => pairs()
+            .map(|b| half::f16::from_le_bytes(b).to_f32())
+            .collect(),
+        Dtype::BF16 => pairs()
+            .map(|b| half::bf16::from_le_bytes(b).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Tensors to write, in HF names and layouts.
+#[derive(Debug, Default)]
+pub struct WeightWriter {
+    tensors: Vec<(String, RawTensor)>,
+}
+
+impl WeightWriter {
+    pub fn push(&mut self, key: impl Into<String>, tensor: RawTensor) {
+        self.tensors.push((key.into(), tensor));
+    }
+
+    pub fn push_tensor<B: Backend, const D: usize>(
+        &mut self,
+        key: impl Into<String>,
+        tensor: Tensor<B, D>,
+    ) {
+        self.push(key, raw(tensor));
+    }
+
+    /// Writes an f32 `model.safetensors` through a temporary file, so that a failure leaves
+    /// no half-written checkpoint.
+    pub fn write(self, path: &Path) -> Result<()> {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .into_iter()
+            .map(|(name, tensor)| {
+                let bytes = tensor.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name, tensor.shape, bytes)
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(name, shape, data)| {
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
+                    .map(|view| (name.clone(), view))
+                    .map_err(|error| Error::Safetensors {
+                        path: path.to_owned(),
+                        message: error.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let temporary = path.with_extension("safetensors.partial");
+        let metadata: HashMap<String, String> = [("format".to_owned(), "pt".to_owned())].into();
+        safetensors::tensor::serialize_to_file(views, Some(metadata), &temporary).map_err(
+            |error| Error::Safetensors {
+                path: temporary.clone(),
+                message: error.to_string(),
+            },
+        )?;
+        std::fs::rename(&temporary, path).map_err(|error| Error::Io {
+            path: path.to_owned(),
+            error,
+        })
+    }
+}
+
+/// A tensor's values as f32 on the host.
+pub fn raw<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> RawTensor {
+    let shape = tensor.dims().to_vec();
+    let data = tensor
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    RawTensor { shape, data }
+}
