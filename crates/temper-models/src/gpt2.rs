@@ -8,7 +8,10 @@ use burn::tensor::{Bool, Int};
 
 use crate::config::Gpt2Config;
 use crate::error::Result;
-use crate::layers::{Embedding, LayerNorm, Linear, LinearConfig, WeightLayout, attention};
+use crate::layers::{
+    Embedding, KvCache, LayerCache, LayerNorm, Linear, LinearConfig, WeightLayout, attention,
+    extend_cache,
+};
 use crate::weights::{WeightWriter, Weights};
 
 #[derive(Module, Debug)]
@@ -178,14 +181,16 @@ impl<B: Backend> Gpt2<B> {
         input_ids: Tensor<B, 2, Int>,
         position_ids: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
+        mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let t = &self.transformer;
         let mut x = t.wte.forward(input_ids) + t.wpe.forward(position_ids);
-        for block in &t.h {
+        for (i, block) in t.h.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = x.clone()
                 + block
                     .attn
-                    .forward(block.ln_1.forward(x.clone()), mask.clone());
+                    .forward(block.ln_1.forward(x.clone()), mask.clone(), layer_cache);
             x = x.clone() + block.mlp.forward(block.ln_2.forward(x));
         }
         let x = t.ln_f.forward(x);
@@ -224,7 +229,14 @@ impl<B: Backend> Gpt2<B> {
 impl<B: Backend> Gpt2Attention<B> {
     /// # Shapes
     /// x: `[batch, seq_len, n_embd]` -> `[batch, seq_len, n_embd]`
-    pub fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+    /// With a cache, the keys and values of earlier positions are prepended and the new ones
+    /// stored.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
         let [batch, seq_len, n_embd] = x.dims();
         let head_dim = n_embd / self.n_head;
         let heads = |t: Tensor<B, 3>| {
@@ -236,6 +248,7 @@ impl<B: Backend> Gpt2Attention<B> {
             (Some(q), Some(k), Some(v)) => (heads(q), heads(k), heads(v)),
             _ => unreachable!("c_attn has 3 * n_embd outputs"),
         };
+        let (k, v) = extend_cache(cache, k, v);
         let out = attention(q, k, v, Some(mask))
             .swap_dims(1, 2)
             .reshape([batch, seq_len, n_embd]);

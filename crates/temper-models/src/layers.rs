@@ -392,3 +392,63 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
 pub fn raw_param<B: Backend, const D: usize>(param: &Param<Tensor<B, D>>) -> RawTensor {
     raw(param.val())
 }
+
+/// The keys and values of one layer for the positions seen so far: `[batch, n_kv_heads, len, head_dim]`.
+pub type LayerCache<B> = Option<(Tensor<B, 4>, Tensor<B, 4>)>;
+
+/// Keys and values of every layer, for incremental decoding.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<LayerCache<B>>,
+    /// Positions already in the cache.
+    pub len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; n_layers],
+            len: 0,
+        }
+    }
+}
+
+/// Prepends cached keys/values and stores the result (no-op without a cache).
+pub fn extend_cache<B: Backend>(
+    cache: Option<&mut LayerCache<B>>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let Some(slot) = cache else {
+        return (key, value);
+    };
+    let (key, value) = match slot.take() {
+        Some((past_key, past_value)) => (
+            Tensor::cat(vec![past_key, key], 2),
+            Tensor::cat(vec![past_value, value], 2),
+        ),
+        None => (key, value),
+    };
+    *slot = Some((key.clone(), value.clone()));
+    (key, value)
+}
+
+/// The mask of `new` queries that follow `past` cached positions: query `i` sees keys up to
+/// `past + i`.
+///
+/// # Shapes
+/// -> `[1, 1, new, past + new]` (true = masked)
+pub fn decoding_mask<B: Backend>(
+    past: usize,
+    new: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let total = past + new;
+    let query = Tensor::<B, 1, Int>::arange(past as i64..total as i64, device)
+        .reshape([new, 1])
+        .expand([new, total]);
+    let key = Tensor::<B, 1, Int>::arange(0..total as i64, device)
+        .reshape([1, total])
+        .expand([new, total]);
+    key.greater(query).unsqueeze::<4>()
+}

@@ -25,6 +25,8 @@
 
 mod config;
 mod error;
+pub mod generate;
+pub mod gguf;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;
@@ -33,5 +35,6 @@ pub mod weights;
 
 pub use config::{Gpt2Config, LlamaConfig, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
+pub use generate::{Generation, GenerationConfig, StopReason, generate, token_logprobs};
 pub use model::{CausalLm, ModelInput};
 pub use weights::{RawTensor, WeightWriter, Weights};

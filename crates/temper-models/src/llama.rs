@@ -10,8 +10,8 @@ use burn::tensor::{Bool, Int};
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::layers::{
-    Embedding, Linear, LinearConfig, RmsNorm, WeightLayout, apply_rope, attention, rope_cos_sin,
-    rope_inv_freq,
+    Embedding, KvCache, LayerCache, Linear, LinearConfig, RmsNorm, WeightLayout, apply_rope,
+    attention, extend_cache, rope_cos_sin, rope_inv_freq,
 };
 use crate::weights::{WeightWriter, Weights};
 
@@ -238,8 +238,9 @@ impl<B: Backend> Llama<B> {
         input_ids: Tensor<B, 2, Int>,
         position_ids: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let hidden = self.hidden(input_ids, position_ids, mask);
+        let hidden = self.hidden(input_ids, position_ids, mask, cache);
         self.logits(hidden)
     }
 
@@ -249,15 +250,17 @@ impl<B: Backend> Llama<B> {
         input_ids: Tensor<B, 2, Int>,
         position_ids: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
+        mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let (cos, sin) = rope_cos_sin(position_ids, &self.inv_freq);
         let mut x = self.model.embed_tokens.forward(input_ids);
-        for layer in &self.model.layers {
+        for (i, layer) in self.model.layers.iter().enumerate() {
             let attended = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 cos.clone(),
                 sin.clone(),
                 mask.clone(),
+                cache.as_deref_mut().map(|c| &mut c.layers[i]),
             );
             x = x + attended;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
@@ -331,6 +334,7 @@ impl<B: Backend> LlamaAttention<B> {
         cos: Tensor<B, 4>,
         sin: Tensor<B, 4>,
         mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
         let [batch, seq_len, _] = x.dims();
         let heads = |t: Tensor<B, 3>, n: usize| {
@@ -344,6 +348,7 @@ impl<B: Backend> LlamaAttention<B> {
             apply_rope(q, cos.clone(), sin.clone()),
             apply_rope(k, cos, sin),
         );
+        let (k, v) = extend_cache(cache, k, v);
         let out = attention(q, k, v, Some(mask)).swap_dims(1, 2).reshape([
             batch,
             seq_len,

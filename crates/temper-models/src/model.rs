@@ -9,7 +9,7 @@ use burn::tensor::{Int, TensorData};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gpt2::Gpt2;
-use crate::layers::block_causal_mask;
+use crate::layers::{KvCache, block_causal_mask, decoding_mask};
 use crate::llama::Llama;
 use crate::weights::{WeightWriter, Weights};
 
@@ -100,6 +100,19 @@ impl<B: Backend> CausalLm<B> {
         Ok((model, config))
     }
 
+    /// Imports a llama.cpp GGUF file (Llama architecture), dequantized to f32.
+    pub fn from_gguf(
+        path: &Path,
+        device: &B::Device,
+    ) -> Result<(Self, ModelConfig, crate::gguf::GgufFile)> {
+        let file = crate::gguf::GgufFile::open(path)?;
+        let config = file.llama_config()?;
+        let mut weights = file.hf_weights(&config)?;
+        let model = CausalLm::Llama(config.load(&mut weights, device)?);
+        weights.finish()?;
+        Ok((model, ModelConfig::Llama(config), file))
+    }
+
     /// Builds a model from tensors with HF names (see [`Weights`]).
     pub fn from_weights(
         config: &ModelConfig,
@@ -126,8 +139,51 @@ impl<B: Backend> CausalLm<B> {
     pub fn forward(&self, input: ModelInput<B>) -> Tensor<B, 3> {
         let mask = block_causal_mask(input.segment_ids);
         match self {
-            CausalLm::Gpt2(model) => model.forward(input.input_ids, input.position_ids, mask),
-            CausalLm::Llama(model) => model.forward(input.input_ids, input.position_ids, mask),
+            CausalLm::Gpt2(model) => model.forward(input.input_ids, input.position_ids, mask, None),
+            CausalLm::Llama(model) => {
+                model.forward(input.input_ids, input.position_ids, mask, None)
+            }
+        }
+    }
+
+    /// An empty key/value cache for [`CausalLm::forward_cached`].
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(match self {
+            CausalLm::Gpt2(model) => model.transformer.h.len(),
+            CausalLm::Llama(model) => model.model.layers.len(),
+        })
+    }
+
+    /// Incremental decoding of one sequence: logits of `input_ids` (the positions after
+    /// those already in `cache`), reusing and extending the cache.
+    ///
+    /// # Shapes
+    /// input_ids: `[1, new]` -> `[1, new, vocab_size]`
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let [batch, new] = input_ids.dims();
+        let device = input_ids.device();
+        let past = cache.len;
+        let position_ids = Tensor::<B, 1, Int>::arange(past as i64..(past + new) as i64, &device)
+            .unsqueeze::<2>()
+            .expand([batch, new]);
+        let mask = decoding_mask::<B>(past, new, &device).expand([batch, 1, new, past + new]);
+        cache.len += new;
+        match self {
+            CausalLm::Gpt2(model) => model.forward(input_ids, position_ids, mask, Some(cache)),
+            CausalLm::Llama(model) => model.forward(input_ids, position_ids, mask, Some(cache)),
+        }
+    }
+
+    /// The longest sequence the model can read (GPT-2's learned positions; the trained
+    /// context for RoPE models).
+    pub fn max_positions(&self) -> usize {
+        match self {
+            CausalLm::Gpt2(model) => model.config.n_positions,
+            CausalLm::Llama(model) => model.config.max_position_embeddings,
         }
     }
 

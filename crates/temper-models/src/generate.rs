@@ -1,0 +1,271 @@
+//! Text generation with a key/value cache, and scoring (per-token log-probabilities).
+
+use std::ops::ControlFlow;
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, TensorData};
+
+use crate::error::{Error, Result};
+use crate::model::{CausalLm, ModelInput};
+
+/// How to pick each new token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    /// Stop after this many new tokens.
+    pub max_new_tokens: usize,
+    /// 0 means greedy (argmax); otherwise logits are divided by it before sampling.
+    pub temperature: f64,
+    /// Sample only among the `k` most likely tokens.
+    pub top_k: Option<usize>,
+    /// Sample only among the smallest set of tokens whose probability reaches `p`.
+    pub top_p: Option<f64>,
+    /// Seed of the sampler (same seed, same output).
+    pub seed: u64,
+    /// Tokens that end generation (EOS, end-of-turn); they are not returned.
+    pub stop_token_ids: Vec<u32>,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            stop_token_ids: Vec::new(),
+        }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop token was produced.
+    StopToken,
+    /// `max_new_tokens` were produced.
+    MaxTokens,
+    /// The caller asked to stop (a stop string, say).
+    Caller,
+    /// The model's context is full.
+    ContextFull,
+}
+
+/// The new tokens and why they ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub stop_reason: StopReason,
+}
+
+/// Generates after `prompt`, calling `on_token` with each new token as it is produced (to
+/// stream it, or to stop on a stop string by returning `Break`).
+pub fn generate<B: Backend>(
+    model: &CausalLm<B>,
+    prompt: &[u32],
+    config: &GenerationConfig,
+    device: &B::Device,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(Error::Input("the prompt has no tokens".into()));
+    }
+    let limit = model.max_positions();
+    if prompt.len() >= limit {
+        return Err(Error::Input(format!(
+            "the prompt has {} tokens; the model reads at most {limit}",
+            prompt.len()
+        )));
+    }
+    let mut cache = model.new_cache();
+    let mut sampler = Sampler::new(config);
+    let mut tokens = Vec::new();
+    let mut input = prompt.to_vec();
+    let stop_reason = loop {
+        if tokens.len() == config.max_new_tokens {
+            break StopReason::MaxTokens;
+        }
+        if cache.len + input.len() > limit {
+            break StopReason::ContextFull;
+        }
+        let ids: Vec<i64> = input.iter().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, input.len()]), device);
+        let logits = model.forward_cached(ids, &mut cache);
+        let [_, new, vocab] = logits.dims();
+        let last: Vec<f32> = logits
+            .slice([0..1, new - 1..new, 0..vocab])
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
+        let token = sampler.pick(&last);
+        if config.stop_token_ids.contains(&token) {
+            break StopReason::StopToken;
+        }
+        tokens.push(token);
+        if on_token(token).is_break() {
+            break StopReason::Caller;
+        }
+        input = vec![token];
+    };
+    Ok(Generation {
+        tokens,
+        stop_reason,
+    })
+}
+
+/// `logprobs[i]` = log p(`tokens[i + 1]` | `tokens[..=i]`), from one forward pass.
+pub fn token_logprobs<B: Backend>(
+    model: &CausalLm<B>,
+    tokens: &[u32],
+    device: &B::Device,
+) -> Result<Vec<f64>> {
+    if tokens.len() < 2 {
+        return Err(Error::Input("scoring needs at least two tokens".into()));
+    }
+    let limit = model.max_positions();
+    if tokens.len() > limit {
+        return Err(Error::Input(format!(
+            "{} tokens is more than the model reads ({limit})",
+            tokens.len()
+        )));
+    }
+    let n = tokens.len();
+    let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), device);
+    let logits = model.forward(ModelInput::sequences(ids));
+    let vocab = logits.dims()[2];
+    let next: Vec<i64> = tokens[1..].iter().map(|&t| i64::from(t)).collect();
+    let next = Tensor::<B, 3, Int>::from_data(TensorData::new(next, [1, n - 1, 1]), device);
+    let logprobs = log_softmax(logits.slice([0..1, 0..n - 1, 0..vocab]), 2).gather(2, next);
+    Ok(logprobs
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(f64::from)
+        .collect())
+}
+
+/// Picks tokens from logits: greedy, or seeded sampling with temperature, top-k and top-p.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    temperature: f64,
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+    state: u64,
+}
+
+impl Sampler {
+    pub fn new(config: &GenerationConfig) -> Self {
+        Sampler {
+            temperature: config.temperature,
+            top_k: config.top_k,
+            top_p: config.top_p,
+            state: config.seed ^ 0x5DEE_CE66_D1CE_4E5B,
+        }
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        // SplitMix64.
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The next token from one position's logits.
+    pub fn pick(&mut self, logits: &[f32]) -> u32 {
+        let argmax = || {
+            logits
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 { (i, v) } else { best }
+                })
+                .0 as u32
+        };
+        if self.temperature <= 0.0 {
+            return argmax();
+        }
+        let mut candidates: Vec<(usize, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i, f64::from(v) / self.temperature))
+            .collect();
+        candidates.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
+        if let Some(k) = self.top_k.filter(|&k| k > 0) {
+            candidates.truncate(k);
+        }
+        let max = candidates.first().map_or(0.0, |c| c.1);
+        let mut probs: Vec<f64> = candidates.iter().map(|c| (c.1 - max).exp()).collect();
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= total);
+        if let Some(p) = self.top_p.filter(|&p| p < 1.0) {
+            let mut cumulative = 0.0;
+            let keep = probs.iter().position(|&q| {
+                cumulative += q;
+                cumulative >= p
+            });
+            let keep = keep.map_or(probs.len(), |i| i + 1);
+            probs.truncate(keep);
+            candidates.truncate(keep);
+            let total: f64 = probs.iter().sum();
+            probs.iter_mut().for_each(|q| *q /= total);
+        }
+        let mut draw = self.next_f64();
+        for (candidate, p) in candidates.iter().zip(&probs) {
+            if draw < *p {
+                return candidate.0 as u32;
+            }
+            draw -= p;
+        }
+        candidates.last().map_or_else(argmax, |c| c.0 as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(temperature: f64, top_k: Option<usize>, top_p: Option<f64>, seed: u64) -> Sampler {
+        Sampler::new(&GenerationConfig {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        assert_eq!(sampler(0.0, None, None, 1).pick(&[0.1, 3.0, -1.0]), 1);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_sampling_is_seeded() {
+        let logits = [1.0, 2.0, 1.5, 0.5];
+        assert!((0..50).all(|seed| sampler(1.0, Some(1), None, seed).pick(&logits) == 1));
+        let draws = |seed| {
+            (0..20)
+                .map(|_| 0)
+                .scan(sampler(1.0, None, None, seed), |s, _: i32| {
+                    Some(s.pick(&logits))
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draws(7), draws(7));
+        assert_ne!(draws(7), draws(8));
+    }
+
+    #[test]
+    fn top_p_cuts_the_tail() {
+        // p(0) ~ 0.87: with top_p 0.5 only token 0 remains.
+        let logits = [4.0, 2.0, 0.0, -1.0];
+        assert!((0..50).all(|seed| sampler(1.0, None, Some(0.5), seed).pick(&logits) == 0));
+    }
+}

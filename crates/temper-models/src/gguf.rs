@@ -1,0 +1,690 @@
+//! GGUF import (llama.cpp's format) for the Llama architecture: metadata, tensors dequantized
+//! to f32 (F32, F16, BF16, Q8_0, Q4_0, Q4_1), llama.cpp's q/k row permutation undone, and the
+//! tokenizer and chat template rebuilt from the metadata.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::config::{LlamaConfig, RopeScaling};
+use crate::error::{Error, Result};
+use crate::weights::{RawTensor, Weights};
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufValue {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    String(String),
+    Array(Vec<GgufValue>),
+}
+
+impl GgufValue {
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            GgufValue::Int(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            GgufValue::Float(v) => Some(*v),
+            GgufValue::Int(v) => Some(*v as f64),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            GgufValue::String(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[GgufValue]> {
+        match self {
+            GgufValue::Array(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// ggml tensor types this importer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    Bf16,
+}
+
+impl GgmlType {
+    fn from_id(id: u32) -> Option<GgmlType> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            30 => GgmlType::Bf16,
+            _ => return None,
+        })
+    }
+
+    /// (elements per block, bytes per block)
+    fn block(self) -> (usize, usize) {
+        match self {
+            GgmlType::F32 => (1, 4),
+            GgmlType::F16 | GgmlType::Bf16 => (1, 2),
+            GgmlType::Q4_0 => (32, 18),
+            GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q8_0 => (32, 34),
+        }
+    }
+}
+
+/// A tensor of the file: name, PyTorch-order shape, type and data position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufTensor {
+    pub name: String,
+    /// Row-major shape as PyTorch writes it (GGUF stores dimensions fastest-first).
+    pub shape: Vec<usize>,
+    pub ggml_type: GgmlType,
+    offset: usize,
+}
+
+/// A parsed GGUF file held in memory.
+#[derive(Debug)]
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub version: u32,
+    pub metadata: BTreeMap<String, GgufValue>,
+    pub tensors: Vec<GgufTensor>,
+    bytes: Vec<u8>,
+    data_start: usize,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+    path: &'a Path,
+}
+
+impl Reader<'_> {
+    fn error(&self, message: impl Into<String>) -> Error {
+        Error::Gguf {
+            path: self.path.to_owned(),
+            message: format!("at byte {}: {}", self.position, message.into()),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        let end = self
+            .position
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(self.error(format!(
+                "unexpected end of file reading {n} bytes (truncated file?)"
+            )));
+        };
+        let slice = &self.bytes[self.position..end];
+        self.position = end;
+        Ok(slice)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
+    }
+
+    fn count(&mut self, what: &str) -> Result<usize> {
+        let n = self.u64()?;
+        // No count can exceed the file's size; this catches corrupt lengths before allocating.
+        if n > self.bytes.len() as u64 {
+            return Err(self.error(format!("{what} count {n} is larger than the file")));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let len = self.count("string length")?;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.error("string is not UTF-8"))
+    }
+
+    fn value(&mut self, kind: u32) -> Result<GgufValue> {
+        let mut fixed = |n: usize| -> Result<[u8; 8]> {
+            let mut buffer = [0u8; 8];
+            buffer[..n].copy_from_slice(self.take(n)?);
+            Ok(buffer)
+        };
+        Ok(match kind {
+            0 => GgufValue::Int(i64::from(fixed(1)?[0])),
+            1 => GgufValue::Int(i64::from(fixed(1)?[0] as i8)),
+            2 => GgufValue::Int(i64::from(u16::from_le_bytes(
+                fixed(2)?[..2].try_into().unwrap_or_default(),
+            ))),
+            3 => GgufValue::Int(i64::from(i16::from_le_bytes(
+                fixed(2)?[..2].try_into().unwrap_or_default(),
+            ))),
+            4 => GgufValue::Int(i64::from(u32::from_le_bytes(
+                fixed(4)?[..4].try_into().unwrap_or_default(),
+            ))),
+            5 => GgufValue::Int(i64::from(i32::from_le_bytes(
+                fixed(4)?[..4].try_into().unwrap_or_default(),
+            ))),
+            6 => GgufValue::Float(f64::from(f32::from_le_bytes(
+                fixed(4)?[..4].try_into().unwrap_or_default(),
+            ))),
+            7 => GgufValue::Bool(fixed(1)?[0] != 0),
+            8 => GgufValue::String(self.string()?),
+            9 => {
+                let item_kind = self.u32()?;
+                let len = self.count("array")?;
+                let mut items = Vec::with_capacity(len.min(1 << 20));
+                for _ in 0..len {
+                    items.push(self.value(item_kind)?);
+                }
+                GgufValue::Array(items)
+            }
+            10 => GgufValue::Int(u64::from_le_bytes(fixed(8)?) as i64),
+            11 => GgufValue::Int(i64::from_le_bytes(fixed(8)?)),
+            12 => GgufValue::Float(f64::from_le_bytes(fixed(8)?)),
+            other => return Err(self.error(format!("unknown metadata value type {other}"))),
+        })
+    }
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<GgufFile> {
+        let bytes = std::fs::read(path).map_err(|error| Error::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+        GgufFile::parse(path, bytes)
+    }
+
+    pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<GgufFile> {
+        let mut reader = Reader {
+            bytes: &bytes,
+            position: 0,
+            path,
+        };
+        if reader.take(4)? != b"GGUF" {
+            return Err(Error::Gguf {
+                path: path.to_owned(),
+                message: "not a GGUF file (no GGUF magic)".into(),
+            });
+        }
+        let version = reader.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(reader.error(format!(
+                "unsupported GGUF version {version} (2 and 3 are supported)"
+            )));
+        }
+        let n_tensors = reader.count("tensor")?;
+        let n_metadata = reader.count("metadata")?;
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_metadata {
+            let key = reader.string()?;
+            let kind = reader.u32()?;
+            metadata.insert(key, reader.value(kind)?);
+        }
+        let mut tensors = Vec::with_capacity(n_tensors);
+        for _ in 0..n_tensors {
+            let name = reader.string()?;
+            let n_dims = reader.u32()? as usize;
+            if n_dims > 4 {
+                return Err(reader.error(format!("tensor `{name}` has {n_dims} dimensions")));
+            }
+            let mut dims = Vec::with_capacity(n_dims);
+            for _ in 0..n_dims {
+                dims.push(reader.count("dimension")?);
+            }
+            let type_id = reader.u32()?;
+            let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
+                reader.error(format!(
+                    "tensor `{name}` has ggml type {type_id}, which is not supported (F32, F16, BF16, Q8_0, Q4_0 and Q4_1 are)"
+                ))
+            })?;
+            let offset = reader.u64()? as usize;
+            dims.reverse();
+            tensors.push(GgufTensor {
+                name,
+                shape: dims,
+                ggml_type,
+                offset,
+            });
+        }
+        let alignment = metadata
+            .get("general.alignment")
+            .and_then(GgufValue::as_i64)
+            .unwrap_or(32)
+            .max(1) as usize;
+        let data_start = reader.position.div_ceil(alignment) * alignment;
+        let file = GgufFile {
+            path: path.to_owned(),
+            version,
+            metadata,
+            tensors,
+            bytes,
+            data_start,
+        };
+        for tensor in &file.tensors {
+            let end = file.data_start + tensor.offset + file.byte_len(tensor)?;
+            if end > file.bytes.len() {
+                return Err(Error::Gguf {
+                    path: path.to_owned(),
+                    message: format!(
+                        "tensor `{}` ends at byte {end}, past the end of the file ({} bytes): truncated?",
+                        tensor.name,
+                        file.bytes.len()
+                    ),
+                });
+            }
+        }
+        Ok(file)
+    }
+
+    fn byte_len(&self, tensor: &GgufTensor) -> Result<usize> {
+        let elements: usize = tensor.shape.iter().product();
+        let (block, bytes) = tensor.ggml_type.block();
+        if elements % block != 0 {
+            return Err(Error::Gguf {
+                path: self.path.clone(),
+                message: format!(
+                    "tensor `{}` has {elements} elements, not a multiple of its block size {block}",
+                    tensor.name
+                ),
+            });
+        }
+        Ok(elements / block * bytes)
+    }
+
+    fn meta(&self, key: &str) -> Result<&GgufValue> {
+        self.metadata.get(key).ok_or_else(|| Error::Gguf {
+            path: self.path.clone(),
+            message: format!("missing metadata key `{key}`"),
+        })
+    }
+
+    fn meta_usize(&self, key: &str) -> Result<usize> {
+        self.meta(key)?
+            .as_i64()
+            .filter(|v| *v >= 0)
+            .map(|v| v as usize)
+            .ok_or_else(|| Error::Gguf {
+                path: self.path.clone(),
+                message: format!("metadata `{key}` must be a non-negative integer"),
+            })
+    }
+
+    /// The tensor's values as f32, dequantized.
+    pub fn dequantize(&self, tensor: &GgufTensor) -> Result<Vec<f32>> {
+        let start = self.data_start + tensor.offset;
+        let data = &self.bytes[start..start + self.byte_len(tensor)?];
+        let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        Ok(match tensor.ggml_type {
+            GgmlType::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            GgmlType::F16 => data.chunks_exact(2).map(f16).collect(),
+            GgmlType::Bf16 => data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            GgmlType::Q8_0 => data
+                .chunks_exact(34)
+                .flat_map(|block| {
+                    let scale = f16(&block[..2]);
+                    block[2..].iter().map(move |&q| f32::from(q as i8) * scale)
+                })
+                .collect(),
+            GgmlType::Q4_0 => data
+                .chunks_exact(18)
+                .flat_map(|block| dequantize_q4(&block[2..], f16(&block[..2]), None))
+                .collect(),
+            GgmlType::Q4_1 => data
+                .chunks_exact(20)
+                .flat_map(|block| {
+                    dequantize_q4(&block[4..], f16(&block[..2]), Some(f16(&block[2..4])))
+                })
+                .collect(),
+        })
+    }
+
+    /// The architecture's configuration (Llama only).
+    pub fn llama_config(&self) -> Result<LlamaConfig> {
+        let architecture = self
+            .meta("general.architecture")?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if architecture != "llama" {
+            return Err(Error::UnsupportedArchitecture {
+                path: self.path.clone(),
+                architecture,
+            });
+        }
+        let key = |name: &str| format!("llama.{name}");
+        let hidden_size = self.meta_usize(&key("embedding_length"))?;
+        let heads = self.meta_usize(&key("attention.head_count"))?;
+        let vocab_size = match self
+            .metadata
+            .get(&key("vocab_size"))
+            .and_then(GgufValue::as_i64)
+        {
+            Some(n) => n as usize,
+            None => self
+                .meta("tokenizer.ggml.tokens")?
+                .as_array()
+                .map_or(0, <[GgufValue]>::len),
+        };
+        let tied = !self.tensors.iter().any(|t| t.name == "output.weight");
+        Ok(LlamaConfig {
+            vocab_size,
+            hidden_size,
+            intermediate_size: self.meta_usize(&key("feed_forward_length"))?,
+            num_hidden_layers: self.meta_usize(&key("block_count"))?,
+            num_attention_heads: heads,
+            num_key_value_heads: self
+                .metadata
+                .get(&key("attention.head_count_kv"))
+                .and_then(GgufValue::as_i64)
+                .map_or(heads, |v| v as usize),
+            head_dim: self
+                .metadata
+                .get(&key("rope.dimension_count"))
+                .and_then(GgufValue::as_i64)
+                .map_or(hidden_size / heads.max(1), |v| v as usize),
+            max_position_embeddings: self.meta_usize(&key("context_length"))?,
+            rms_norm_eps: self
+                .metadata
+                .get(&key("attention.layer_norm_rms_epsilon"))
+                .and_then(GgufValue::as_f64)
+                .unwrap_or(1e-5),
+            rope_theta: self
+                .metadata
+                .get(&key("rope.freq_base"))
+                .and_then(GgufValue::as_f64)
+                .unwrap_or(10_000.0),
+            rope_scaling: match self
+                .metadata
+                .get(&key("rope.scaling.type"))
+                .and_then(GgufValue::as_str)
+            {
+                Some("linear") => Some(RopeScaling::Linear {
+                    factor: self
+                        .metadata
+                        .get(&key("rope.scaling.factor"))
+                        .and_then(GgufValue::as_f64)
+                        .unwrap_or(1.0),
+                }),
+                _ => None,
+            },
+            attention_bias: false,
+            o_proj_bias: false,
+            mlp_bias: false,
+            tie_word_embeddings: tied,
+        })
+    }
+
+    /// The tensors under Hugging Face names, dequantized, with q/k rows un-permuted.
+    pub fn hf_weights(&self, config: &LlamaConfig) -> Result<Weights> {
+        let mut tensors = BTreeMap::new();
+        for tensor in &self.tensors {
+            let name = hf_name(&tensor.name).ok_or_else(|| Error::Gguf {
+                path: self.path.clone(),
+                message: format!(
+                    "unexpected tensor `{}` for the llama architecture",
+                    tensor.name
+                ),
+            })?;
+            let mut raw = RawTensor {
+                shape: tensor.shape.clone(),
+                data: self.dequantize(tensor)?,
+            };
+            // llama.cpp's converter interleaves the two rotary halves of each head of q and k.
+            if name.ends_with("self_attn.q_proj.weight") {
+                raw = unpermute(raw, config.num_attention_heads);
+            } else if name.ends_with("self_attn.k_proj.weight") {
+                raw = unpermute(raw, config.num_key_value_heads);
+            }
+            tensors.insert(name, raw);
+        }
+        Ok(Weights::new(self.path.clone(), tensors))
+    }
+
+    /// The chat template of `tokenizer.chat_template`, if any.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.metadata
+            .get("tokenizer.chat_template")
+            .and_then(GgufValue::as_str)
+    }
+
+    fn token_text(&self, key: &str) -> Option<String> {
+        let id = self.metadata.get(key)?.as_i64()? as usize;
+        self.meta("tokenizer.ggml.tokens")
+            .ok()?
+            .as_array()?
+            .get(id)?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// BOS and EOS token texts from the metadata.
+    pub fn special_tokens(&self) -> (Option<String>, Option<String>) {
+        (
+            self.token_text("tokenizer.ggml.bos_token_id"),
+            self.token_text("tokenizer.ggml.eos_token_id"),
+        )
+    }
+
+    /// A Hugging Face `tokenizer.json` rebuilt from `tokenizer.ggml.*` (byte-level BPE, the
+    /// `gpt2` tokenizer model llama.cpp uses for SmolLM, Llama 3, Qwen2 and GPT-2 itself).
+    pub fn tokenizer_json(&self) -> Result<Value> {
+        let model = self
+            .meta("tokenizer.ggml.model")?
+            .as_str()
+            .unwrap_or_default();
+        if model != "gpt2" {
+            return Err(Error::Gguf {
+                path: self.path.clone(),
+                message: format!(
+                    "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)"
+                ),
+            });
+        }
+        let tokens = self
+            .meta("tokenizer.ggml.tokens")?
+            .as_array()
+            .unwrap_or_default();
+        let types = self
+            .metadata
+            .get("tokenizer.ggml.token_type")
+            .and_then(GgufValue::as_array)
+            .unwrap_or_default();
+        let merges: Vec<&str> = self
+            .meta("tokenizer.ggml.merges")?
+            .as_array()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(GgufValue::as_str)
+            .collect();
+        let mut vocab = serde_json::Map::new();
+        let mut added = Vec::new();
+        for (id, token) in tokens.iter().enumerate() {
+            let text = token.as_str().unwrap_or_default();
+            vocab.insert(text.to_owned(), json!(id));
+            // llama.cpp token types: 3 = control (special), 4 = user defined.
+            match types.get(id).and_then(GgufValue::as_i64) {
+                Some(3) | Some(4) => added.push(json!({
+                    "id": id, "content": text, "single_word": false, "lstrip": false, "rstrip": false,
+                    "normalized": false, "special": types.get(id).and_then(GgufValue::as_i64) == Some(3)
+                })),
+                _ => {}
+            }
+        }
+        let pre = self
+            .metadata
+            .get("tokenizer.ggml.pre")
+            .and_then(GgufValue::as_str)
+            .unwrap_or("default");
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let pre_tokenizer = match pre {
+            // SmolLM's tokenizer splits digits one by one before byte-level BPE.
+            "smollm" | "starcoder" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level]}),
+            _ => byte_level.clone(),
+        };
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": merges}
+        }))
+    }
+}
+
+/// 32 4-bit values from 16 bytes: low nibbles are elements 0..16, high nibbles 16..32.
+/// Q4_0 centres them (`(q - 8) * d`), Q4_1 offsets them (`q * d + m`).
+fn dequantize_q4(quants: &[u8], scale: f32, min: Option<f32>) -> impl Iterator<Item = f32> + '_ {
+    let value = move |q: u8| match min {
+        Some(min) => f32::from(q) * scale + min,
+        None => (f32::from(q) - 8.0) * scale,
+    };
+    quants
+        .iter()
+        .map(move |&q| value(q & 0x0F))
+        .chain(quants.iter().map(move |&q| value(q >> 4)))
+}
+
+/// Undoes llama.cpp's `permute(w, n_head)`, which reorders each head's rows from the
+/// rotate-half layout `[first half | second half]` to interleaved pairs.
+fn unpermute(tensor: RawTensor, n_heads: usize) -> RawTensor {
+    let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+    let head_rows = rows / n_heads;
+    let half = head_rows / 2;
+    let mut data = vec![0.0; tensor.data.len()];
+    for head in 0..n_heads {
+        for i in 0..half {
+            for pair in 0..2 {
+                // GGUF row (head, i, pair) holds HF row (head, pair, i).
+                let from = head * head_rows + i * 2 + pair;
+                let to = head * head_rows + pair * half + i;
+                data[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&tensor.data[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    RawTensor {
+        shape: tensor.shape,
+        data,
+    }
+}
+
+/// llama.cpp tensor names -> Hugging Face names.
+fn hf_name(gguf: &str) -> Option<String> {
+    Some(match gguf {
+        "token_embd.weight" => "model.embed_tokens.weight".into(),
+        "output_norm.weight" => "model.norm.weight".into(),
+        "output.weight" => "lm_head.weight".into(),
+        _ => {
+            let rest = gguf.strip_prefix("blk.")?;
+            let (layer, part) = rest.split_once('.')?;
+            let layer: usize = layer.parse().ok()?;
+            let hf = match part {
+                "attn_norm.weight" => "input_layernorm.weight",
+                "ffn_norm.weight" => "post_attention_layernorm.weight",
+                "attn_q.weight" => "self_attn.q_proj.weight",
+                "attn_k.weight" => "self_attn.k_proj.weight",
+                "attn_v.weight" => "self_attn.v_proj.weight",
+                "attn_output.weight" => "self_attn.o_proj.weight",
+                "ffn_gate.weight" => "mlp.gate_proj.weight",
+                "ffn_up.weight" => "mlp.up_proj.weight",
+                "ffn_down.weight" => "mlp.down_proj.weight",
+                "rope_freqs.weight" => "self_attn.rotary_emb.inv_freq",
+                _ => return None,
+            };
+            format!("model.layers.{layer}.{hf}")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q4_nibbles_are_split_low_then_high() {
+        let quants: Vec<u8> = (0..16).map(|i| (i as u8) | ((15 - i as u8) << 4)).collect();
+        let q4_0: Vec<f32> = dequantize_q4(&quants, 0.5, None).collect();
+        assert_eq!(q4_0[0], -4.0);
+        assert_eq!(q4_0[15], 3.5);
+        assert_eq!(q4_0[16], 3.5);
+        let q4_1: Vec<f32> = dequantize_q4(&quants, 2.0, Some(1.0)).collect();
+        assert_eq!((q4_1[1], q4_1[17]), (3.0, 29.0));
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2).reshape(rows, cols)
+        let (n_heads, rows, cols) = (2, 8, 3);
+        let hf: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let half = rows / n_heads / 2;
+        let mut permuted = vec![0.0; hf.len()];
+        for head in 0..n_heads {
+            for pair in 0..2 {
+                for i in 0..half {
+                    let from = head * rows / n_heads + pair * half + i;
+                    let to = head * rows / n_heads + i * 2 + pair;
+                    permuted[to * cols..(to + 1) * cols]
+                        .copy_from_slice(&hf[from * cols..(from + 1) * cols]);
+                }
+            }
+        }
+        let restored = unpermute(
+            RawTensor {
+                shape: vec![rows, cols],
+                data: permuted,
+            },
+            n_heads,
+        );
+        assert_eq!(restored.data, hf);
+    }
+
+    #[test]
+    fn truncated_and_foreign_files_are_refused() {
+        let error = GgufFile::parse(Path::new("x.gguf"), b"GGML....".to_vec()).unwrap_err();
+        assert_eq!(error.to_string(), "x.gguf: not a GGUF file (no GGUF magic)");
+        let mut header = b"GGUF".to_vec();
+        header.extend(3u32.to_le_bytes());
+        header.extend(1u64.to_le_bytes());
+        let error = GgufFile::parse(Path::new("x.gguf"), header).unwrap_err();
+        assert!(
+            error.to_string().contains("unexpected end of file"),
+            "{error}"
+        );
+    }
+}

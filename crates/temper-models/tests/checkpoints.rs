@@ -1,0 +1,350 @@
+//! Checkpoint directories: round trips, strictness, dtypes, shards, bad files; and incremental
+//! decoding against the full forward pass.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::prelude::*;
+use burn::tensor::Int;
+use safetensors::{Dtype, SafeTensors};
+use temper_models::{CausalLm, Error, ModelInput};
+
+type B = Flex;
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(case)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("temper-models-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn logits(
+    model: &CausalLm<B>,
+    device: &<B as burn::tensor::backend::BackendTypes>::Device,
+) -> Vec<f32> {
+    let ids = Tensor::<B, 2, Int>::from_ints([[5, 17, 3, 42, 8, 1, 29]], device);
+    model
+        .forward(ModelInput::sequences(ids))
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+fn keys(path: &Path) -> BTreeSet<String> {
+    let bytes = std::fs::read(path).unwrap();
+    SafeTensors::deserialize(&bytes)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Rewrites a checkpoint with each tensor converted by `convert` (name, values) -> optional
+/// (dtype, bytes); `None` drops the tensor.
+fn rewrite(from: &Path, to: &Path, convert: impl Fn(&str, &[f32]) -> Option<(Dtype, Vec<u8>)>) {
+    let bytes = std::fs::read(from).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::new();
+    for (name, view) in file.tensors() {
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        if let Some((dtype, data)) = convert(&name, &values) {
+            out.push((name, view.shape().to_vec(), dtype, data));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = out
+        .iter()
+        .map(|(n, s, d, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, to).unwrap();
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[test]
+fn a_saved_model_reloads_with_the_same_logits_and_the_same_keys() {
+    let device = Default::default();
+    for case in ["gpt2", "llama_gqa", "llama_tied_rope_llama3", "qwen2_bias"] {
+        let (model, config) = CausalLm::<B>::from_hf_dir(&fixture(case), &device).unwrap();
+        let dir = scratch(&format!("save-{case}"));
+        model.save_hf_dir(&dir).unwrap();
+        let (reloaded, reloaded_config) = CausalLm::<B>::from_hf_dir(&dir, &device).unwrap();
+        assert_eq!(config, reloaded_config, "{case}");
+        assert_eq!(
+            logits(&model, &device),
+            logits(&reloaded, &device),
+            "{case}"
+        );
+        assert_eq!(
+            keys(&dir.join("model.safetensors")),
+            keys(&fixture(case).join("model.safetensors")),
+            "{case}"
+        );
+        assert!(!dir.join("model.safetensors.partial").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn half_precision_checkpoints_load() {
+    let device = Default::default();
+    let (model, _) = CausalLm::<B>::from_hf_dir(&fixture("llama_gqa"), &device).unwrap();
+    let reference = logits(&model, &device);
+    for (dtype, name) in [(Dtype::BF16, "bf16"), (Dtype::F16, "f16")] {
+        let dir = scratch(name);
+        std::fs::copy(
+            fixture("llama_gqa").join("config.json"),
+            dir.join("config.json"),
+        )
+        .unwrap();
+        rewrite(
+            &fixture("llama_gqa").join("model.safetensors"),
+            &dir.join("model.safetensors"),
+            |_, values| {
+                let bytes = match dtype {
+                    Dtype::BF16 => values
+                        .iter()
+                        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                        .collect(),
+                    _ => values
+                        .iter()
+                        .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                        .collect(),
+                };
+                Some((dtype, bytes))
+            },
+        );
+        let (half_model, _) = CausalLm::<B>::from_hf_dir(&dir, &device).unwrap();
+        let diff = logits(&half_model, &device)
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 0.05, "{name}: logits moved by {diff}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn sharded_checkpoints_load_through_their_index() {
+    let device = Default::default();
+    let (model, _) = CausalLm::<B>::from_hf_dir(&fixture("llama_gqa"), &device).unwrap();
+    let dir = scratch("sharded");
+    std::fs::copy(
+        fixture("llama_gqa").join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let source = fixture("llama_gqa").join("model.safetensors");
+    let first = |name: &str| name.starts_with("model.layers.0.");
+    rewrite(
+        &source,
+        &dir.join("model-00001-of-00002.safetensors"),
+        |name, v| first(name).then(|| (Dtype::F32, f32_bytes(v))),
+    );
+    rewrite(
+        &source,
+        &dir.join("model-00002-of-00002.safetensors"),
+        |name, v| (!first(name)).then(|| (Dtype::F32, f32_bytes(v))),
+    );
+    let weight_map: serde_json::Map<String, serde_json::Value> = keys(&source)
+        .into_iter()
+        .map(|name| {
+            let shard = if first(&name) {
+                "model-00001-of-00002.safetensors"
+            } else {
+                "model-00002-of-00002.safetensors"
+            };
+            (name, shard.into())
+        })
+        .collect();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    let (sharded, _) = CausalLm::<B>::from_hf_dir(&dir, &device).unwrap();
+    assert_eq!(logits(&model, &device), logits(&sharded, &device));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn loading_is_strict_and_names_the_tensor() {
+    let device = Default::default();
+    let source = fixture("llama_gqa").join("model.safetensors");
+    let with = |name: &str, convert: &dyn Fn(&str, &[f32]) -> Option<(Dtype, Vec<u8>)>| -> String {
+        let dir = scratch(name);
+        std::fs::copy(
+            fixture("llama_gqa").join("config.json"),
+            dir.join("config.json"),
+        )
+        .unwrap();
+        rewrite(&source, &dir.join("model.safetensors"), convert);
+        let error = CausalLm::<B>::from_hf_dir(&dir, &device).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        error.to_string().replace(&dir.display().to_string(), "DIR")
+    };
+    let missing = with("missing", &|name, v| {
+        (name != "model.norm.weight").then(|| (Dtype::F32, f32_bytes(v)))
+    });
+    assert_eq!(
+        missing,
+        "DIR/model.safetensors: missing tensor `model.norm.weight` (expected shape [48])"
+    );
+    // An extra tensor is an error too.
+    let dir = scratch("extra");
+    std::fs::copy(
+        fixture("llama_gqa").join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let bytes = std::fs::read(&source).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let extra = f32_bytes(&[1.0, 2.0]);
+    let mut views: Vec<(String, safetensors::tensor::TensorView<'_>)> = file.tensors();
+    views.push((
+        "model.layers.0.self_attn.q_norm.weight".into(),
+        safetensors::tensor::TensorView::new(Dtype::F32, vec![2], &extra).unwrap(),
+    ));
+    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let error = CausalLm::<B>::from_hf_dir(&dir, &device).unwrap_err();
+    assert!(
+        matches!(&error, Error::UnexpectedTensors { keys, .. } if keys == &["model.layers.0.self_attn.q_norm.weight"]),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_wrong_shape_names_both_shapes() {
+    let device = Default::default();
+    let dir = scratch("shape");
+    // A config that disagrees with the checkpoint about the MLP width.
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("llama_gqa").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    config["intermediate_size"] = 100.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        fixture("llama_gqa").join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let error = CausalLm::<B>::from_hf_dir(&dir, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.ends_with(
+            "tensor `model.layers.0.mlp.gate_proj.weight` has shape [96, 48], expected [100, 48]"
+        ),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_files_give_clear_errors() {
+    let device = Default::default();
+    let dir = scratch("bad");
+    std::fs::copy(fixture("gpt2").join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(fixture("gpt2").join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let error = CausalLm::<B>::from_hf_dir(&dir, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("not a valid safetensors file (truncated or corrupt?)"),
+        "{error}"
+    );
+
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type": "bert", "hidden_size": 8}"#,
+    )
+    .unwrap();
+    let error = CausalLm::<B>::from_hf_dir(&dir, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("unsupported architecture `bert`"), "{error}");
+
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type": "llama", "hidden_size": "big"}"#,
+    )
+    .unwrap();
+    let error = CausalLm::<B>::from_hf_dir(&dir, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.ends_with("config.json: `hidden_size` must be a non-negative integer, found \"big\""),
+        "{error}"
+    );
+
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"gpt2\",\n").unwrap();
+    let error = CausalLm::<B>::from_hf_dir(&dir, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("config.json: line 2: invalid JSON"),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cached_decoding_equals_the_full_forward_pass() {
+    let device = Default::default();
+    for case in ["gpt2", "llama_gqa", "llama_tied_rope_llama3", "qwen2_bias"] {
+        let (model, config) = CausalLm::<B>::from_hf_dir(&fixture(case), &device).unwrap();
+        let vocab = config.vocab_size();
+        let full = logits(&model, &device);
+        let ids = [5, 17, 3, 42, 8, 1, 29];
+        let mut cache = model.new_cache();
+        // A prompt of 3, then one token at a time.
+        let mut cached = model
+            .forward_cached(
+                Tensor::<B, 2, Int>::from_ints([[ids[0], ids[1], ids[2]]], &device),
+                &mut cache,
+            )
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        for &id in &ids[3..] {
+            cached.extend(
+                model
+                    .forward_cached(Tensor::<B, 2, Int>::from_ints([[id]], &device), &mut cache)
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(cached.len(), ids.len() * vocab);
+        let diff = cached
+            .iter()
+            .zip(&full)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "{case}: cached decoding differs by {diff}");
+    }
+}
