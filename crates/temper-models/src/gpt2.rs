@@ -10,7 +10,7 @@ use crate::config::Gpt2Config;
 use crate::error::Result;
 use crate::layers::{
     Embedding, KvCache, LayerCache, LayerNorm, Linear, LinearConfig, WeightLayout, attention,
-    extend_cache,
+    extend_cache, tied_logits,
 };
 use crate::weights::{WeightWriter, Weights};
 
@@ -194,7 +194,7 @@ impl<B: Backend> Gpt2<B> {
             x = x.clone() + block.mlp.forward(block.ln_2.forward(x));
         }
         let x = t.ln_f.forward(x);
-        burn::tensor::module::linear(x, t.wte.weight.val().transpose(), None)
+        tied_logits(x, t.wte.weight.val())
     }
 
     pub fn save(&self, writer: &mut WeightWriter) {

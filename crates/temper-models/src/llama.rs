@@ -11,7 +11,7 @@ use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::layers::{
     Embedding, KvCache, LayerCache, Linear, LinearConfig, RmsNorm, WeightLayout, apply_rope,
-    attention, extend_cache, rope_cos_sin, rope_inv_freq,
+    attention, extend_cache, rope_cos_sin, rope_inv_freq, tied_logits,
 };
 use crate::weights::{WeightWriter, Weights};
 
@@ -272,11 +272,7 @@ impl<B: Backend> Llama<B> {
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(lm_head) => lm_head.forward(hidden),
-            None => burn::tensor::module::linear(
-                hidden,
-                self.model.embed_tokens.weight.val().transpose(),
-                None,
-            ),
+            None => tied_logits(hidden, self.model.embed_tokens.weight.val()),
         }
     }
 
