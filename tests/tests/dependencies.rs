@@ -3,64 +3,40 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::process::Command;
 
+/// Every package `root` pulls in as a normal dependency, as `cargo tree` resolves it (with
+/// features, so optional dependencies that are off do not count).
 fn dependency_closure(root: &str) -> BTreeSet<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .args([
+            "tree",
+            "--edges",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+            "--package",
+            root,
+            "--manifest-path",
+        ])
         .arg(temper_tests::root().join("Cargo.toml"))
         .output()
-        .expect("cargo metadata runs");
+        .expect("cargo tree runs");
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let names: HashMap<&str, &str> = metadata["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
-        .collect();
-    let nodes = metadata["resolve"]["nodes"].as_array().unwrap();
-    let edges: HashMap<&str, Vec<&str>> = nodes
-        .iter()
-        .map(|node| {
-            // Normal (non-dev, non-build) dependencies only: what a user of the crate pulls in.
-            let deps = node["deps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|dep| {
-                    dep["dep_kinds"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|kind| kind["kind"].is_null())
-                })
-                .map(|dep| dep["pkg"].as_str().unwrap())
-                .collect();
-            (node["id"].as_str().unwrap(), deps)
-        })
-        .collect();
-    let start = names
-        .iter()
-        .find(|(_, name)| **name == root)
-        .map(|(id, _)| *id)
-        .expect("package exists");
-    let mut seen = BTreeSet::new();
-    let mut stack = vec![start];
-    while let Some(id) = stack.pop() {
-        for dep in edges.get(id).into_iter().flatten() {
-            if seen.insert(names[dep].to_owned()) {
-                stack.push(dep);
-            }
-        }
-    }
-    seen
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != root)
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -83,4 +59,21 @@ fn burn_free_crates_do_not_depend_on_burn() {
 fn temper_chat_does_not_depend_on_temper_data() {
     assert!(!dependency_closure("temper-chat").contains("temper-data"));
     assert!(dependency_closure("temper-data").contains("temper-chat"));
+}
+
+#[test]
+fn temper_models_stands_apart_from_the_data_crates() {
+    // DESIGN.md: the burn crates are siblings that the trainer combines; models need no
+    // templates or datasets.
+    let closure = dependency_closure("temper-models");
+    assert!(
+        closure.iter().any(|name| name == "burn"),
+        "temper-models is built on burn"
+    );
+    for forbidden in ["temper-chat", "temper-data", "tokenizers"] {
+        assert!(
+            !closure.contains(forbidden),
+            "temper-models depends on {forbidden}"
+        );
+    }
 }

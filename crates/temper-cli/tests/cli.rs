@@ -207,3 +207,115 @@ fn prepare_writes_rows_and_reports_throughput() {
     assert!(!dir.join("rows.partial").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn smollm2() -> PathBuf {
+    let cache = std::env::var_os("TEMPER_CACHE")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/temper"));
+    let path = cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "MISSING TEST ASSET {}: run `cargo xtask assets` first",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn generate_streams_an_answer_from_a_gguf_chat_model() {
+    let output = temper(&[
+        "generate",
+        "--model",
+        smollm2().to_str().unwrap(),
+        "--prompt",
+        "What is the capital of France?",
+        "--chat",
+        "--max-new-tokens",
+        "20",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stdout.trim(), "The capital of France is Paris.");
+    assert!(
+        stderr.contains("stopped by end-of-sequence token"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn score_reports_logprobs_nll_and_perplexity() {
+    let output = temper(&[
+        "score",
+        "--model",
+        smollm2().to_str().unwrap(),
+        "--text",
+        "The capital of France is Paris.",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tokens = json["tokens"].as_array().unwrap();
+    let logprobs: Vec<f64> = json["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(logprobs.len() + 1, tokens.len());
+    assert!(logprobs.iter().all(|&l| l < 0.0));
+    let nll = json["nll"].as_f64().unwrap();
+    assert!((nll + logprobs.iter().sum::<f64>()).abs() < 1e-9);
+    assert!(
+        (json["perplexity"].as_f64().unwrap() - (nll / logprobs.len() as f64).exp()).abs() < 1e-9
+    );
+
+    let ids: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    let by_ids = temper(&[
+        "score",
+        "--model",
+        smollm2().to_str().unwrap(),
+        "--tokens",
+        &ids.join(","),
+        "--json",
+    ]);
+    let by_ids: serde_json::Value = serde_json::from_slice(&by_ids.stdout).unwrap();
+    assert_eq!(
+        by_ids["nll"], json["nll"],
+        "--tokens scores the same ids the same way"
+    );
+
+    let bad = temper(&[
+        "score",
+        "--model",
+        smollm2().to_str().unwrap(),
+        "--tokens",
+        "1,99999999",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("token id 99999999 is outside the vocabulary")
+    );
+}
+
+#[test]
+fn a_missing_or_foreign_model_is_a_clear_error() {
+    let output = temper(&["score", "--model", "nope/model.gguf", "--text", "x"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).starts_with("error: nope/model.gguf: No such file"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = temper(&["score", "--model", "README.md", "--text", "x"]);
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("expected a model directory or a .gguf file")
+    );
+}

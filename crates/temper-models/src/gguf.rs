@@ -674,6 +674,91 @@ mod tests {
         assert_eq!(restored.data, hf);
     }
 
+    /// A GGUF v3 file with the given metadata strings and tensors `(name, shape, type id, bytes)`.
+    fn gguf_bytes(tensors: &[(&str, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend((tensors.len() as u64).to_le_bytes());
+        out.extend(1u64.to_le_bytes());
+        let string = |out: &mut Vec<u8>, text: &str| {
+            out.extend((text.len() as u64).to_le_bytes());
+            out.extend(text.as_bytes());
+        };
+        string(&mut out, "general.architecture");
+        out.extend(8u32.to_le_bytes());
+        string(&mut out, "llama");
+        let mut offset = 0u64;
+        for (name, dims, kind, data) in tensors {
+            string(&mut out, name);
+            out.extend((dims.len() as u32).to_le_bytes());
+            for dim in dims {
+                out.extend(dim.to_le_bytes());
+            }
+            out.extend(kind.to_le_bytes());
+            out.extend(offset.to_le_bytes());
+            offset += (data.len() as u64).div_ceil(32) * 32;
+        }
+        while out.len() % 32 != 0 {
+            out.push(0);
+        }
+        for (_, _, _, data) in tensors {
+            out.extend(data);
+            while out.len() % 32 != 0 {
+                out.push(0);
+            }
+        }
+        out
+    }
+
+    fn f16_bytes(value: f32) -> [u8; 2] {
+        half::f16::from_f32(value).to_le_bytes()
+    }
+
+    #[test]
+    fn every_supported_type_dequantizes() {
+        let f32_data: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let f16_data: Vec<u8> = [0.5f32, 3.0].iter().flat_map(|v| f16_bytes(*v)).collect();
+        let mut q8 = f16_bytes(0.25).to_vec();
+        q8.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let mut q4_0 = f16_bytes(2.0).to_vec();
+        q4_0.extend((0..16).map(|i| (i as u8) | (15 << 4)));
+        let mut q4_1 = f16_bytes(1.0).to_vec();
+        q4_1.extend(f16_bytes(-3.0));
+        q4_1.extend((0..16).map(|i| (i as u8) << 4));
+        let bytes = gguf_bytes(&[
+            ("a", vec![2], 0, f32_data),
+            ("b", vec![2], 1, f16_data),
+            ("c", vec![32], 8, q8),
+            ("d", vec![32], 2, q4_0),
+            ("e", vec![32], 3, q4_1),
+        ]);
+        let file = GgufFile::parse(Path::new("t.gguf"), bytes).unwrap();
+        let values = |i: usize| file.dequantize(&file.tensors[i]).unwrap();
+        assert_eq!(values(0), [1.5, -2.0]);
+        assert_eq!(values(1), [0.5, 3.0]);
+        assert_eq!((values(2)[0], values(2)[31]), (-4.0, 3.75));
+        assert_eq!((values(3)[1], values(3)[16]), (-14.0, 14.0));
+        assert_eq!(
+            (values(4)[0], values(4)[16], values(4)[31]),
+            (-3.0, -3.0, 12.0)
+        );
+    }
+
+    #[test]
+    fn an_unsupported_tensor_type_is_named() {
+        let bytes = gguf_bytes(&[("blk.0.attn_q.weight", vec![256], 12, vec![0; 144])]);
+        let error = GgufFile::parse(Path::new("k.gguf"), bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tensor `blk.0.attn_q.weight` has ggml type 12, which is not supported"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn truncated_and_foreign_files_are_refused() {
         let error = GgufFile::parse(Path::new("x.gguf"), b"GGML....".to_vec()).unwrap_err();
