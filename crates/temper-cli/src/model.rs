@@ -176,8 +176,10 @@ pub fn generate_command(args: &GenerateArgs) -> Result<()> {
     let started = Instant::now();
     let mut generated: Vec<u32> = Vec::new();
     let mut printed = 0;
+    let mut first_token_at = None;
     let mut stdout = std::io::stdout();
     let generation = generate(&loaded.model, &prompt, &config, &loaded.device, |token| {
+        first_token_at.get_or_insert_with(Instant::now);
         generated.push(token);
         let text = loaded.tokenizer.decode(&generated);
         // Print only whole characters: a byte-level token may end inside one.
@@ -200,6 +202,7 @@ pub fn generate_command(args: &GenerateArgs) -> Result<()> {
         }
     })?;
     let seconds = started.elapsed().as_secs_f64();
+    let prefill = first_token_at.map_or(seconds, |at| (at - started).as_secs_f64());
     println!();
     let reason = match generation.stop_reason {
         StopReason::StopToken => "end-of-sequence token",
@@ -207,11 +210,12 @@ pub fn generate_command(args: &GenerateArgs) -> Result<()> {
         StopReason::Caller => "stop string",
         StopReason::ContextFull => "context full",
     };
+    let decoded = generation.tokens.len().saturating_sub(1);
     eprintln!(
-        "{} prompt tokens, {} new tokens in {seconds:.2}s ({:.1} tokens/s), stopped by {reason}",
+        "{} prompt tokens in {prefill:.2}s, {} new tokens in {seconds:.2}s ({:.1} tokens/s after the first), stopped by {reason}",
         prompt.len(),
         generation.tokens.len(),
-        generation.tokens.len() as f64 / seconds
+        decoded as f64 / (seconds - prefill).max(1e-9)
     );
     Ok(())
 }

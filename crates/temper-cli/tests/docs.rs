@@ -34,7 +34,12 @@ fn console_examples_in_the_docs_are_real_output() {
     let binary = env!("CARGO_BIN_EXE_temper");
     let mut commands = 0;
     let mut failures = Vec::new();
-    for doc in ["docs/datasets.md", "docs/templates.md", "docs/masking.md"] {
+    for doc in [
+        "docs/datasets.md",
+        "docs/templates.md",
+        "docs/masking.md",
+        "docs/models.md",
+    ] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         for block in text.split("```console\n").skip(1) {
             let block = block.split("```").next().unwrap();

@@ -302,7 +302,7 @@ impl GgufFile {
     fn byte_len(&self, tensor: &GgufTensor) -> Result<usize> {
         let elements: usize = tensor.shape.iter().product();
         let (block, bytes) = tensor.ggml_type.block();
-        if elements % block != 0 {
+        if !elements.is_multiple_of(block) {
             return Err(Error::Gguf {
                 path: self.path.clone(),
                 message: format!(
@@ -698,12 +698,12 @@ mod tests {
             out.extend(offset.to_le_bytes());
             offset += (data.len() as u64).div_ceil(32) * 32;
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         for (_, _, _, data) in tensors {
             out.extend(data);
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
         }

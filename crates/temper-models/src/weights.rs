@@ -68,7 +68,7 @@ impl Weights {
     pub fn from_dir(dir: &Path) -> Result<Weights> {
         let single = dir.join("model.safetensors");
         if single.is_file() {
-            return Weights::from_files(&[single.clone()], single);
+            return Weights::from_files(std::slice::from_ref(&single), single.clone());
         }
         let index = dir.join("model.safetensors.index.json");
         if !index.is_file() {

@@ -192,7 +192,8 @@ fn sharded_checkpoints_load_through_their_index() {
 fn loading_is_strict_and_names_the_tensor() {
     let device = Default::default();
     let source = fixture("llama_gqa").join("model.safetensors");
-    let with = |name: &str, convert: &dyn Fn(&str, &[f32]) -> Option<(Dtype, Vec<u8>)>| -> String {
+    type Convert<'a> = &'a dyn Fn(&str, &[f32]) -> Option<(Dtype, Vec<u8>)>;
+    let with = |name: &str, convert: Convert| -> String {
         let dir = scratch(name);
         std::fs::copy(
             fixture("llama_gqa").join("config.json"),
