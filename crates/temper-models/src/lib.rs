@@ -10,17 +10,26 @@
 //! This crate does not tokenize, train or pick a backend: that is `temper-data`,
 //! `temper-train` and the CLI.
 //!
+//! Loading a Hugging Face model directory and generating (pair it with `temper-data`'s
+//! `Tokenizer` to go from text to ids and back):
+//!
 //! ```
+//! use std::ops::ControlFlow;
+//!
 //! use burn::backend::Flex;
-//! use burn::prelude::*;
-//! use temper_models::{CausalLm, Gpt2Config, ModelConfig, ModelInput};
+//! use temper_models::{CausalLm, GenerationConfig, generate};
 //!
 //! let device = Default::default();
-//! let config = ModelConfig::Gpt2(Gpt2Config::new(97, 64, 32, 2, 4, 128));
-//! let model = CausalLm::<Flex>::init(&config, &device);
-//! let ids = Tensor::<Flex, 2, Int>::from_ints([[1, 2, 3]], &device);
-//! let logits = model.forward(ModelInput::sequences(ids));
-//! assert_eq!(logits.dims(), [1, 3, 97]);
+//! let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_gqa");
+//! let (model, _config) = CausalLm::<Flex>::from_hf_dir(&dir, &device)?;
+//! let prompt = [1, 17, 42];
+//! let config = GenerationConfig { max_new_tokens: 5, ..Default::default() };
+//! let generation = generate(&model, &prompt, &config, &device, |token| {
+//!     print!("{token} "); // stream each token as it comes
+//!     ControlFlow::Continue(())
+//! })?;
+//! assert_eq!(generation.tokens.len(), 5);
+//! # Ok::<(), temper_models::Error>(())
 //! ```
 
 mod config;
@@ -36,5 +45,5 @@ pub mod weights;
 pub use config::{Gpt2Config, LlamaConfig, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use generate::{Generation, GenerationConfig, StopReason, generate, token_logprobs};
-pub use model::{CausalLm, ModelInput};
+pub use model::{CausalLm, ModelInput, TOKENIZER_FILES};
 pub use weights::{RawTensor, WeightWriter, Weights};

@@ -74,6 +74,17 @@ impl<B: Backend> ModelInput<B> {
     }
 }
 
+/// The files of a Hugging Face model directory that belong to its tokenizer.
+pub const TOKENIZER_FILES: [&str; 7] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+];
+
 /// A causal language model of any supported architecture.
 #[derive(Module, Debug)]
 pub enum CausalLm<B: Backend> {
@@ -195,6 +206,21 @@ impl<B: Backend> CausalLm<B> {
             CausalLm::Llama(model) => model.save(&mut writer),
         }
         writer
+    }
+
+    /// Like [`CausalLm::save_hf_dir`], and copies the tokenizer files of the model directory
+    /// `source` (tokenizer.json, tokenizer_config.json, special_tokens_map.json, ...) so
+    /// that `dir` is a complete model directory.
+    pub fn save_hf_dir_with_tokenizer(&self, dir: &Path, source: &Path) -> Result<()> {
+        self.save_hf_dir(dir)?;
+        for name in TOKENIZER_FILES {
+            let from = source.join(name);
+            if from.is_file() {
+                let to = dir.join(name);
+                std::fs::copy(&from, &to).map_err(|error| Error::Io { path: to, error })?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes `config.json` and `model.safetensors` (f32) into `dir`, in the layout
