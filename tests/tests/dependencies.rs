@@ -77,3 +77,16 @@ fn temper_models_stands_apart_from_the_data_crates() {
         );
     }
 }
+
+#[test]
+fn the_burn_crates_are_siblings() {
+    // DESIGN.md: temper-models, temper-lora and temper-optim do not depend on each other.
+    let optim = dependency_closure("temper-optim");
+    for sibling in ["temper-models", "temper-lora", "temper-data", "temper-chat"] {
+        assert!(
+            !optim.contains(sibling),
+            "temper-optim depends on {sibling}"
+        );
+    }
+    assert!(!dependency_closure("temper-models").contains("temper-optim"));
+}

@@ -1,0 +1,238 @@
+//! AdamW (decoupled weight decay, as `torch.optim.AdamW`) with parameter groups, and clipping
+//! by the global gradient norm (as `torch.nn.utils.clip_grad_norm_`).
+
+use std::collections::HashMap;
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+/// The optimizer's hyper-parameters (the learning rate comes from the schedule each step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamWConfig {
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    /// Decoupled weight decay for the parameters not matched by `no_decay`.
+    pub weight_decay: f64,
+    /// Parameters whose dotted path contains one of these are not decayed (biases, norms,
+    /// embeddings by default).
+    pub no_decay: Vec<String>,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            weight_decay: 0.0,
+            no_decay: ["bias", "norm", "ln_", "embed", "wte", "wpe"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+impl AdamWConfig {
+    /// Whether the parameter at `path` (e.g. `model.layers.0.input_layernorm.weight`) decays.
+    pub fn decays(&self, path: &str) -> bool {
+        !self
+            .no_decay
+            .iter()
+            .any(|pattern| path.contains(pattern.as_str()))
+    }
+}
+
+/// The moments of one parameter, flattened, on the inner (non-autodiff) backend: AdamW is
+/// elementwise, so one rank serves every parameter.
+#[derive(Debug, Clone)]
+struct Moments<B: Backend> {
+    first: Tensor<B, 1>,
+    second: Tensor<B, 1>,
+    step: u64,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The factor gradients were scaled by (1 when not clipped).
+    pub clip_factor: f64,
+    /// Parameters updated, and how many of them were decayed.
+    pub updated: usize,
+    pub decayed: usize,
+}
+
+/// AdamW over the parameters of a burn module.
+#[derive(Debug)]
+pub struct AdamW<B: AutodiffBackend> {
+    config: AdamWConfig,
+    state: HashMap<ParamId, Moments<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> AdamW<B> {
+    pub fn new(config: AdamWConfig) -> Self {
+        AdamW {
+            config,
+            state: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// One step at learning rate `lr`: gradients are clipped to a global norm of
+    /// `max_grad_norm` (when given), then every parameter with a gradient is updated.
+    pub fn step<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        mut grads: GradientsParams,
+        max_grad_norm: Option<f64>,
+    ) -> (M, StepReport) {
+        let grad_norm = global_grad_norm(&module, &grads);
+        // torch: clip_coef = max_norm / (total_norm + 1e-6), applied when below 1.
+        let clip_factor = match max_grad_norm {
+            Some(max) if grad_norm.is_finite() => (max / (grad_norm + 1e-6)).min(1.0),
+            _ => 1.0,
+        };
+        let mut mapper = StepMapper {
+            optimizer: self,
+            grads: &mut grads,
+            lr,
+            clip_factor,
+            path: Vec::new(),
+            updated: 0,
+            decayed: 0,
+        };
+        let module = module.map(&mut mapper);
+        let (updated, decayed) = (mapper.updated, mapper.decayed);
+        (
+            module,
+            StepReport {
+                grad_norm,
+                clip_factor,
+                updated,
+                decayed,
+            },
+        )
+    }
+}
+
+/// sqrt of the sum of squares of every gradient of `module`'s parameters.
+pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> f64 {
+    struct Norm<'a> {
+        grads: &'a GradientsParams,
+        sum: f64,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                self.sum += f64::from(grad.square().sum().into_scalar().elem::<f32>());
+            }
+        }
+    }
+    let mut visitor = Norm { grads, sum: 0.0 };
+    module.visit(&mut visitor);
+    visitor.sum.sqrt()
+}
+
+struct StepMapper<'a, B: AutodiffBackend> {
+    optimizer: &'a mut AdamW<B>,
+    grads: &'a mut GradientsParams,
+    lr: f64,
+    clip_factor: f64,
+    path: Vec<String>,
+    updated: usize,
+    decayed: usize,
+}
+
+impl<B: AutodiffBackend> StepMapper<'_, B> {
+    /// One AdamW update of a tensor (inner backend), returning its new value and moments.
+    fn update(
+        &self,
+        value: Tensor<B::InnerBackend, 1>,
+        grad: Tensor<B::InnerBackend, 1>,
+        moments: Option<Moments<B::InnerBackend>>,
+        decay: bool,
+    ) -> (Tensor<B::InnerBackend, 1>, Moments<B::InnerBackend>) {
+        let c = &self.optimizer.config;
+        let grad = if self.clip_factor < 1.0 {
+            grad * self.clip_factor
+        } else {
+            grad
+        };
+        let (first, second, step) = match moments {
+            Some(m) => (m.first, m.second, m.step),
+            None => (grad.zeros_like(), grad.zeros_like(), 0),
+        };
+        let step = step + 1;
+        let first = first * c.adam_beta1 + grad.clone() * (1.0 - c.adam_beta1);
+        let second = second * c.adam_beta2 + grad.square() * (1.0 - c.adam_beta2);
+        let value = if decay && c.weight_decay != 0.0 {
+            value * (1.0 - self.lr * c.weight_decay)
+        } else {
+            value
+        };
+        let bias1 = 1.0 - c.adam_beta1.powi(step as i32);
+        let bias2 = 1.0 - c.adam_beta2.powi(step as i32);
+        let denominator = second.clone().sqrt() / bias2.sqrt() + c.adam_epsilon;
+        let value = value - first.clone() / denominator * (self.lr / bias1);
+        (
+            value,
+            Moments {
+                first,
+                second,
+                step,
+            },
+        )
+    }
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let decay = self.optimizer.config.decays(&self.path.join("."));
+        let require_grad = tensor.is_require_grad();
+        let previous = self.optimizer.state.remove(&id);
+        let shape = tensor.shape();
+        let elements = shape.num_elements();
+        let (value, state) = self.update(
+            tensor.inner().reshape([elements]),
+            grad.reshape([elements]),
+            previous,
+            decay,
+        );
+        let value: Tensor<B::InnerBackend, D> = value.reshape(shape);
+        if decay {
+            self.decayed += 1;
+        }
+        self.optimizer.state.insert(id, state);
+        self.updated += 1;
+        let mut tensor = Tensor::from_inner(value);
+        if require_grad {
+            tensor = tensor.require_grad();
+        }
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
