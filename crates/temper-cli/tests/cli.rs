@@ -12,18 +12,23 @@ fn root() -> PathBuf {
         .unwrap()
 }
 
-fn gpt2_tokenizer() -> PathBuf {
+/// A fetched asset (`cargo xtask assets`), from `$TEMPER_CACHE` or the repository's cache.
+fn asset(relative: &str) -> PathBuf {
     let cache = std::env::var_os("TEMPER_CACHE")
         .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(".cache/temper"));
-    let path = cache.join("gpt2/tokenizer.json");
+    let path = cache.join(relative);
     assert!(
         path.is_file(),
         "MISSING TEST ASSET {}: run `cargo xtask assets` first",
         path.display()
     );
     path
+}
+
+fn gpt2_tokenizer() -> PathBuf {
+    asset("gpt2/tokenizer.json")
 }
 
 fn temper(args: &[&str]) -> Output {
@@ -209,17 +214,7 @@ fn prepare_writes_rows_and_reports_throughput() {
 }
 
 fn smollm2() -> PathBuf {
-    let cache = std::env::var_os("TEMPER_CACHE")
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".cache/temper"));
-    let path = cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "MISSING TEST ASSET {}: run `cargo xtask assets` first",
-        path.display()
-    );
-    path
+    asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 #[test]
