@@ -2,30 +2,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// A fetched asset (`cargo xtask assets`), from `$TEMPER_CACHE` or the repository's cache.
-fn asset(relative: &str) -> PathBuf {
-    let cache = std::env::var_os("TEMPER_CACHE")
-        .filter(|dir| !dir.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".cache/temper"));
-    let path = cache.join(relative);
-    assert!(
-        path.is_file(),
-        "MISSING TEST ASSET {}: run `cargo xtask assets` first",
-        path.display()
-    );
-    path
-}
+use temper_tests::{asset, root};
 
 fn gpt2_tokenizer() -> PathBuf {
     asset("gpt2/tokenizer.json")
