@@ -1,13 +1,16 @@
 //! AdamW (decoupled weight decay, as `torch.optim.AdamW`) with parameter groups, and clipping
 //! by the global gradient norm (as `torch.nn.utils.clip_grad_norm_`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
 
 /// The optimizer's hyper-parameters (the learning rate comes from the schedule each step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +59,40 @@ struct Moments<B: Backend> {
     step: u64,
 }
 
+/// The optimizer's state by parameter path, on the host: what a checkpoint stores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct AdamWState {
+    pub params: BTreeMap<String, ParamMoments>,
+}
+
+/// The moments of one parameter (flattened) and how many updates it has had.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamMoments {
+    pub step: u64,
+    pub first: Vec<f32>,
+    pub second: Vec<f32>,
+}
+
+/// Visits a module's float parameters with their dotted paths.
+struct PathVisitor<F> {
+    path: Vec<String>,
+    visit: F,
+}
+
+impl<B: Backend, F: FnMut(&str, ParamId, usize)> ModuleVisitor<B> for PathVisitor<F> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        (self.visit)(&self.path.join("."), param.id, param.shape().num_elements());
+    }
+}
+
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
@@ -85,6 +122,98 @@ impl<B: AutodiffBackend> AdamW<B> {
 
     pub fn config(&self) -> &AdamWConfig {
         &self.config
+    }
+
+    /// The moments of every parameter of `module` that has been updated, by module path.
+    pub fn export_state<M: AutodiffModule<B>>(&self, module: &M) -> AdamWState {
+        let mut params = BTreeMap::new();
+        let visit = |path: &str, id: ParamId, _: usize| {
+            if let Some(moments) = self.state.get(&id) {
+                let host = |t: &Tensor<B::InnerBackend, 1>| {
+                    t.to_data()
+                        .convert::<f32>()
+                        .to_vec::<f32>()
+                        .unwrap_or_default()
+                };
+                params.insert(
+                    path.to_owned(),
+                    ParamMoments {
+                        step: moments.step,
+                        first: host(&moments.first),
+                        second: host(&moments.second),
+                    },
+                );
+            }
+        };
+        module.visit(&mut PathVisitor {
+            path: Vec::new(),
+            visit,
+        });
+        AdamWState { params }
+    }
+
+    /// Restores moments saved by [`AdamW::export_state`] onto `module`'s parameters (matched
+    /// by path, so a reloaded model with new parameter ids resumes exactly).
+    pub fn import_state<M: AutodiffModule<B>>(
+        &mut self,
+        module: &M,
+        state: &AdamWState,
+        device: &B::Device,
+    ) -> Result<()> {
+        let mut restored = HashMap::new();
+        let mut error = None;
+        let mut seen = 0;
+        let visit = |path: &str, id: ParamId, elements: usize| {
+            let Some(saved) = state.params.get(path) else {
+                return;
+            };
+            seen += 1;
+            if saved.first.len() != elements || saved.second.len() != elements {
+                error.get_or_insert(Error::SizeMismatch {
+                    path: path.to_owned(),
+                    expected: elements,
+                    actual: saved.first.len(),
+                });
+                return;
+            }
+            let tensor = |values: &Vec<f32>| {
+                Tensor::<B::InnerBackend, 1>::from_data(
+                    TensorData::new(values.clone(), [elements]),
+                    device,
+                )
+            };
+            restored.insert(
+                id,
+                Moments {
+                    first: tensor(&saved.first),
+                    second: tensor(&saved.second),
+                    step: saved.step,
+                },
+            );
+        };
+        module.visit(&mut PathVisitor {
+            path: Vec::new(),
+            visit,
+        });
+        if let Some(error) = error {
+            return Err(error);
+        }
+        if seen != state.params.len() {
+            let mut known = Vec::new();
+            module.visit(&mut PathVisitor {
+                path: Vec::new(),
+                visit: |path: &str, _: ParamId, _: usize| known.push(path.to_owned()),
+            });
+            let unknown = state
+                .params
+                .keys()
+                .find(|path| !known.contains(path))
+                .cloned()
+                .unwrap_or_default();
+            return Err(Error::UnknownParameter { path: unknown });
+        }
+        self.state = restored;
+        Ok(())
     }
 
     /// One step at learning rate `lr`: gradients are clipped to a global norm of

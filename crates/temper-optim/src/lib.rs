@@ -6,7 +6,9 @@
 //! LoRA or data (those are sibling crates), and it does not run a training loop.
 
 pub mod adamw;
+mod error;
 pub mod schedule;
 
-pub use adamw::{AdamW, AdamWConfig, StepReport, global_grad_norm};
+pub use adamw::{AdamW, AdamWConfig, AdamWState, ParamMoments, StepReport, global_grad_norm};
+pub use error::{Error, Result};
 pub use schedule::{LrSchedule, ScheduleKind, lr_at};

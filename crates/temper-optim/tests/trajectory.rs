@@ -10,7 +10,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 use serde_json::Value;
-use temper_optim::{AdamW, AdamWConfig, LrSchedule, ScheduleKind, lr_at};
+use temper_optim::{AdamW, AdamWConfig, AdamWState, LrSchedule, ScheduleKind, lr_at};
 
 type B = Autodiff<Flex>;
 
@@ -182,5 +182,129 @@ fn adamw_schedule_and_clipping_follow_torch_step_for_step() {
         "embed_tokens.weight",
         host(model.embed_tokens.weight.val()),
         matrix(&final_values["embed_tokens.weight"]).0,
+    );
+}
+
+/// The toy's loss on the reference data.
+fn toy_loss(model: &Toy<B>, reference: &Value, device: &burn::tensor::Device<B>) -> Tensor<B, 1> {
+    let x = tensor2(&reference["data"]["x"], device);
+    let target = tensor2(&reference["data"]["target"], device);
+    let ids: Vec<i64> = reference["data"]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let n = ids.len();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), device);
+    let h =
+        burn::tensor::module::embedding(model.embed_tokens.weight.val(), ids).reshape([n, 4]) + x;
+    let out = (h.matmul(model.weight.val()) + model.bias.val().unsqueeze())
+        * model.norm.weight.val().unsqueeze();
+    (out - target).square().mean()
+}
+
+/// A copy of the model with fresh parameter ids, as a reload from disk gives.
+fn reloaded(model: &Toy<B>, device: &burn::tensor::Device<B>) -> Toy<B> {
+    let copy2 = |t: Tensor<B, 2>| Param::from_tensor(Tensor::from_data(t.into_data(), device));
+    let copy1 = |t: Tensor<B, 1>| Param::from_tensor(Tensor::from_data(t.into_data(), device));
+    Toy {
+        weight: copy2(model.weight.val()),
+        bias: copy1(model.bias.val()),
+        norm: Norm {
+            weight: copy1(model.norm.weight.val()),
+        },
+        embed_tokens: Embedding {
+            weight: copy2(model.embed_tokens.weight.val()),
+        },
+    }
+}
+
+#[test]
+fn exported_state_resumes_bit_identically() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/adamw_trajectory.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let device = Default::default();
+    let initial = &reference["initial"];
+    let fresh = || Toy::<B> {
+        weight: Param::from_tensor(tensor2(&initial["weight"], &device)),
+        bias: Param::from_tensor(tensor1(&initial["bias"], &device)),
+        norm: Norm {
+            weight: Param::from_tensor(tensor1(&initial["norm.weight"], &device)),
+        },
+        embed_tokens: Embedding {
+            weight: Param::from_tensor(tensor2(&initial["embed_tokens.weight"], &device)),
+        },
+    };
+    let schedule = LrSchedule {
+        kind: ScheduleKind::Cosine,
+        learning_rate: 0.05,
+        warmup_steps: 2,
+        total_steps: 6,
+        min_lr_ratio: 0.0,
+    };
+    let config = AdamWConfig {
+        weight_decay: 0.1,
+        ..AdamWConfig::default()
+    };
+    let run = |mut model: Toy<B>, optimizer: &mut AdamW<B>, steps: std::ops::Range<u64>| {
+        for step in steps {
+            let grads = GradientsParams::from_grads(
+                toy_loss(&model, &reference, &device).backward(),
+                &model,
+            );
+            model = optimizer
+                .step(lr_at(&schedule, step), model, grads, Some(0.5))
+                .0;
+        }
+        model
+    };
+
+    let mut straight = AdamW::<B>::new(config.clone());
+    let uninterrupted = run(fresh(), &mut straight, 0..6);
+
+    let mut first = AdamW::<B>::new(config.clone());
+    let halfway = run(fresh(), &mut first, 0..3);
+    let saved: AdamWState =
+        serde_json::from_str(&serde_json::to_string(&first.export_state(&halfway)).unwrap())
+            .unwrap();
+    assert_eq!(saved.params.len(), 4);
+    assert_eq!(saved.params["norm.weight"].step, 3);
+    let model = reloaded(&halfway, &device);
+    let mut second = AdamW::<B>::new(config);
+    second.import_state(&model, &saved, &device).unwrap();
+    let resumed = run(model, &mut second, 3..6);
+
+    assert_eq!(host(resumed.weight.val()), host(uninterrupted.weight.val()));
+    assert_eq!(host(resumed.bias.val()), host(uninterrupted.bias.val()));
+    assert_eq!(
+        host(resumed.norm.weight.val()),
+        host(uninterrupted.norm.weight.val())
+    );
+    assert_eq!(
+        host(resumed.embed_tokens.weight.val()),
+        host(uninterrupted.embed_tokens.weight.val())
+    );
+
+    // State for another model is refused with the parameter's name.
+    let mut wrong = saved.clone();
+    let moments = wrong.params.remove("bias").unwrap();
+    wrong.params.insert("lm_head.bias".into(), moments);
+    let error = AdamW::<B>::new(AdamWConfig::default())
+        .import_state(&resumed, &wrong, &device)
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "optimizer state: parameter `lm_head.bias` is not in the model"
+    );
+    let mut short = saved;
+    short.params.get_mut("bias").unwrap().first.pop();
+    let error = AdamW::<B>::new(AdamWConfig::default())
+        .import_state(&resumed, &short, &device)
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "optimizer state: parameter `bias` has 2 values saved, the model's has 3"
     );
 }
