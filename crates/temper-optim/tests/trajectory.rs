@@ -73,33 +73,32 @@ fn host<const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
     tensor.into_data().to_vec().unwrap()
 }
 
-#[test]
-fn adamw_schedule_and_clipping_follow_torch_step_for_step() {
+fn reference() -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/adamw_trajectory.json");
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let device = Default::default();
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The toy with the reference's initial values.
+fn initial_toy(reference: &Value, device: &burn::tensor::Device<B>) -> Toy<B> {
     let initial = &reference["initial"];
-    let mut model = Toy::<B> {
-        weight: Param::from_tensor(tensor2(&initial["weight"], &device)),
-        bias: Param::from_tensor(tensor1(&initial["bias"], &device)),
+    Toy {
+        weight: Param::from_tensor(tensor2(&initial["weight"], device)),
+        bias: Param::from_tensor(tensor1(&initial["bias"], device)),
         norm: Norm {
-            weight: Param::from_tensor(tensor1(&initial["norm.weight"], &device)),
+            weight: Param::from_tensor(tensor1(&initial["norm.weight"], device)),
         },
         embed_tokens: Embedding {
-            weight: Param::from_tensor(tensor2(&initial["embed_tokens.weight"], &device)),
+            weight: Param::from_tensor(tensor2(&initial["embed_tokens.weight"], device)),
         },
-    };
-    let x = tensor2(&reference["data"]["x"], &device);
-    let target = tensor2(&reference["data"]["target"], &device);
-    let ids: Vec<i64> = reference["data"]["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
-    let n = ids.len();
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
+    }
+}
+
+#[test]
+fn adamw_schedule_and_clipping_follow_torch_step_for_step() {
+    let reference = reference();
+    let device = Default::default();
+    let mut model = initial_toy(&reference, &device);
 
     let config = &reference["config"];
     let steps = config["steps"].as_u64().unwrap();
@@ -117,13 +116,7 @@ fn adamw_schedule_and_clipping_follow_torch_step_for_step() {
     let max_grad_norm = config["max_grad_norm"].as_f64().unwrap();
 
     for (step, expected) in reference["steps"].as_array().unwrap().iter().enumerate() {
-        let embedded =
-            burn::tensor::module::embedding(model.embed_tokens.weight.val(), ids.clone())
-                .reshape([n, 4]);
-        let h = embedded + x.clone();
-        let out = (h.matmul(model.weight.val()) + model.bias.val().unsqueeze())
-            * model.norm.weight.val().unsqueeze();
-        let loss = (out - target.clone()).square().mean();
+        let loss = toy_loss(&model, &reference, &device);
         let loss_value = f64::from(host(loss.clone())[0]);
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs().max(1e-3);
         assert!(
@@ -222,21 +215,9 @@ fn reloaded(model: &Toy<B>, device: &burn::tensor::Device<B>) -> Toy<B> {
 
 #[test]
 fn exported_state_resumes_bit_identically() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/adamw_trajectory.json");
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let reference = reference();
     let device = Default::default();
-    let initial = &reference["initial"];
-    let fresh = || Toy::<B> {
-        weight: Param::from_tensor(tensor2(&initial["weight"], &device)),
-        bias: Param::from_tensor(tensor1(&initial["bias"], &device)),
-        norm: Norm {
-            weight: Param::from_tensor(tensor1(&initial["norm.weight"], &device)),
-        },
-        embed_tokens: Embedding {
-            weight: Param::from_tensor(tensor2(&initial["embed_tokens.weight"], &device)),
-        },
-    };
+    let fresh = || initial_toy(&reference, &device);
     let schedule = LrSchedule {
         kind: ScheduleKind::Cosine,
         learning_rate: 0.05,
