@@ -188,6 +188,31 @@ fn check_gradients(
     checked
 }
 
+/// The masked loss of `logits` against `targets` equals `{prefix}.loss`, and at least
+/// `min_gradients` parameter gradients equal `{prefix}.grad.*`.
+fn check_loss_and_gradients(
+    case: &str,
+    model: &CausalLm<B>,
+    logits: Tensor<B, 3>,
+    targets: &[i64],
+    prefix: &str,
+    expected: &HashMap<String, (Vec<usize>, Vec<f64>)>,
+    min_gradients: usize,
+) {
+    let loss = masked_loss(logits, targets, &Default::default());
+    let loss_value = values(loss.clone())[0];
+    let reference = expected[&format!("{prefix}.loss")].1[0];
+    assert!(
+        (loss_value - reference).abs() <= 1e-5 * reference.abs(),
+        "{case}: {prefix} loss {loss_value} vs {reference}"
+    );
+    let grads = loss.backward();
+    assert!(
+        check_gradients(case, model, &grads, &format!("{prefix}.grad."), expected) >= min_gradients,
+        "{case}"
+    );
+}
+
 #[test]
 fn padded_batch_matches_transformers() {
     let device = Default::default();
@@ -223,18 +248,7 @@ fn padded_batch_matches_transformers() {
                 }
             })
             .collect();
-        let loss = masked_loss(logits, &targets, &device);
-        let loss_value = values(loss.clone())[0];
-        let reference = expected["padded.loss"].1[0];
-        assert!(
-            (loss_value - reference).abs() <= 1e-5 * reference.abs(),
-            "{case}: loss {loss_value} vs {reference}"
-        );
-        let grads = loss.backward();
-        assert!(
-            check_gradients(case, &model, &grads, "padded.grad.", &expected) >= 3,
-            "{case}"
-        );
+        check_loss_and_gradients(case, &model, logits, &targets, "padded", &expected, 3);
     }
 }
 
@@ -287,18 +301,7 @@ fn packed_row_equals_examples_run_alone() {
             .iter()
             .map(|&v| v as i64)
             .collect();
-        let loss = masked_loss(logits, &targets, &device);
-        let loss_value = values(loss.clone())[0];
-        let reference = expected["packed.loss"].1[0];
-        assert!(
-            (loss_value - reference).abs() <= 1e-5 * reference.abs(),
-            "{case}: packed loss {loss_value} vs {reference}"
-        );
-        let grads = loss.backward();
-        assert!(
-            check_gradients(case, &model, &grads, "packed.grad.", &expected) >= 2,
-            "{case}"
-        );
+        check_loss_and_gradients(case, &model, logits, &targets, "packed", &expected, 2);
     }
 }
 
