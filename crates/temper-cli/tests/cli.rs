@@ -11,6 +11,16 @@ fn gpt2_tokenizer() -> PathBuf {
     asset("gpt2/tokenizer.json")
 }
 
+/// The JSON a successful command printed.
+fn json_output(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 fn temper(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_temper"))
         .current_dir(root())
@@ -84,12 +94,7 @@ fn skipped_records_are_counted_by_reason() {
         "--skip-errors",
         "--json",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let json = json_output(&output);
     assert_eq!(json["report"]["examples"], 2);
     assert_eq!(
         json["report"]["skipped"],
@@ -122,12 +127,7 @@ fn template_render_json_gives_byte_spans() {
         file.to_str().unwrap(),
         "--json",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let json = json_output(&output);
     let text = json["text"].as_str().unwrap();
     assert_eq!(
         text,
@@ -177,12 +177,7 @@ fn prepare_writes_rows_and_reports_throughput() {
         "--output",
         rows.to_str().unwrap(),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stats: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let stats = json_output(&output);
     assert_eq!(stats["examples"], 200);
     let written = std::fs::read_to_string(&rows).unwrap();
     assert_eq!(
@@ -229,12 +224,7 @@ fn score_reports_logprobs_nll_and_perplexity() {
         "The capital of France is Paris.",
         "--json",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let json = json_output(&output);
     let tokens = json["tokens"].as_array().unwrap();
     let logprobs: Vec<f64> = json["logprobs"]
         .as_array()
