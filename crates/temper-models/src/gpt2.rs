@@ -197,6 +197,25 @@ impl<B: Backend> Gpt2<B> {
         tied_logits(x, t.wte.weight.val())
     }
 
+    /// See [`crate::CausalLm::map_linears`].
+    pub fn map_linears(mut self, map: &mut impl FnMut(&str, Linear<B>) -> Linear<B>) -> Self {
+        self.transformer.h = self
+            .transformer
+            .h
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut block)| {
+                let p = format!("transformer.h.{i}");
+                block.attn.c_attn = map(&format!("{p}.attn.c_attn"), block.attn.c_attn);
+                block.attn.c_proj = map(&format!("{p}.attn.c_proj"), block.attn.c_proj);
+                block.mlp.c_fc = map(&format!("{p}.mlp.c_fc"), block.mlp.c_fc);
+                block.mlp.c_proj = map(&format!("{p}.mlp.c_proj"), block.mlp.c_proj);
+                block
+            })
+            .collect();
+        self
+    }
+
     pub fn save(&self, writer: &mut WeightWriter) {
         let t = &self.transformer;
         writer.push_tensor("transformer.wte.weight", t.wte.weight.val());

@@ -32,13 +32,77 @@ pub struct LinearConfig {
     pub bias: bool,
 }
 
-/// A dense projection whose weight is kept as `[in, out]`.
+/// A dense projection whose weight is kept as `[in, out]`, with an optional low-rank update
+/// beside it (LoRA; attached, initialised, merged and saved by `temper-lora`).
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// `[d_input, d_output]`.
     pub weight: Param<Tensor<B, 2>>,
     /// `[d_output]`.
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// The low-rank update, when an adapter is attached.
+    pub lora: Option<LowRank<B>>,
+}
+
+/// A low-rank update `scaling * dropout(x) A B` added to a projection's output.
+///
+/// The factors are kept in the layout the forward multiplies by (`[in, r]`, `[r, out]`);
+/// PEFT stores their transposes (`lora_A.weight [r, in]`, `lora_B.weight [out, r]`).
+/// Parameter paths end in `lora.lora_a` / `lora.lora_b`, which is how `temper-lora` finds
+/// them in any module.
+#[derive(Module, Debug)]
+pub struct LowRank<B: Backend> {
+    /// `[d_input, rank]`.
+    pub lora_a: Param<Tensor<B, 2>>,
+    /// `[rank, d_output]`.
+    pub lora_b: Param<Tensor<B, 2>>,
+    /// `alpha / rank` (or `alpha / sqrt(rank)` with rsLoRA).
+    pub scaling: f64,
+    /// Dropout probability on the update's input, applied only under autodiff (training).
+    pub dropout: f64,
+}
+
+impl<B: Backend> LowRank<B> {
+    /// A zero update (both factors zero) of `rank`; `temper-lora` gives it PEFT's
+    /// initialisation.
+    pub fn zeros(
+        d_input: usize,
+        d_output: usize,
+        rank: usize,
+        scaling: f64,
+        dropout: f64,
+        device: &B::Device,
+    ) -> Self {
+        LowRank {
+            lora_a: Param::from_tensor(Tensor::zeros([d_input, rank], device)),
+            lora_b: Param::from_tensor(Tensor::zeros([rank, d_output], device)),
+            scaling,
+            dropout,
+        }
+    }
+
+    /// # Shapes
+    /// input: `[..., d_input]` -> `[..., d_output]`
+    pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        let input = if self.dropout > 0.0 && B::ad_enabled(&input.device()) {
+            let keep = Tensor::<B, D>::random(
+                input.shape(),
+                Distribution::Bernoulli(1.0 - self.dropout),
+                &input.device(),
+            );
+            input * keep / (1.0 - self.dropout)
+        } else {
+            input
+        };
+        let a = self.lora_a.val().unsqueeze::<D>();
+        let b = self.lora_b.val().unsqueeze::<D>();
+        input.matmul(a).matmul(b) * self.scaling
+    }
+
+    /// The update as a dense `[d_input, d_output]` matrix: `scaling * A B`.
+    pub fn delta(&self) -> Tensor<B, 2> {
+        self.lora_a.val().matmul(self.lora_b.val()) * self.scaling
+    }
 }
 
 impl LinearConfig {
@@ -53,6 +117,7 @@ impl LinearConfig {
             bias: self
                 .bias
                 .then(|| Param::from_tensor(Tensor::zeros([self.d_output], device))),
+            lora: None,
         }
     }
 }
@@ -61,11 +126,20 @@ impl<B: Backend> Linear<B> {
     /// # Shapes
     /// input: `[..., d_input]` -> `[..., d_output]`
     pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        burn::tensor::module::linear(
-            input,
+        let output = burn::tensor::module::linear(
+            input.clone(),
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
-        )
+        );
+        match &self.lora {
+            Some(lora) => output + lora.forward(input),
+            None => output,
+        }
+    }
+
+    /// `[d_input, d_output]` of the weight.
+    pub fn dims(&self) -> [usize; 2] {
+        self.weight.shape().dims()
     }
 
     /// Reads `{prefix}.weight` (and `{prefix}.bias`) stored in `layout`.
@@ -91,6 +165,7 @@ impl<B: Backend> Linear<B> {
         Ok(Linear {
             weight: Param::from_tensor(weight.to_tensor(device)),
             bias: bias.map(|b| Param::from_tensor(b.to_tensor(device))),
+            lora: None,
         })
     }
 

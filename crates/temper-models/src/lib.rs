@@ -45,5 +45,6 @@ pub mod weights;
 pub use config::{Gpt2Config, LlamaConfig, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use generate::{Generation, GenerationConfig, StopReason, generate, token_logprobs};
+pub use layers::{Linear, LowRank};
 pub use model::{CausalLm, ModelInput, TOKENIZER_FILES};
 pub use weights::{RawTensor, WeightWriter, Weights};

@@ -276,6 +276,33 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// See [`crate::CausalLm::map_linears`].
+    pub fn map_linears(mut self, map: &mut impl FnMut(&str, Linear<B>) -> Linear<B>) -> Self {
+        self.model.layers = self
+            .model
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut layer)| {
+                let p = format!("model.layers.{i}");
+                layer.self_attn.q_proj =
+                    map(&format!("{p}.self_attn.q_proj"), layer.self_attn.q_proj);
+                layer.self_attn.k_proj =
+                    map(&format!("{p}.self_attn.k_proj"), layer.self_attn.k_proj);
+                layer.self_attn.v_proj =
+                    map(&format!("{p}.self_attn.v_proj"), layer.self_attn.v_proj);
+                layer.self_attn.o_proj =
+                    map(&format!("{p}.self_attn.o_proj"), layer.self_attn.o_proj);
+                layer.mlp.gate_proj = map(&format!("{p}.mlp.gate_proj"), layer.mlp.gate_proj);
+                layer.mlp.up_proj = map(&format!("{p}.mlp.up_proj"), layer.mlp.up_proj);
+                layer.mlp.down_proj = map(&format!("{p}.mlp.down_proj"), layer.mlp.down_proj);
+                layer
+            })
+            .collect();
+        self.lm_head = self.lm_head.map(|l| map("lm_head", l));
+        self
+    }
+
     pub fn save(&self, writer: &mut WeightWriter) {
         let torch = WeightLayout::Torch;
         writer.push_tensor(

@@ -9,7 +9,7 @@ use burn::tensor::{Int, TensorData};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gpt2::Gpt2;
-use crate::layers::{KvCache, block_causal_mask, decoding_mask};
+use crate::layers::{KvCache, Linear, block_causal_mask, decoding_mask};
 use crate::llama::Llama;
 use crate::weights::{WeightWriter, Weights};
 
@@ -134,6 +134,16 @@ impl<B: Backend> CausalLm<B> {
             ModelConfig::Gpt2(config) => CausalLm::Gpt2(config.load(weights, device)?),
             ModelConfig::Llama(config) => CausalLm::Llama(config.load(weights, device)?),
         })
+    }
+
+    /// Rebuilds every linear layer through `map`, which receives the layer's Hugging Face
+    /// module path (`transformer.h.0.attn.c_attn`, `model.layers.0.self_attn.q_proj`,
+    /// `lm_head`). This is how adapters are attached to a model.
+    pub fn map_linears(self, map: &mut impl FnMut(&str, Linear<B>) -> Linear<B>) -> Self {
+        match self {
+            CausalLm::Gpt2(model) => CausalLm::Gpt2(model.map_linears(map)),
+            CausalLm::Llama(model) => CausalLm::Llama(model.map_linears(map)),
+        }
     }
 
     pub fn config(&self) -> ModelConfig {

@@ -213,6 +213,16 @@ impl WeightWriter {
         self.tensors.push((key.into(), tensor));
     }
 
+    /// The tensor pushed under `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&RawTensor> {
+        self.tensors.iter().find(|(k, _)| k == key).map(|(_, t)| t)
+    }
+
+    /// The keys pushed so far, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.iter().map(|(k, _)| k.as_str())
+    }
+
     pub fn push_tensor<B: Backend, const D: usize>(
         &mut self,
         key: impl Into<String>,

@@ -1,0 +1,287 @@
+//! Operations on the LoRA slots of any burn module, found by parameter path.
+//!
+//! A module takes part by holding, next to a projection's `weight` (`[d_input, d_output]`,
+//! burn's layout), two parameters named `lora.lora_a` (`[d_input, rank]`) and `lora.lora_b`
+//! (`[rank, d_output]`) whose product, scaled, is added to the projection's output. Enum
+//! variants are not part of a path (as a wrapper class is not part of a PEFT key), so the
+//! slot of `CausalLm::Gpt2(..).transformer.h.0.attn.c_attn` is `transformer.h.0.attn.c_attn`.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+use crate::config::LoraConfig;
+
+/// Parameter-path suffix of the down-projection `A`.
+pub const LORA_A: &str = "lora.lora_a";
+/// Parameter-path suffix of the up-projection `B`.
+pub const LORA_B: &str = "lora.lora_b";
+
+/// The module path of a LoRA parameter (`x.y.lora.lora_a` -> `x.y`), if it is one.
+fn slot_of(param_path: &str) -> Option<(&str, Factor)> {
+    if let Some(module) = param_path.strip_suffix(LORA_A) {
+        return Some((module.strip_suffix('.').unwrap_or(module), Factor::A));
+    }
+    if let Some(module) = param_path.strip_suffix(LORA_B) {
+        return Some((module.strip_suffix('.').unwrap_or(module), Factor::B));
+    }
+    None
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Factor {
+    A,
+    B,
+}
+
+/// Keeps the dotted path of the parameter being visited.
+#[derive(Default)]
+struct PathStack(Vec<String>);
+
+impl PathStack {
+    fn enter(&mut self, name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.0.push(name.to_owned());
+        }
+    }
+
+    fn exit(&mut self, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.0.pop();
+        }
+    }
+
+    fn path(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+/// Calls `visit(path, tensor)` for every float parameter (as a 2-D view when it is one).
+fn visit_params<B: Backend, M: Module<B>>(module: &M, visit: impl FnMut(&str, ParamView<B>)) {
+    struct Visitor<F> {
+        paths: PathStack,
+        visit: F,
+    }
+    impl<B: Backend, F: FnMut(&str, ParamView<B>)> ModuleVisitor<B> for Visitor<F> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.paths.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _: &str, container_type: &str) {
+            self.paths.exit(container_type);
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let value = param.val();
+            let elements = value.shape().num_elements();
+            let matrix = (D == 2).then(|| {
+                let dims = value.dims();
+                value.reshape([dims[0], dims[1]])
+            });
+            (self.visit)(&self.paths.path(), ParamView { elements, matrix });
+        }
+    }
+    module.visit(&mut Visitor {
+        paths: PathStack::default(),
+        visit,
+    });
+}
+
+struct ParamView<B: Backend> {
+    elements: usize,
+    matrix: Option<Tensor<B, 2>>,
+}
+
+/// Rebuilds every 2-D float parameter through `map(path, value)`; `None` keeps it as it is.
+/// Whether a parameter requires a gradient is kept.
+fn map_matrices<B: Backend, M: Module<B>>(
+    module: M,
+    map: impl FnMut(&str, Tensor<B, 2>) -> Option<Tensor<B, 2>>,
+) -> M {
+    struct Mapper<F> {
+        paths: PathStack,
+        map: F,
+    }
+    impl<B: Backend, F: FnMut(&str, Tensor<B, 2>) -> Option<Tensor<B, 2>>> ModuleMapper<B>
+        for Mapper<F>
+    {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.paths.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _: &str, container_type: &str) {
+            self.paths.exit(container_type);
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            if D != 2 {
+                return param;
+            }
+            let path = self.paths.path();
+            let (id, value, mapper) = param.consume();
+            let require_grad = value.is_require_grad();
+            let dims = value.dims();
+            let matrix: Tensor<B, 2> = value.clone().reshape([dims[0], dims[1]]);
+            let value = match (self.map)(&path, matrix) {
+                Some(new) => new
+                    .detach()
+                    .reshape(value.shape())
+                    .set_require_grad(require_grad),
+                None => value,
+            };
+            Param::from_mapped_value(id, value, mapper)
+        }
+    }
+    module.map(&mut Mapper {
+        paths: PathStack::default(),
+        map,
+    })
+}
+
+/// The module paths that hold a LoRA slot, in visiting order.
+pub fn slots<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
+    let mut found = Vec::new();
+    visit_params(module, |path, _| {
+        if let Some((slot, Factor::A)) = slot_of(path) {
+            found.push(slot.to_owned());
+        }
+    });
+    found
+}
+
+/// PEFT's initialisation of every slot: `A` Kaiming-uniform with `a = sqrt(5)` (uniform in
+/// `±1/sqrt(d_input)`, as `nn.Linear` initialises its weight), `B` zero, so a fresh
+/// adapter leaves the model's output unchanged. Uses the backend's seeded RNG.
+pub fn init_peft<B: Backend, M: Module<B>>(module: M) -> M {
+    map_matrices(module, |path, value| match slot_of(path) {
+        Some((_, Factor::A)) => {
+            let [d_input, rank] = value.dims();
+            let bound = 1.0 / (d_input as f64).sqrt();
+            Some(Tensor::random(
+                [d_input, rank],
+                Distribution::Uniform(-bound, bound),
+                &value.device(),
+            ))
+        }
+        Some((_, Factor::B)) => Some(value.zeros_like()),
+        None => None,
+    })
+}
+
+/// Freezes everything but the LoRA factors: base weights get no gradient (so the optimizer
+/// never creates state for them), the factors do.
+pub fn freeze_base<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Freezer(PathStack);
+    impl<B: Backend> ModuleMapper<B> for Freezer {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.0.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _: &str, container_type: &str) {
+            self.0.exit(container_type);
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let trainable = slot_of(&self.0.path()).is_some();
+            param.set_require_grad(trainable)
+        }
+    }
+    module.map(&mut Freezer(PathStack::default()))
+}
+
+/// Parameter counts, as PEFT's `print_trainable_parameters` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamCount {
+    /// Elements of the LoRA factors.
+    pub adapter: usize,
+    /// Elements of every parameter, factors included.
+    pub total: usize,
+}
+
+impl std::fmt::Display for ParamCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {:.4}",
+            self.adapter,
+            self.total,
+            100.0 * self.adapter as f64 / self.total.max(1) as f64
+        )
+    }
+}
+
+pub fn count_parameters<B: Backend, M: Module<B>>(module: &M) -> ParamCount {
+    let mut count = ParamCount {
+        adapter: 0,
+        total: 0,
+    };
+    visit_params(module, |path, view| {
+        count.total += view.elements;
+        if slot_of(path).is_some() {
+            count.adapter += view.elements;
+        }
+    });
+    count
+}
+
+/// The factors of every slot: module path -> (`A [d_input, rank]`, `B [rank, d_output]`).
+pub(crate) fn factors<B: Backend, M: Module<B>>(
+    module: &M,
+) -> BTreeMap<String, (Option<Tensor<B, 2>>, Option<Tensor<B, 2>>)> {
+    let mut found: BTreeMap<String, (Option<Tensor<B, 2>>, Option<Tensor<B, 2>>)> = BTreeMap::new();
+    visit_params(module, |path, view| {
+        if let (Some((slot, factor)), Some(matrix)) = (slot_of(path), view.matrix) {
+            let entry = found.entry(slot.to_owned()).or_default();
+            match factor {
+                Factor::A => entry.0 = Some(matrix),
+                Factor::B => entry.1 = Some(matrix),
+            }
+        }
+    });
+    found
+}
+
+/// Folds every update into its weight (`W += scaling * A B`) and zeroes `B`, so the module
+/// computes the same function with the slots idle. `config` gives the scaling the slots
+/// were created with.
+pub fn merge<B: Backend, M: Module<B>>(module: M, config: &LoraConfig) -> M {
+    let deltas = deltas(&factors(&module), config.scaling());
+    map_matrices(module, |path, value| {
+        if let Some((_, Factor::B)) = slot_of(path) {
+            return Some(value.zeros_like());
+        }
+        let module_path = path.strip_suffix(".weight")?;
+        deltas.get(module_path).map(|delta| value + delta.clone())
+    })
+}
+
+/// Undoes [`merge`]: subtracts `scaling * A B` of `adapter` from every weight and puts the
+/// adapter's factors back in the slots.
+pub fn unmerge<B: Backend, M: Module<B>>(module: M, adapter: &crate::Adapter) -> crate::Result<M> {
+    let module = crate::apply(module, adapter)?;
+    let deltas = deltas(&factors(&module), adapter.config.scaling());
+    Ok(map_matrices(module, |path, value| {
+        let module_path = path.strip_suffix(".weight")?;
+        deltas.get(module_path).map(|delta| value - delta.clone())
+    }))
+}
+
+fn deltas<B: Backend>(
+    factors: &BTreeMap<String, (Option<Tensor<B, 2>>, Option<Tensor<B, 2>>)>,
+    scaling: f64,
+) -> BTreeMap<String, Tensor<B, 2>> {
+    factors
+        .iter()
+        .filter_map(|(slot, (a, b))| {
+            let (a, b) = (a.clone()?, b.clone()?);
+            Some((slot.clone(), a.matmul(b) * scaling))
+        })
+        .collect()
+}
+
+/// Replaces the factors of every slot through `set(slot, factor, current) -> new`.
+pub(crate) fn set_factors<B: Backend, M: Module<B>>(
+    module: M,
+    mut set: impl FnMut(&str, bool, Tensor<B, 2>) -> Option<Tensor<B, 2>>,
+) -> M {
+    map_matrices(module, |path, value| {
+        let (slot, factor) = slot_of(path)?;
+        set(slot, factor == Factor::A, value)
+    })
+}
