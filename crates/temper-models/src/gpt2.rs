@@ -181,6 +181,21 @@ impl<B: Backend> Gpt2<B> {
         input_ids: Tensor<B, 2, Int>,
         position_ids: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let hidden = self.hidden(input_ids, position_ids, mask, cache);
+        tied_logits(hidden, self.transformer.wte.weight.val())
+    }
+
+    /// The final (normalised) hidden states, before the output layer.
+    ///
+    /// # Shapes
+    /// -> `[batch, seq_len, n_embd]`
+    pub fn hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let t = &self.transformer;
@@ -193,8 +208,7 @@ impl<B: Backend> Gpt2<B> {
                     .forward(block.ln_1.forward(x.clone()), mask.clone(), layer_cache);
             x = x.clone() + block.mlp.forward(block.ln_2.forward(x));
         }
-        let x = t.ln_f.forward(x);
-        tied_logits(x, t.wte.weight.val())
+        t.ln_f.forward(x)
     }
 
     /// See [`crate::CausalLm::map_linears`].

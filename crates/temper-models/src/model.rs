@@ -167,6 +167,35 @@ impl<B: Backend> CausalLm<B> {
         }
     }
 
+    /// The final hidden states (after the last norm), for losses that apply the output layer
+    /// themselves (see [`CausalLm::output_weight`]).
+    ///
+    /// # Shapes
+    /// input: `[batch, seq_len]` each -> `[batch, seq_len, d_model]`
+    pub fn hidden_states(&self, input: ModelInput<B>) -> Tensor<B, 3> {
+        let mask = block_causal_mask(input.segment_ids);
+        match self {
+            CausalLm::Gpt2(model) => model.hidden(input.input_ids, input.position_ids, mask, None),
+            CausalLm::Llama(model) => model.hidden(input.input_ids, input.position_ids, mask, None),
+        }
+    }
+
+    /// The output layer as one `[vocab_size, d_model]` matrix (`logits = hidden W^T`): the
+    /// token embedding when tied, else `lm_head`'s weight. `None` when `lm_head` has a bias or
+    /// an adapter, so it is not a plain matrix.
+    pub fn output_weight(&self) -> Option<Tensor<B, 2>> {
+        match self {
+            CausalLm::Gpt2(model) => Some(model.transformer.wte.weight.val()),
+            CausalLm::Llama(model) => match &model.lm_head {
+                None => Some(model.model.embed_tokens.weight.val()),
+                Some(head) if head.bias.is_none() && head.lora.is_none() => {
+                    Some(head.weight.val().transpose())
+                }
+                Some(_) => None,
+            },
+        }
+    }
+
     /// An empty key/value cache for [`CausalLm::forward_cached`].
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(match self {

@@ -1,0 +1,51 @@
+//! Attaching LoRA slots to a model's linear layers (the one place that knows both the model
+//! and the adapter configuration).
+
+use burn::prelude::*;
+use temper_lora::LoraConfig;
+use temper_models::{CausalLm, LowRank};
+
+use crate::error::Result;
+
+/// Gives every linear layer that `config` targets a zero LoRA slot of its rank; errors when
+/// no layer matches, naming a few layer paths. Follow with [`temper_lora::init_peft`] (or
+/// [`temper_lora::apply`]) and [`temper_lora::freeze_base`].
+pub fn attach_lora<B: Backend>(
+    model: CausalLm<B>,
+    config: &LoraConfig,
+    device: &B::Device,
+) -> Result<CausalLm<B>> {
+    let targets = config.targets()?;
+    let mut attached = 0;
+    let mut seen = Vec::new();
+    let model = model.map_linears(&mut |path, mut linear| {
+        if targets.matches(path) {
+            let [d_input, d_output] = linear.dims();
+            linear.lora = Some(LowRank::zeros(
+                d_input,
+                d_output,
+                config.rank,
+                config.scaling(),
+                config.dropout,
+                device,
+            ));
+            attached += 1;
+        } else if seen.len() < 3 {
+            seen.push(path.to_owned());
+        }
+        linear
+    });
+    if attached == 0 {
+        return Err(temper_lora::Error::NoTargets {
+            targets: config.target_modules.to_string(),
+            example: seen.join(", "),
+        }
+        .into());
+    }
+    Ok(model)
+}
+
+/// Whether `model` carries any LoRA slot.
+pub fn has_adapters<B: Backend>(model: &CausalLm<B>) -> bool {
+    !temper_lora::slots(model).is_empty()
+}

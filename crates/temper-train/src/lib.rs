@@ -1,0 +1,16 @@
+//! Supervised fine-tuning on burn: the masked, token-weighted loss, the training step with
+//! gradient accumulation, the training loop with evaluation, metrics, checkpoints and
+//! resume, and export of the result.
+//!
+//! It composes the sibling crates (models, LoRA, optimizer) with the data pipeline and picks
+//! no backend: everything is generic over `B: AutodiffBackend`; the CLI chooses one.
+
+pub mod adapters;
+mod error;
+pub mod loss;
+pub mod step;
+
+pub use adapters::{attach_lora, has_adapters};
+pub use error::{Error, Result};
+pub use loss::{LossSums, Targets, targets};
+pub use step::{StepOutcome, evaluate, micro_step, train_step};

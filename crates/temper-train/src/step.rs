@@ -1,0 +1,147 @@
+//! One optimizer step: forward and backward over the micro-batches of a step with a
+//! token-weighted loss, gradient accumulation, clipping and AdamW.
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use temper_data::Batch;
+use temper_models::{CausalLm, ModelInput};
+use temper_optim::AdamW;
+
+use crate::error::Result;
+use crate::loss::{
+    LossSums, chunked_cross_entropy, cross_entropy_surrogate, gather_hidden, logits_cross_entropy,
+    targets,
+};
+
+/// What a step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// Token-weighted mean loss over the step's micro-batches.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Trained tokens over the step's micro-batches (the loss's normaliser).
+    pub trained_tokens: usize,
+    /// Every non-padding token of the step's micro-batches.
+    pub tokens: usize,
+}
+
+/// Tensors of a batch for the model.
+pub fn model_input<B: Backend>(batch: &Batch, device: &B::Device) -> Result<ModelInput<B>> {
+    Ok(ModelInput::from_rows(
+        batch.batch_size,
+        batch.seq_len,
+        &batch.input_ids,
+        &batch.position_ids,
+        &batch.segment_ids,
+        device,
+    )?)
+}
+
+/// Forward and backward of one micro-batch whose loss sum is multiplied by `scale`
+/// (`1 / trained tokens of the whole step`). Returns the gradients and the loss sums.
+pub fn micro_step<B: AutodiffBackend>(
+    model: &CausalLm<B>,
+    batch: &Batch,
+    scale: f64,
+    device: &B::Device,
+) -> Result<(GradientsParams, LossSums)> {
+    let targets = targets(batch);
+    let input = model_input(batch, device)?;
+    let (objective, sums) = match model.output_weight() {
+        Some(weight) => {
+            let hidden = gather_hidden(model.hidden_states(input), &targets);
+            cross_entropy_surrogate(hidden, weight, &targets.labels, scale)
+        }
+        None => {
+            let logits = model.forward(input);
+            let [batch_size, seq_len, vocab] = logits.dims();
+            let index = Tensor::<B, 1, burn::tensor::Int>::from_data(
+                TensorData::new(targets.sources.clone(), [targets.len()]),
+                device,
+            );
+            let logits = logits
+                .reshape([batch_size * seq_len, vocab])
+                .select(0, index);
+            logits_cross_entropy(logits, &targets.labels, scale)
+        }
+    };
+    let grads = GradientsParams::from_grads(objective.backward(), model);
+    Ok((grads, sums))
+}
+
+/// One optimizer step over `micro_batches` at learning rate `lr`: the loss is the sum of
+/// trained-token NLLs over all micro-batches divided by their total count.
+pub fn train_step<B: AutodiffBackend>(
+    model: CausalLm<B>,
+    optimizer: &mut AdamW<B>,
+    micro_batches: &[Batch],
+    lr: f64,
+    max_grad_norm: Option<f64>,
+    device: &B::Device,
+) -> Result<(CausalLm<B>, StepOutcome)> {
+    let trained_tokens: usize = micro_batches.iter().map(|b| targets(b).len()).sum();
+    let tokens = micro_batches.iter().map(Batch::real_tokens).sum();
+    let scale = 1.0 / trained_tokens.max(1) as f64;
+    let mut accumulator = GradientsAccumulator::new();
+    let mut sums = LossSums::default();
+    for batch in micro_batches {
+        let (grads, batch_sums) = micro_step(&model, batch, scale, device)?;
+        accumulator.accumulate(&model, grads);
+        sums.add(batch_sums);
+    }
+    let grads = accumulator.grads();
+    let (model, report) = optimizer.step(lr, model, grads, max_grad_norm);
+    Ok((
+        model,
+        StepOutcome {
+            loss: sums.mean(),
+            grad_norm: report.grad_norm,
+            trained_tokens,
+            tokens,
+        },
+    ))
+}
+
+/// Loss sums of `batches` without gradients (evaluation).
+pub fn evaluate<B: Backend>(
+    model: &CausalLm<B>,
+    batches: &[Batch],
+    device: &B::Device,
+) -> Result<LossSums> {
+    let mut sums = LossSums::default();
+    for batch in batches {
+        let targets = targets(batch);
+        if targets.is_empty() {
+            continue;
+        }
+        let input = model_input(batch, device)?;
+        let batch_sums = match model.output_weight() {
+            Some(weight) => {
+                let hidden = gather_hidden(model.hidden_states(input), &targets);
+                chunked_cross_entropy(hidden, weight, &targets.labels, None, false).0
+            }
+            None => {
+                let logits = model.forward(input);
+                let [batch_size, seq_len, vocab] = logits.dims();
+                let index = Tensor::<B, 1, burn::tensor::Int>::from_data(
+                    TensorData::new(targets.sources.clone(), [targets.len()]),
+                    device,
+                );
+                let logits = logits
+                    .reshape([batch_size * seq_len, vocab])
+                    .select(0, index);
+                logits_cross_entropy(logits, &targets.labels, 1.0).1
+            }
+        };
+        sums.add(batch_sums);
+    }
+    Ok(sums)
+}
+
+/// The model without autodiff, for evaluation and generation.
+pub fn inference_model<B: AutodiffBackend>(model: &CausalLm<B>) -> CausalLm<B::InnerBackend> {
+    model.valid()
+}
