@@ -5,6 +5,7 @@
 mod data;
 mod model;
 mod template;
+mod train;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,10 @@ enum Command {
     /// Datasets: inspect what will be trained, prepare (tokenize, mask, pack).
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Fine-tune a model (full or LoRA) from a run configuration.
+    Train(train::TrainArgs),
+    /// Export a run's checkpoint: the adapter (PEFT) and/or the merged model (HF directory).
+    Export(train::ExportArgs),
     /// Generate text with a model (streamed as it is produced).
     Generate(model::GenerateArgs),
     /// Per-token log-probabilities, negative log-likelihood and perplexity of a text.
@@ -37,6 +42,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Template(command) => template::run(command),
         Command::Data(command) => data::run(command),
+        Command::Train(args) => train::train_command(&args),
+        Command::Export(args) => train::export_command(&args),
         Command::Generate(args) => model::generate_command(&args),
         Command::Score(args) => model::score_command(&args),
     };

@@ -15,6 +15,18 @@ use temper_models::{CausalLm, GenerationConfig, StopReason, generate, token_logp
 
 /// The default CPU backend.
 pub type Backend = burn::backend::Flex;
+/// The backend training runs on: autodiff over [`Backend`].
+pub type TrainBackend = burn::backend::Autodiff<Backend>;
+
+/// The device a `--device` flag names.
+pub fn device_from_flag(flag: &str) -> Result<burn::tensor::Device<Backend>> {
+    if flag != "cpu" {
+        bail!(
+            "--device {flag}: this build of temper has only the `cpu` device (backends arrive as cargo features)"
+        );
+    }
+    Ok(Default::default())
+}
 
 /// A loaded model with everything needed to talk to it.
 pub struct Loaded {

@@ -136,6 +136,9 @@ fn map_matrices<B: Backend, M: Module<B>>(
     })
 }
 
+/// `A` and `B` of every slot, by module path.
+pub(crate) type Factors<B> = BTreeMap<String, (Option<Tensor<B, 2>>, Option<Tensor<B, 2>>)>;
+
 /// The module paths that hold a LoRA slot, in visiting order.
 pub fn slots<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
     let mut found = Vec::new();
@@ -221,10 +224,8 @@ pub fn count_parameters<B: Backend, M: Module<B>>(module: &M) -> ParamCount {
 }
 
 /// The factors of every slot: module path -> (`A [d_input, rank]`, `B [rank, d_output]`).
-pub(crate) fn factors<B: Backend, M: Module<B>>(
-    module: &M,
-) -> BTreeMap<String, (Option<Tensor<B, 2>>, Option<Tensor<B, 2>>)> {
-    let mut found: BTreeMap<String, (Option<Tensor<B, 2>>, Option<Tensor<B, 2>>)> = BTreeMap::new();
+pub(crate) fn factors<B: Backend, M: Module<B>>(module: &M) -> Factors<B> {
+    let mut found: Factors<B> = BTreeMap::new();
     visit_params(module, |path, view| {
         if let (Some((slot, factor)), Some(matrix)) = (slot_of(path), view.matrix) {
             let entry = found.entry(slot.to_owned()).or_default();
@@ -262,10 +263,7 @@ pub fn unmerge<B: Backend, M: Module<B>>(module: M, adapter: &crate::Adapter) ->
     }))
 }
 
-fn deltas<B: Backend>(
-    factors: &BTreeMap<String, (Option<Tensor<B, 2>>, Option<Tensor<B, 2>>)>,
-    scaling: f64,
-) -> BTreeMap<String, Tensor<B, 2>> {
+fn deltas<B: Backend>(factors: &Factors<B>, scaling: f64) -> BTreeMap<String, Tensor<B, 2>> {
     factors
         .iter()
         .filter_map(|(slot, (a, b))| {

@@ -6,11 +6,20 @@
 //! no backend: everything is generic over `B: AutodiffBackend`; the CLI chooses one.
 
 pub mod adapters;
+pub mod checkpoint;
+pub mod config;
 mod error;
+pub mod load;
 pub mod loss;
+pub mod metrics;
+pub mod run;
 pub mod step;
 
 pub use adapters::{attach_lora, has_adapters};
+pub use config::RunConfig;
 pub use error::{Error, Result};
+pub use load::{Loaded, load_model, stop_token_ids};
 pub use loss::{LossSums, Targets, targets};
+pub use metrics::{Metric, loss_plot_svg};
+pub use run::{Event, Exported, RunSummary, export_checkpoint, run};
 pub use step::{StepOutcome, evaluate, micro_step, train_step};

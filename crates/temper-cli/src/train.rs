@@ -1,0 +1,228 @@
+//! `temper train` and `temper export`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use temper_train::{Event, Metric, RunConfig};
+
+use crate::model::{TrainBackend, device_from_flag};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The run configuration (TOML; see docs/training.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a configuration key, e.g. `--set train.learning_rate=1e-4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue from a checkpoint directory, or `latest` for the newest one in the run's
+    /// output directory.
+    #[arg(long)]
+    resume: Option<String>,
+    /// Where to run: `cpu` (the default backend, burn-flex).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn train_command(args: &TrainArgs) -> Result<()> {
+    let device = device_from_flag(&args.device)?;
+    let config = RunConfig::load(&args.config, &args.overrides)?;
+    let resume = match args.resume.as_deref() {
+        None => None,
+        Some("latest") => Some(
+            temper_train::checkpoint::list_checkpoints(&config.train.output_dir)
+                .pop()
+                .map(|(_, dir)| dir)
+                .with_context(|| {
+                    format!(
+                        "--resume latest: {} has no checkpoint",
+                        config.train.output_dir.display()
+                    )
+                })?,
+        ),
+        Some(dir) => Some(PathBuf::from(dir)),
+    };
+    let interactive = std::io::stderr().is_terminal();
+    let mut bar: Option<ProgressBar> = None;
+    let mut total = 0;
+    let mut on_event = |event: Event| match event {
+        Event::Message(text) => match &bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        },
+        Event::Started {
+            first_step,
+            total_steps,
+        } => {
+            total = total_steps;
+            if interactive {
+                let progress = ProgressBar::new(total_steps);
+                progress.set_style(
+                    ProgressStyle::with_template(
+                        "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+                    )
+                    .expect("a valid template"),
+                );
+                progress.set_position(first_step - 1);
+                progress.enable_steady_tick(Duration::from_millis(500));
+                bar = Some(progress);
+            }
+        }
+        Event::Step(Metric::Train {
+            step,
+            loss,
+            learning_rate,
+            grad_norm,
+            tokens_per_second,
+            elapsed_seconds,
+            ..
+        }) => {
+            let message = format!(
+                "loss {loss:.4} lr {learning_rate:.2e} grad norm {grad_norm:.3} {tokens_per_second:.0} tokens/s"
+            );
+            match &bar {
+                Some(bar) => {
+                    bar.set_message(message);
+                    bar.set_position(step);
+                }
+                None => {
+                    let every = (total / 20).max(1);
+                    if step % every == 0 || step == total || step == 1 {
+                        let eta = elapsed_seconds / step as f64 * (total - step) as f64;
+                        eprintln!(
+                            "step {step}/{total} {message} elapsed {elapsed_seconds:.0}s eta {eta:.0}s"
+                        );
+                    }
+                }
+            }
+        }
+        Event::Step(_) => {}
+        Event::Eval(Metric::Eval {
+            step,
+            loss,
+            perplexity,
+            token_accuracy,
+            ..
+        }) => {
+            let text = format!(
+                "eval at step {step}: loss {loss:.4} perplexity {perplexity:.3} token accuracy {:.1}%",
+                100.0 * token_accuracy
+            );
+            match &bar {
+                Some(bar) => bar.println(text),
+                None => eprintln!("{text}"),
+            }
+        }
+        Event::Eval(_) => {}
+        Event::Answer {
+            when,
+            expected,
+            answer,
+        } => {
+            let text = format!("  {when}: expected {expected:?}, generated {answer:?}");
+            match &bar {
+                Some(bar) => bar.println(text),
+                None => eprintln!("{text}"),
+            }
+        }
+        Event::ExactMatch {
+            when,
+            correct,
+            total,
+        } => {
+            let text = format!(
+                "exact match {when} training: {correct}/{total} ({:.1}%)",
+                100.0 * correct as f64 / total.max(1) as f64
+            );
+            match &bar {
+                Some(bar) => bar.println(text),
+                None => eprintln!("{text}"),
+            }
+        }
+    };
+    let summary =
+        temper_train::run::<TrainBackend>(&config, resume.as_deref(), &device, &mut on_event)?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    println!("steps: {}", summary.steps);
+    println!("final train loss: {:.4}", summary.final_loss);
+    if let Some(Metric::Eval {
+        loss,
+        perplexity,
+        token_accuracy,
+        ..
+    }) = &summary.eval
+    {
+        println!(
+            "eval loss: {loss:.4} (perplexity {perplexity:.3}, token accuracy {:.1}%)",
+            100.0 * token_accuracy
+        );
+    }
+    for (when, value) in [
+        ("before", summary.exact_match_before),
+        ("after", summary.exact_match_after),
+    ] {
+        if let Some((correct, total)) = value {
+            println!(
+                "exact match {when} training: {correct}/{total} ({:.1}%)",
+                100.0 * correct as f64 / total.max(1) as f64
+            );
+        }
+    }
+    println!(
+        "training throughput: {:.1} tokens/s",
+        summary.tokens_per_second
+    );
+    println!("metrics: {}", summary.metrics.display());
+    println!("loss curve: {}", summary.loss_plot.display());
+    if let Some(dir) = &summary.adapter {
+        println!("adapter (PEFT): {}", dir.display());
+    }
+    if let Some(dir) = &summary.merged {
+        println!("merged model (Hugging Face): {}", dir.display());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The run's output directory (holds config.toml and checkpoints).
+    #[arg(long)]
+    run: PathBuf,
+    /// The checkpoint to export (default: the newest).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Write the adapter in PEFT's format here (LoRA runs).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Write the model, merged with its adapter, as a Hugging Face directory here.
+    #[arg(long)]
+    merged: Option<PathBuf>,
+}
+
+pub fn export_command(args: &ExportArgs) -> Result<()> {
+    if args.adapter.is_none() && args.merged.is_none() {
+        anyhow::bail!("give --adapter DIR and/or --merged DIR");
+    }
+    let device = device_from_flag("cpu")?;
+    let exported = temper_train::export_checkpoint::<crate::model::Backend>(
+        &args.run,
+        args.checkpoint.as_deref(),
+        args.adapter.as_deref(),
+        args.merged.as_deref(),
+        &device,
+    )?;
+    println!("checkpoint: {}", exported.checkpoint.display());
+    if let Some(dir) = exported.adapter {
+        println!("adapter (PEFT): {}", dir.display());
+    }
+    if let Some(dir) = exported.merged {
+        println!("merged model (Hugging Face): {}", dir.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,385 @@
+//! The run configuration: one TOML file with a section per concern, `--set key=value`
+//! overrides, unknown keys refused by name, and the resolved file saved with the run.
+//!
+//! ```toml
+//! [model]
+//! path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"   # HF directory or .gguf
+//!
+//! [dataset]
+//! train = "datasets/tasks/train.messages.jsonl"
+//! eval = "datasets/tasks/test.messages.jsonl"
+//!
+//! [data]            # temper-data: template, max_length, packing, ...
+//! max_length = 256
+//! packing = true
+//!
+//! [lora]            # present: train LoRA adapters; absent: full fine-tuning
+//! rank = 8
+//! target_modules = ["q_proj", "v_proj"]
+//!
+//! [train]
+//! output_dir = "runs/smollm2-tasks"
+//! learning_rate = 2e-4
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use temper_data::DataConfig;
+use temper_lora::LoraConfig;
+use temper_optim::ScheduleKind;
+
+use crate::error::{Error, Result};
+
+/// Everything a run reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub model: ModelSection,
+    pub dataset: DatasetSection,
+    pub data: DataConfig,
+    /// LoRA adapters; full fine-tuning when absent.
+    pub lora: Option<LoraConfig>,
+    pub train: TrainSection,
+    pub eval: EvalSection,
+    pub export: ExportSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// A Hugging Face model directory or a llama.cpp `.gguf` file.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetSection {
+    /// The training file (JSONL or JSON; any format temper-data reads).
+    pub train: PathBuf,
+    /// A held-out file for evaluation; none means no evaluation.
+    pub eval: Option<PathBuf>,
+}
+
+/// Optimisation and bookkeeping, with TRL's names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Where checkpoints, metrics, the loss plot and exports go.
+    pub output_dir: PathBuf,
+    pub seed: u64,
+    pub learning_rate: f64,
+    pub lr_scheduler: ScheduleKind,
+    pub warmup_steps: u64,
+    /// Fraction of the steps used for warmup, when `warmup_steps` is 0.
+    pub warmup_ratio: f64,
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    /// Clip the global gradient norm to this; 0 disables clipping.
+    pub max_grad_norm: f64,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub num_train_epochs: u64,
+    /// Stop after this many optimizer steps (0: run `num_train_epochs`).
+    pub max_steps: u64,
+    /// Write a metrics line every this many steps.
+    pub logging_steps: u64,
+    /// Evaluate every this many steps (0: only at the end).
+    pub eval_steps: u64,
+    /// Checkpoint every this many steps (0: only at the end).
+    pub save_steps: u64,
+    /// Keep this many checkpoints (the newest).
+    pub save_total_limit: usize,
+    /// NEFTune: uniform noise of this scale on the input embeddings while training.
+    pub neftune_noise_alpha: Option<f64>,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            output_dir: PathBuf::from("runs/temper"),
+            seed: 42,
+            learning_rate: 2e-5,
+            lr_scheduler: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+            min_lr_ratio: 0.0,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: 1.0,
+            batch_size: 8,
+            gradient_accumulation_steps: 1,
+            num_train_epochs: 1,
+            max_steps: 0,
+            logging_steps: 1,
+            eval_steps: 0,
+            save_steps: 0,
+            save_total_limit: 2,
+            neftune_noise_alpha: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Evaluate the loss on at most this many held-out rows (0: all).
+    pub max_rows: usize,
+    /// Generate answers for this many held-out chat examples and report exact-match
+    /// accuracy against their last assistant message (0: none).
+    pub generate_examples: usize,
+    /// Longest generated answer.
+    pub max_new_tokens: usize,
+    /// Also measure exact match before the first step.
+    pub before_training: bool,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection {
+            max_rows: 0,
+            generate_examples: 0,
+            max_new_tokens: 32,
+            before_training: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    /// Write the adapter in PEFT's format to `output_dir/adapter` (LoRA runs).
+    pub adapter: bool,
+    /// Write the model (merged with its adapter, if any) as a Hugging Face directory to
+    /// `output_dir/merged`.
+    pub merged: bool,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        ExportSection {
+            adapter: true,
+            merged: false,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads `path`, applies `overrides` (`key.path=value`, the value in TOML syntax or a
+    /// bare string) and checks the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig> {
+        let file = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| crate::error::io(path, source))?;
+        let mut document: toml::Table = toml::from_str(&text).map_err(|e| Error::Config {
+            file: file.clone(),
+            key: toml_error_key(&e),
+            reason: e.message().to_owned(),
+        })?;
+        for assignment in overrides {
+            apply_override(&mut document, assignment)?;
+        }
+        let config = Self::from_table(document, &file)?;
+        config.validate(&file)?;
+        Ok(config)
+    }
+
+    /// From a TOML document, refusing unknown keys by name.
+    pub fn from_table(document: toml::Table, file: &str) -> Result<RunConfig> {
+        RunConfig::deserialize(toml::Value::Table(document)).map_err(|e| Error::Config {
+            file: file.to_owned(),
+            key: toml_error_key(&e),
+            reason: e.message().to_owned(),
+        })
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let fail = |key: &str, reason: &str| {
+            Err(Error::Config {
+                file: file.to_owned(),
+                key: key.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        if self.model.path.as_os_str().is_empty() {
+            return fail(
+                "model.path",
+                "is required: a Hugging Face model directory or a .gguf file",
+            );
+        }
+        if self.dataset.train.as_os_str().is_empty() {
+            return fail("dataset.train", "is required: the training file");
+        }
+        let t = &self.train;
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+            return fail("train.learning_rate", "must be a positive number");
+        }
+        if t.batch_size == 0 {
+            return fail("train.batch_size", "must be at least 1");
+        }
+        if t.gradient_accumulation_steps == 0 {
+            return fail("train.gradient_accumulation_steps", "must be at least 1");
+        }
+        if t.max_steps == 0 && t.num_train_epochs == 0 {
+            return fail("train.max_steps", "give max_steps or num_train_epochs");
+        }
+        if !(0.0..1.0).contains(&t.warmup_ratio) {
+            return fail("train.warmup_ratio", "must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return fail("train.min_lr_ratio", "must be in [0, 1]");
+        }
+        if t.save_total_limit == 0 {
+            return fail("train.save_total_limit", "must be at least 1");
+        }
+        if let Some(lora) = &self.lora {
+            lora.targets().map_err(|e| Error::Config {
+                file: file.to_owned(),
+                key: "lora".into(),
+                reason: e.to_string(),
+            })?;
+        } else if self.export.adapter && self.export.merged {
+            // Full fine-tuning has no adapter to export; `merged` is the model itself.
+        }
+        self.data.validate()?;
+        Ok(())
+    }
+
+    /// The configuration as TOML (what a run saves as `config.toml`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the run configuration serialises")
+    }
+}
+
+/// The dotted key a TOML/serde error is about, when its message names one.
+fn toml_error_key(error: &toml::de::Error) -> String {
+    let message = error.message();
+    message
+        .split('`')
+        .nth(1)
+        .map(str::to_owned)
+        .unwrap_or_else(|| "(file)".to_owned())
+}
+
+/// Sets `key.path=value` in `document`.
+fn apply_override(document: &mut toml::Table, assignment: &str) -> Result<()> {
+    let bad = |reason: &str| Error::Config {
+        file: "--set".into(),
+        key: assignment.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (key, value) = assignment
+        .split_once('=')
+        .ok_or_else(|| bad("expected KEY=VALUE, e.g. train.learning_rate=1e-4"))?;
+    let key = key.trim();
+    // A TOML value when it parses as one (numbers, booleans, arrays, quoted strings), else
+    // the text itself as a string.
+    let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(bad("empty key component"));
+    }
+    let mut table = document;
+    for part in &parts[..parts.len() - 1] {
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| bad(&format!("`{part}` is a value, not a section")))?;
+    }
+    table.insert(parts[parts.len() - 1].to_owned(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, overrides: &[&str]) -> Result<RunConfig> {
+        let mut document: toml::Table = toml::from_str(text).unwrap();
+        for o in overrides {
+            apply_override(&mut document, o)?;
+        }
+        let config = RunConfig::from_table(document, "run.toml")?;
+        config.validate("run.toml")?;
+        Ok(config)
+    }
+
+    const MINIMAL: &str = "[model]\npath = \"m\"\n[dataset]\ntrain = \"t.jsonl\"\n";
+
+    #[test]
+    fn overrides_set_nested_keys_with_toml_values() {
+        let config = parse(
+            MINIMAL,
+            &[
+                "train.learning_rate=1e-4",
+                "lora.target_modules=[\"c_attn\"]",
+                "train.output_dir=runs/x",
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.train.learning_rate, 1e-4);
+        assert_eq!(config.train.output_dir, PathBuf::from("runs/x"));
+        let lora = config.lora.unwrap();
+        assert_eq!(
+            lora.target_modules,
+            temper_lora::TargetModules::Names(vec!["c_attn".into()])
+        );
+        assert_eq!(lora.rank, 8);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = parse(MINIMAL, &["train.lerning_rate=1"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("run.toml: lerning_rate: unknown field `lerning_rate`"),
+            "{error}"
+        );
+        let error = parse(&format!("{MINIMAL}[trian]\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("run.toml: trian: unknown field `trian`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let error = parse(MINIMAL, &["train.batch_size=0"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "run.toml: train.batch_size: must be at least 1");
+        let error = parse(MINIMAL, &["train.batch_size=many"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("batch_size") || error.contains("invalid type"),
+            "{error}"
+        );
+        let error = parse(MINIMAL, &["lora.rank=0"]).unwrap_err().to_string();
+        assert_eq!(error, "run.toml: lora: lora.rank: must be at least 1");
+        let error = parse(MINIMAL, &["nonsense"]).unwrap_err().to_string();
+        assert!(error.contains("expected KEY=VALUE"), "{error}");
+    }
+
+    #[test]
+    fn the_saved_config_reads_back_equal() {
+        let config = parse(MINIMAL, &["lora.rank=4"]).unwrap();
+        let again = RunConfig::from_table(toml::from_str(&config.to_toml()).unwrap(), "x").unwrap();
+        assert_eq!(again, config);
+    }
+}
