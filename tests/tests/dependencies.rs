@@ -80,13 +80,23 @@ fn temper_models_stands_apart_from_the_data_crates() {
 
 #[test]
 fn the_burn_crates_are_siblings() {
-    // DESIGN.md: temper-models, temper-lora and temper-optim do not depend on each other.
-    let optim = dependency_closure("temper-optim");
-    for sibling in ["temper-models", "temper-lora", "temper-data", "temper-chat"] {
-        assert!(
-            !optim.contains(sibling),
-            "temper-optim depends on {sibling}"
-        );
+    // DESIGN.md: temper-models, temper-lora and temper-optim do not depend on each other,
+    // nor on the data crates; temper-train composes them.
+    let siblings = ["temper-models", "temper-lora", "temper-optim"];
+    for krate in siblings {
+        let closure = dependency_closure(krate);
+        for other in siblings
+            .iter()
+            .chain(&["temper-data", "temper-chat", "temper-train"])
+        {
+            assert!(
+                *other == krate || !closure.contains(*other),
+                "{krate} depends on {other}"
+            );
+        }
     }
-    assert!(!dependency_closure("temper-models").contains("temper-optim"));
+    let train = dependency_closure("temper-train");
+    for needed in siblings.iter().chain(&["temper-data"]) {
+        assert!(train.contains(*needed), "temper-train composes {needed}");
+    }
 }

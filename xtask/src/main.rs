@@ -3,6 +3,8 @@
 //!
 //! * `assets`   fetch the offline assets of DESIGN.md into the git-ignored cache (idempotent)
 //! * `test`     fetch assets, then run the whole test suite
+//! * `train [RECIPE] [flags]`   run a recipe from `configs/` (default: LoRA SFT of
+//!   SmolLM2-135M-Instruct on the shipped tasks) with the release `temper` binary
 //! * `bench data [--n N]`   data-pipeline throughput next to the Python baseline, written to
 //!   `docs/benchmarks.md`
 
@@ -10,6 +12,7 @@
 
 mod assets;
 mod bench;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,10 +25,13 @@ fn main() -> Result<()> {
     match args.as_slice() {
         ["assets"] => assets::fetch_all().map(|_| ()),
         ["test", rest @ ..] => test(rest),
+        ["train", rest @ ..] => train::train(rest),
         ["bench", "data", rest @ ..] => bench::data(rest),
         ["bench", ..] => bail!("usage: cargo xtask bench data [--n N]"),
         _ => {
-            println!("usage: cargo xtask <assets | test [cargo test args] | bench data [--n N]>");
+            println!(
+                "usage: cargo xtask <assets | test [cargo test args] | train [RECIPE] [temper train flags] | bench data [--n N]>"
+            );
             if args.is_empty() {
                 Ok(())
             } else {

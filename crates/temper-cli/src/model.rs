@@ -17,6 +17,11 @@ use temper_models::{CausalLm, GenerationConfig, StopReason, generate, token_logp
 pub type Backend = burn::backend::Flex;
 /// The backend training runs on: autodiff over [`Backend`].
 pub type TrainBackend = burn::backend::Autodiff<Backend>;
+/// [`TrainBackend`] with activation checkpointing (`train.gradient_checkpointing`).
+pub type CheckpointedBackend = burn::backend::Autodiff<
+    Backend,
+    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+>;
 
 /// The device a `--device` flag names.
 pub fn device_from_flag(flag: &str) -> Result<burn::tensor::Device<Backend>> {

@@ -9,7 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use temper_train::{Event, Metric, RunConfig};
 
-use crate::model::{TrainBackend, device_from_flag};
+use crate::model::{CheckpointedBackend, TrainBackend, device_from_flag};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -144,8 +144,16 @@ pub fn train_command(args: &TrainArgs) -> Result<()> {
             }
         }
     };
-    let summary =
-        temper_train::run::<TrainBackend>(&config, resume.as_deref(), &device, &mut on_event)?;
+    let summary = if config.train.gradient_checkpointing {
+        temper_train::run::<CheckpointedBackend>(
+            &config,
+            resume.as_deref(),
+            &device,
+            &mut on_event,
+        )?
+    } else {
+        temper_train::run::<TrainBackend>(&config, resume.as_deref(), &device, &mut on_event)?
+    };
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

@@ -43,6 +43,7 @@ fn console_examples_in_the_docs_are_real_output() {
         "docs/templates.md",
         "docs/masking.md",
         "docs/models.md",
+        "docs/training.md",
     ] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         for block in text.split("```console\n").skip(1) {

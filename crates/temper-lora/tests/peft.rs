@@ -3,6 +3,8 @@
 //! for the tiny models of temper-models' fixtures, with logits with and without the adapter
 //! and after `merge_and_unload`. Regenerate with that script.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
@@ -121,7 +123,7 @@ fn check_peft_adapter(case: &str, merged_keys: &[&str]) {
     for key in merged_keys {
         let ours = &writer.get(key).unwrap().data;
         let theirs = expected.get(&format!("merged.{key}"));
-        assert!(max_difference(&ours, theirs) < 1e-5, "{key}");
+        assert!(max_difference(ours, theirs) < 1e-5, "{key}");
     }
 
     // Unmerging gives back the base weights and the adapter.

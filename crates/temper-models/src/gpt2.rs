@@ -10,7 +10,7 @@ use crate::config::Gpt2Config;
 use crate::error::Result;
 use crate::layers::{
     Embedding, KvCache, LayerCache, LayerNorm, Linear, LinearConfig, WeightLayout, attention,
-    extend_cache, tied_logits,
+    extend_cache, neftune, tied_logits,
 };
 use crate::weights::{WeightWriter, Weights};
 
@@ -19,6 +19,9 @@ pub struct Gpt2<B: Backend> {
     pub transformer: Gpt2Transformer<B>,
     #[module(skip)]
     pub config: Gpt2Config,
+    /// NEFTune's alpha: noise added to the token embeddings while training.
+    #[module(skip)]
+    pub embedding_noise: Option<f64>,
 }
 
 #[derive(Module, Debug)]
@@ -88,6 +91,7 @@ impl Gpt2Config {
                 ln_f: LayerNorm::init(self.n_embd, eps, device),
             },
             config: self.clone(),
+            embedding_noise: None,
         }
     }
 
@@ -168,6 +172,7 @@ impl Gpt2Config {
         Ok(Gpt2 {
             transformer,
             config: self.clone(),
+            embedding_noise: None,
         })
     }
 }
@@ -199,7 +204,8 @@ impl<B: Backend> Gpt2<B> {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let t = &self.transformer;
-        let mut x = t.wte.forward(input_ids) + t.wpe.forward(position_ids);
+        let mut x =
+            neftune(t.wte.forward(input_ids), self.embedding_noise) + t.wpe.forward(position_ids);
         for (i, block) in t.h.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = x.clone()

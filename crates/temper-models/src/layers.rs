@@ -184,6 +184,28 @@ impl<B: Backend> Linear<B> {
     }
 }
 
+/// NEFTune (Jain et al., 2023, as transformers applies it): while training, adds uniform
+/// noise in `±alpha / sqrt(seq_len * d_model)` to the token embeddings.
+///
+/// # Shapes
+/// embeddings: `[batch, seq_len, d_model]`
+pub fn neftune<B: Backend>(embeddings: Tensor<B, 3>, alpha: Option<f64>) -> Tensor<B, 3> {
+    let device = embeddings.device();
+    match alpha {
+        Some(alpha) if alpha > 0.0 && B::ad_enabled(&device) => {
+            let [_, seq_len, d_model] = embeddings.dims();
+            let magnitude = alpha / ((seq_len * d_model) as f64).sqrt();
+            let noise = Tensor::random(
+                embeddings.shape(),
+                Distribution::Uniform(-magnitude, magnitude),
+                &device,
+            );
+            embeddings + noise
+        }
+        _ => embeddings,
+    }
+}
+
 /// A token (or position) embedding table.
 #[derive(Module, Debug)]
 pub struct Embedding<B: Backend> {
@@ -544,4 +566,26 @@ pub fn tied_logits<B: Backend>(hidden: Tensor<B, 3>, weight: Tensor<B, 2>) -> Te
         return logits.transpose().reshape([batch, seq_len, vocab]);
     }
     burn::tensor::module::linear(hidden, weight.transpose(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+
+    #[test]
+    fn neftune_adds_bounded_noise_only_while_training() {
+        let device = Default::default();
+        let embeddings = Tensor::<Autodiff<Flex>, 3>::zeros([2, 10, 40], &device);
+        let noisy = neftune(embeddings.clone(), Some(5.0));
+        let bound = 5.0 / (10.0f32 * 40.0).sqrt();
+        let largest = noisy.abs().max().into_scalar();
+        assert!(
+            largest > 0.5 * bound && largest <= bound,
+            "{largest} vs {bound}"
+        );
+        let inference = neftune(Tensor::<Flex, 3>::zeros([2, 10, 40], &device), Some(5.0));
+        assert_eq!(inference.abs().max().into_scalar(), 0.0);
+        assert_eq!(neftune(embeddings, None).abs().max().into_scalar(), 0.0);
+    }
 }

@@ -11,7 +11,7 @@ use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::layers::{
     Embedding, KvCache, LayerCache, Linear, LinearConfig, RmsNorm, WeightLayout, apply_rope,
-    attention, extend_cache, rope_cos_sin, rope_inv_freq, tied_logits,
+    attention, extend_cache, neftune, rope_cos_sin, rope_inv_freq, tied_logits,
 };
 use crate::weights::{WeightWriter, Weights};
 
@@ -24,6 +24,9 @@ pub struct Llama<B: Backend> {
     pub config: LlamaConfig,
     #[module(skip)]
     pub inv_freq: Vec<f32>,
+    /// NEFTune's alpha: noise added to the token embeddings while training.
+    #[module(skip)]
+    pub embedding_noise: Option<f64>,
 }
 
 #[derive(Module, Debug)]
@@ -115,6 +118,7 @@ impl LlamaConfig {
                 .then(|| LinearConfig::new(self.hidden_size, self.vocab_size).init(device)),
             config: self.clone(),
             inv_freq: self.inv_freq(),
+            embedding_noise: None,
         }
     }
 
@@ -225,6 +229,7 @@ impl LlamaConfig {
             lm_head,
             config: self.clone(),
             inv_freq: self.inv_freq(),
+            embedding_noise: None,
         })
     }
 }
@@ -253,7 +258,10 @@ impl<B: Backend> Llama<B> {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let (cos, sin) = rope_cos_sin(position_ids, &self.inv_freq);
-        let mut x = self.model.embed_tokens.forward(input_ids);
+        let mut x = neftune(
+            self.model.embed_tokens.forward(input_ids),
+            self.embedding_noise,
+        );
         for (i, layer) in self.model.layers.iter().enumerate() {
             let attended = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),

@@ -86,6 +86,8 @@ pub const TOKENIZER_FILES: [&str; 7] = [
 ];
 
 /// A causal language model of any supported architecture.
+// One model lives per run; boxing the variants would only add indirection to every call.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum CausalLm<B: Backend> {
     Gpt2(Gpt2<B>),
@@ -143,6 +145,21 @@ impl<B: Backend> CausalLm<B> {
         match self {
             CausalLm::Gpt2(model) => CausalLm::Gpt2(model.map_linears(map)),
             CausalLm::Llama(model) => CausalLm::Llama(model.map_linears(map)),
+        }
+    }
+
+    /// Turns NEFTune on (`Some(alpha)`) or off: uniform noise on the token embeddings in
+    /// forward passes under autodiff (training), none in inference.
+    pub fn with_embedding_noise(self, alpha: Option<f64>) -> Self {
+        match self {
+            CausalLm::Gpt2(mut model) => {
+                model.embedding_noise = alpha;
+                CausalLm::Gpt2(model)
+            }
+            CausalLm::Llama(mut model) => {
+                model.embedding_noise = alpha;
+                CausalLm::Llama(model)
+            }
         }
     }
 

@@ -50,6 +50,12 @@ pub struct RunConfig {
 pub struct ModelSection {
     /// A Hugging Face model directory or a llama.cpp `.gguf` file.
     pub path: PathBuf,
+    /// A `tokenizer.json` to use instead of the model's own.
+    pub tokenizer: Option<PathBuf>,
+    /// Build the model from `path/config.json` with fresh random weights (seeded by
+    /// `train.seed`) instead of loading weights: for GPT-2-shaped experiments and smoke
+    /// tests without a pre-trained checkpoint.
+    pub random_init: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -96,6 +102,9 @@ pub struct TrainSection {
     pub save_total_limit: usize,
     /// NEFTune: uniform noise of this scale on the input embeddings while training.
     pub neftune_noise_alpha: Option<f64>,
+    /// Activation checkpointing: recompute cheap activations in the backward pass instead
+    /// of keeping them (burn's balanced checkpointing strategy), trading time for memory.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for TrainSection {
@@ -122,6 +131,7 @@ impl Default for TrainSection {
             save_steps: 0,
             save_total_limit: 2,
             neftune_noise_alpha: None,
+            gradient_checkpointing: false,
         }
     }
 }

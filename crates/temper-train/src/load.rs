@@ -21,6 +21,40 @@ pub struct Loaded<B: Backend> {
     pub template_source: Option<String>,
 }
 
+/// Loads the model a run configuration names (see [`crate::config::ModelSection`]).
+pub fn load_for_run<B: Backend>(
+    section: &crate::config::ModelSection,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Loaded<B>> {
+    let loaded = if section.random_init {
+        let config_path = section.path.join("config.json");
+        let config = temper_models::ModelConfig::from_file(&config_path)?;
+        B::seed(device, seed);
+        let model = CausalLm::init(&config, device);
+        let tokenizer_path = section
+            .tokenizer
+            .clone()
+            .unwrap_or_else(|| section.path.join("tokenizer.json"));
+        let tokenizer = Tokenizer::from_file(&tokenizer_path, &SpecialTokenNames::default())?;
+        return Ok(Loaded {
+            model,
+            tokenizer,
+            template: None,
+            template_source: None,
+        });
+    } else {
+        load_model(&section.path, device)?
+    };
+    Ok(match &section.tokenizer {
+        Some(path) => Loaded {
+            tokenizer: Tokenizer::from_file(path, &SpecialTokenNames::default())?,
+            ..loaded
+        },
+        None => loaded,
+    })
+}
+
 /// Loads `path`: a directory with `config.json`, `model.safetensors` and `tokenizer.json`,
 /// or a llama.cpp `.gguf` file (whose tokenizer and template come from its metadata).
 pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Loaded<B>> {
@@ -92,10 +126,10 @@ pub fn stop_token_ids(tokenizer: &Tokenizer) -> Vec<u32> {
         "<end_of_turn>",
         "</s>",
     ] {
-        if let Some(id) = tokenizer.inner().token_to_id(end_of_turn) {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
+        if let Some(id) = tokenizer.inner().token_to_id(end_of_turn)
+            && !ids.contains(&id)
+        {
+            ids.push(id);
         }
     }
     ids

@@ -101,6 +101,10 @@ pub fn gather_hidden<B: Backend>(hidden: Tensor<B, 3>, targets: &Targets) -> Ten
     hidden.reshape([batch * seq_len, d_model]).select(0, index)
 }
 
+/// Gradients of a scaled loss sum: with respect to the hidden states, and (when asked) the
+/// output weight.
+pub type CrossEntropyGrads<B> = (Tensor<B, 2>, Option<Tensor<B, 2>>);
+
 /// Loss sums of `hidden` (`[n, d_model]`) against `labels` with output weight `weight`
 /// (`[vocab, d_model]`), chunk by chunk, without gradients. Also returns, when `scale` is
 /// given, the gradients of `scale * sum(nll)` with respect to `hidden` and (if
@@ -111,7 +115,7 @@ pub fn chunked_cross_entropy<B: Backend>(
     labels: &[i64],
     scale: Option<f64>,
     weight_grad: bool,
-) -> (LossSums, Option<(Tensor<B, 2>, Option<Tensor<B, 2>>)>) {
+) -> (LossSums, Option<CrossEntropyGrads<B>>) {
     let [n, d_model] = hidden.dims();
     let [vocab, _] = weight.dims();
     let device = hidden.device();

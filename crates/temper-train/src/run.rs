@@ -17,7 +17,7 @@ use temper_optim::{AdamW, AdamWConfig, LrSchedule, lr_at};
 use crate::checkpoint::{self, TrainerState};
 use crate::config::RunConfig;
 use crate::error::{Error, Result, io};
-use crate::load::{Loaded, load_model, stop_token_ids};
+use crate::load::{Loaded, load_for_run, stop_token_ids};
 use crate::metrics::{Metric, MetricsLog, loss_plot_svg};
 use crate::step::{evaluate, train_step};
 
@@ -89,15 +89,15 @@ pub fn run<B: AutodiffBackend>(
         tokenizer,
         template,
         template_source,
-    } = load_model::<B>(&config.model.path, device)?;
+    } = load_for_run::<B>(&config.model, config.train.seed, device)?;
     // A GGUF's template lives in its metadata: save it beside the run so the data pipeline
     // (and whoever reads the saved config) can use it by path.
-    if config.data.template.is_none() {
-        if let Some(source) = &template_source {
-            let path = output_dir.join("chat_template.jinja");
-            checkpoint::write_atomic(&path, source.as_bytes())?;
-            config.data.template = Some(path.display().to_string());
-        }
+    if config.data.template.is_none()
+        && let Some(source) = &template_source
+    {
+        let path = output_dir.join("chat_template.jinja");
+        checkpoint::write_atomic(&path, source.as_bytes())?;
+        config.data.template = Some(path.display().to_string());
     }
     checkpoint::write_atomic(&output_dir.join("config.toml"), config.to_toml().as_bytes())?;
 
@@ -163,13 +163,14 @@ pub fn run<B: AutodiffBackend>(
     };
 
     // The model: full fine-tuning, or frozen base weights with LoRA slots.
-    let mut model = match &config.lora {
+    let model = match &config.lora {
         Some(lora) => {
             let model = crate::attach_lora(model, lora, device)?;
             temper_lora::freeze_base(temper_lora::init_peft(model))
         }
         None => model,
     };
+    let mut model = model.with_embedding_noise(config.train.neftune_noise_alpha);
 
     let t = &config.train;
     let rows_per_step = t.batch_size * t.gradient_accumulation_steps;
@@ -590,7 +591,7 @@ pub fn export_checkpoint<B: Backend>(
     };
     let Loaded {
         model, tokenizer, ..
-    } = load_model::<B>(&config.model.path, device)?;
+    } = load_for_run::<B>(&config.model, config.train.seed, device)?;
     let (model, adapter) = match &config.lora {
         Some(lora) => {
             let adapter =

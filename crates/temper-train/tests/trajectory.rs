@@ -4,6 +4,8 @@
 //! AdamW with parameter groups, warmup-cosine and clipping, and saved each step's loss,
 //! gradient norm and learning rate, and the final weights. Regenerate with that script.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};

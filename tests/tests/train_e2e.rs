@@ -1,0 +1,264 @@
+//! The tiny recipe (`configs/tiny-smoke.toml`: random GPT-2-shaped model, LoRA, packing,
+//! accumulation, checkpoints every 2 steps) end to end: train, resume from the state a kill
+//! leaves, export, and reload the export.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::Int;
+use serde_json::Value;
+use temper_models::{CausalLm, ModelInput};
+use temper_tests::{asset, root};
+use temper_train::{RunConfig, checkpoint};
+
+type A = Autodiff<Flex>;
+
+/// The backend's random generator is process-global and runs reseed it, so the tests of
+/// this file (threads of one process) take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("temper-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn tiny(output_dir: &Path, extra: &[String]) -> RunConfig {
+    let mut overrides = vec![
+        format!("model.tokenizer={}", asset("gpt2/tokenizer.json").display()),
+        format!("train.output_dir={}", output_dir.display()),
+    ];
+    overrides.extend_from_slice(extra);
+    let mut config = RunConfig::load(&root().join("configs/tiny-smoke.toml"), &overrides).unwrap();
+    // Paths in the recipe are relative to the repository root.
+    for path in [&mut config.model.path, &mut config.dataset.train] {
+        *path = root().join(&*path);
+    }
+    config.dataset.eval = config.dataset.eval.map(|p| root().join(p));
+    config
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn logits(model: &CausalLm<Flex>) -> Vec<f32> {
+    let ids: Vec<i64> = (0..32).map(|i| (i * 977 + 13) % 50_000).collect();
+    let ids = Tensor::<Flex, 2, Int>::from_data(TensorData::new(ids, [2, 16]), &Default::default());
+    model
+        .forward(ModelInput::sequences(ids))
+        .into_data()
+        .to_vec()
+        .unwrap()
+}
+
+#[test]
+fn the_tiny_recipe_trains_resumes_bit_identically_and_exports() {
+    let _serial = serial();
+    let device = Default::default();
+    let uninterrupted = scratch("uninterrupted");
+    let summary =
+        temper_train::run::<A>(&tiny(&uninterrupted, &[]), None, &device, &mut |_| {}).unwrap();
+    assert_eq!(summary.steps, 8);
+    let expected = metrics(&uninterrupted);
+    assert_eq!(expected.iter().filter(|m| m["kind"] == "train").count(), 8);
+    assert!(
+        std::fs::read_to_string(&summary.loss_plot)
+            .unwrap()
+            .starts_with("<svg")
+    );
+    let saved: RunConfig =
+        toml::from_str(&std::fs::read_to_string(uninterrupted.join("config.toml")).unwrap())
+            .unwrap();
+    assert_eq!(
+        saved.train.max_steps, 8,
+        "the resolved config is saved with the run"
+    );
+
+    // What a kill during the checkpoint after step 6 leaves behind: the config, metrics up
+    // to step 6, checkpoints 2 and 4, and a half-written temporary checkpoint directory.
+    let killed = scratch("killed");
+    std::fs::create_dir_all(&killed).unwrap();
+    for file in ["config.toml", "metrics.jsonl"] {
+        std::fs::copy(uninterrupted.join(file), killed.join(file)).unwrap();
+    }
+    for step in [2, 4] {
+        let name = checkpoint::checkpoint_name(step);
+        copy_dir(&uninterrupted.join(&name), &killed.join(&name));
+    }
+    let partial = killed.join(format!(".{}.tmp", checkpoint::checkpoint_name(6)));
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join(checkpoint::OPTIMIZER_FILE), b"half").unwrap();
+    let latest = checkpoint::list_checkpoints(&killed).pop().unwrap().1;
+    assert!(latest.ends_with(checkpoint::checkpoint_name(4)));
+
+    temper_train::run::<A>(&tiny(&killed, &[]), Some(&latest), &device, &mut |_| {}).unwrap();
+    // Every line after the resumed step is recomputed, bit for bit.
+    assert_eq!(metrics(&killed).len(), expected.len());
+    for (ours, theirs) in metrics(&killed).iter().zip(&expected) {
+        for key in [
+            "step",
+            "loss",
+            "grad_norm",
+            "learning_rate",
+            "trained_tokens",
+            "perplexity",
+            "token_accuracy",
+        ] {
+            assert_eq!(ours.get(key), theirs.get(key), "{key} of {ours}");
+        }
+    }
+    for file in [temper_lora::WEIGHTS_FILE, temper_lora::CONFIG_FILE] {
+        assert_eq!(
+            std::fs::read(killed.join("adapter").join(file)).unwrap(),
+            std::fs::read(uninterrupted.join("adapter").join(file)).unwrap(),
+            "{file}"
+        );
+    }
+
+    // `temper export`: the adapter and the merged model; the merged directory reloads with
+    // the logits of base + adapter.
+    let (adapter_out, merged_out) = (killed.join("export-adapter"), killed.join("export-merged"));
+    temper_train::export_checkpoint::<Flex>(
+        &killed,
+        None,
+        Some(&adapter_out),
+        Some(&merged_out),
+        &device,
+    )
+    .unwrap();
+    let config = tiny(&killed, &[]);
+    let base =
+        temper_train::load_for_run::<Flex>(&config.model, config.train.seed, &device).unwrap();
+    let base_logits = logits(&base.model);
+    let adapter = temper_lora::Adapter::load_peft(&adapter_out).unwrap();
+    let lora = config.lora.as_ref().unwrap();
+    let adapted = temper_lora::apply(
+        temper_train::attach_lora(base.model, lora, &device).unwrap(),
+        &adapter,
+    )
+    .unwrap();
+    let (merged, _) = CausalLm::<Flex>::from_hf_dir(&merged_out, &device).unwrap();
+    let (adapted_logits, merged_logits) = (logits(&adapted), logits(&merged));
+    let difference = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    };
+    assert!(difference(&adapted_logits, &merged_logits) < 1e-4);
+    assert!(
+        difference(&adapted_logits, &base_logits) > 1e-3,
+        "training changed the model"
+    );
+    assert!(merged_out.join("tokenizer.json").is_file());
+
+    for dir in [uninterrupted, killed] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn activation_checkpointing_and_neftune_are_options_of_the_same_step() {
+    let _serial = serial();
+    type Checkpointed =
+        Autodiff<Flex, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
+    let losses = |dir: &Path| -> Vec<f64> {
+        metrics(dir)
+            .iter()
+            .filter(|m| m["kind"] == "train")
+            .map(|m| m["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let short = [
+        "train.max_steps=3".to_owned(),
+        "train.save_steps=0".to_owned(),
+    ];
+    let (plain, checkpointed, noisy) = (
+        scratch("plain"),
+        scratch("checkpointed"),
+        scratch("neftune"),
+    );
+    temper_train::run::<A>(
+        &tiny(&plain, &short),
+        None,
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    temper_train::run::<Checkpointed>(
+        &tiny(&checkpointed, &short),
+        None,
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let mut with_noise = short.to_vec();
+    with_noise.push("train.neftune_noise_alpha=5.0".into());
+    temper_train::run::<A>(
+        &tiny(&noisy, &with_noise),
+        None,
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    // Recomputing activations changes memory, not results.
+    for (a, b) in losses(&plain).iter().zip(losses(&checkpointed)) {
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "{a} vs {b}");
+    }
+    // NEFTune perturbs the embeddings, so the training losses move.
+    assert_ne!(losses(&plain), losses(&noisy));
+    for dir in [plain, checkpointed, noisy] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_at_the_step_and_names_the_last_checkpoint() {
+    let _serial = serial();
+    let dir = scratch("diverging");
+    let error = temper_train::run::<A>(
+        &tiny(
+            &dir,
+            &[
+                "train.learning_rate=1e30".into(),
+                "train.warmup_steps=0".into(),
+            ],
+        ),
+        None,
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.starts_with("step "), "{error}");
+    assert!(error.contains("the loss is"), "{error}");
+    assert!(error.contains("last good checkpoint is"), "{error}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
