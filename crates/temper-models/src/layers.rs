@@ -572,6 +572,31 @@ pub fn tied_logits<B: Backend>(hidden: Tensor<B, 3>, weight: Tensor<B, 2>) -> Te
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
+    use burn::module::AutodiffModule;
+
+    #[test]
+    fn lora_dropout_applies_only_while_training() {
+        let device = Default::default();
+        let mut update = LowRank::<Autodiff<Flex>>::zeros(8, 6, 2, 2.0, 0.5, &device);
+        update.lora_a = Param::from_tensor(Tensor::ones([8, 2], &device));
+        update.lora_b = Param::from_tensor(Tensor::ones([2, 6], &device));
+        let input = Tensor::<Autodiff<Flex>, 2>::ones([64, 8], &device);
+        // Without dropout every output is 2 * 8 * 2 = 32; with p = 0.5 and rescaling by 2 the
+        // outputs vary around 32.
+        let training = update
+            .forward(input.clone())
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert!(training.iter().any(|v| (*v - 32.0).abs() > 1e-3));
+        let mean = training.iter().sum::<f32>() / training.len() as f32;
+        assert!((mean - 32.0).abs() < 4.0, "{mean}");
+        let inference = update.valid().forward(input.inner());
+        assert_eq!(
+            inference.into_data().to_vec::<f32>().unwrap(),
+            vec![32.0; 64 * 6]
+        );
+    }
 
     #[test]
     fn neftune_adds_bounded_noise_only_while_training() {
