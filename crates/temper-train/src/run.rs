@@ -204,6 +204,7 @@ pub fn run<B: AutodiffBackend>(
     let mut last_checkpoint = "none (no checkpoint was written yet)".to_owned();
 
     let mut exact_match_before = None;
+    let mut before_eval = None;
     if let Some(dir) = resume {
         let (state, optimizer_state) = checkpoint::read_state(dir)?;
         model = match &config.lora {
@@ -222,7 +223,19 @@ pub fn run<B: AutodiffBackend>(
             dir.display(),
             state.step
         )));
-    } else if config.eval.before_training && !cases.is_empty() {
+    } else if config.eval.before_training && !eval_batches.is_empty() {
+        let sums = evaluate(&model.valid(), &eval_batches, device)?;
+        let metric = Metric::Eval {
+            step: 0,
+            loss: sums.mean(),
+            perplexity: sums.mean().exp(),
+            token_accuracy: sums.correct as f64 / sums.tokens.max(1) as f64,
+            exact_match: None,
+        };
+        before_eval = Some(metric.clone());
+        on_event(Event::Eval(metric));
+    }
+    if resume.is_none() && config.eval.before_training && !cases.is_empty() {
         let correct = exact_matches(
             &model.valid(),
             &cases,
@@ -258,6 +271,9 @@ pub fn run<B: AutodiffBackend>(
     )));
     let metrics_path = output_dir.join("metrics.jsonl");
     let mut metrics = MetricsLog::open(&metrics_path, first_step - 1)?;
+    if let Some(metric) = before_eval {
+        metrics.push(metric)?;
+    }
     on_event(Event::Started {
         first_step,
         total_steps,
