@@ -8,8 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::{Autodiff, Flex};
+use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
 use safetensors::SafeTensors;
 use serde_json::Value;
 use temper_data::Batch;
@@ -68,7 +69,7 @@ fn close(ours: f64, theirs: f64, relative: f64) -> bool {
 }
 
 /// Runs the reference's steps on `model` and checks loss, gradient norm and learning rate.
-fn run(reference: &Value, mut model: CausalLm<A>) -> CausalLm<A> {
+fn run<B: AutodiffBackend>(reference: &Value, mut model: CausalLm<B>) -> CausalLm<B> {
     let f = |key: &str| reference[key].as_f64().unwrap();
     let schedule = LrSchedule {
         kind: ScheduleKind::Cosine,
@@ -77,7 +78,7 @@ fn run(reference: &Value, mut model: CausalLm<A>) -> CausalLm<A> {
         total_steps: reference["total_steps"].as_u64().unwrap(),
         min_lr_ratio: f("min_lr_ratio"),
     };
-    let mut optimizer = AdamW::new(AdamWConfig {
+    let mut optimizer = AdamW::<B>::new(AdamWConfig {
         weight_decay: f("weight_decay"),
         ..AdamWConfig::default()
     });
@@ -163,9 +164,20 @@ fn full_fine_tuning_follows_the_pytorch_trajectory() {
 
 #[test]
 fn lora_follows_the_pytorch_trajectory_and_leaves_the_base_alone() {
+    lora_trajectory::<A>();
+}
+
+/// The same training steps (packing, masking, accumulation, LoRA, AdamW) on burn's ndarray
+/// backend: the PyTorch tolerances hold there too.
+#[test]
+fn lora_follows_the_pytorch_trajectory_on_ndarray() {
+    lora_trajectory::<Autodiff<NdArray>>();
+}
+
+fn lora_trajectory<B: AutodiffBackend>() {
     let reference = load("trajectory_lora.json");
     let device = Default::default();
-    let (base, _) = CausalLm::<A>::from_hf_dir(&model_fixture("llama_gqa"), &device).unwrap();
+    let (base, _) = CausalLm::<B>::from_hf_dir(&model_fixture("llama_gqa"), &device).unwrap();
     let base_weights = base.valid().to_weights();
     let config = LoraConfig {
         rank: 4,
@@ -179,7 +191,11 @@ fn lora_follows_the_pytorch_trajectory_and_leaves_the_base_alone() {
         ),
     };
     // The initial factors are torch's (its RNG cannot be replayed): load them as an adapter.
-    let dir = std::env::temp_dir().join(format!("temper-trajectory-lora-{}", std::process::id()));
+    let backend = std::any::type_name::<B>().len();
+    let dir = std::env::temp_dir().join(format!(
+        "temper-trajectory-lora-{}-{backend}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(
         fixtures().join("lora_init.safetensors"),
@@ -194,7 +210,7 @@ fn lora_follows_the_pytorch_trajectory_and_leaves_the_base_alone() {
     let initial = Adapter::load_peft(&dir).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 
-    let (base, _) = CausalLm::<A>::from_hf_dir(&model_fixture("llama_gqa"), &device).unwrap();
+    let (base, _) = CausalLm::<B>::from_hf_dir(&model_fixture("llama_gqa"), &device).unwrap();
     let model = temper_train::attach_lora(base, &config, &device).unwrap();
     let model = temper_lora::freeze_base(temper_lora::apply(model, &initial).unwrap());
     let model = run(&reference, model);
