@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 use temper_chat::{ChatTemplate, Conversation, Message, RenderOptions};
-use temper_data::{SpecialTokenNames, Tokenizer};
+use temper_data::Tokenizer;
 use temper_models::{CausalLm, GenerationConfig, StopReason, generate, token_logprobs};
 
 /// The default CPU backend.
@@ -63,51 +63,17 @@ impl ModelArgs {
         let device = Default::default();
         let started = Instant::now();
         let path = &self.model;
-        let loaded = if path.extension().is_some_and(|ext| ext == "gguf") {
-            let (model, _, file) = CausalLm::from_gguf(path, &device)?;
-            let json = file.tokenizer_json()?;
-            let (bos, eos) = file.special_tokens();
-            let names = SpecialTokenNames {
-                bos: bos.clone(),
-                eos: eos.clone(),
-                pad: None,
-            };
-            let tokenizer = Tokenizer::from_json(&json.to_string(), path, &names)?;
-            let template = file
-                .chat_template()
-                .map(|source| {
-                    ChatTemplate::from_source(format!("{}#chat_template", path.display()), source)
-                })
-                .transpose()?
-                .map(|t| t.with_special_tokens(bos, eos));
-            Loaded {
-                model,
-                tokenizer,
-                template,
-                device,
-            }
-        } else if path.is_dir() {
-            let (model, _) = CausalLm::from_hf_dir(path, &device)?;
-            let tokenizer_path = path.join("tokenizer.json");
-            let tokenizer = Tokenizer::from_file(&tokenizer_path, &SpecialTokenNames::default())
-                .with_context(|| format!("{} needs a tokenizer.json", path.display()))?;
-            let config = path.join("tokenizer_config.json");
-            let template = if config.is_file() {
-                ChatTemplate::from_tokenizer_config(&config, None).ok()
-            } else {
-                None
-            };
-            Loaded {
-                model,
-                tokenizer,
-                template,
-                device,
-            }
-        } else {
-            bail!(
-                "{}: expected a model directory or a .gguf file",
-                path.display()
-            );
+        let temper_train::Loaded {
+            model,
+            tokenizer,
+            template,
+            ..
+        } = temper_train::load_model::<Backend>(path, &device)?;
+        let loaded = Loaded {
+            model,
+            tokenizer,
+            template,
+            device,
         };
         eprintln!(
             "loaded {} in {:.2}s",
@@ -169,19 +135,8 @@ pub fn generate_command(args: &GenerateArgs) -> Result<()> {
         _ => bail!("give --prompt TEXT or --messages FILE.json"),
     };
     let (prompt, _) = loaded.tokenizer.encode(&prompt_text)?;
-    let mut stop_token_ids = vec![loaded.tokenizer.eos.id];
     // Chat models end a turn with their own token; stop there too.
-    for end_of_turn in [
-        "<|im_end|>",
-        "<|eot_id|>",
-        "<|end|>",
-        "<end_of_turn>",
-        "</s>",
-    ] {
-        if let Some(id) = loaded.tokenizer.inner().token_to_id(end_of_turn) {
-            stop_token_ids.push(id);
-        }
-    }
+    let stop_token_ids = temper_train::stop_token_ids(&loaded.tokenizer);
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,

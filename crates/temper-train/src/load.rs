@@ -109,7 +109,7 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Loaded<
         })
     } else {
         Err(Error::Other(format!(
-            "{}: expected a model directory (config.json, model.safetensors, tokenizer.json) or a .gguf file",
+            "{}: expected a model directory or a .gguf file (a directory holds config.json, model.safetensors and tokenizer.json)",
             path.display()
         )))
     }

@@ -224,14 +224,7 @@ pub fn run<B: AutodiffBackend>(
             state.step
         )));
     } else if config.eval.before_training && !eval_batches.is_empty() {
-        let sums = evaluate(&model.valid(), &eval_batches, device)?;
-        let metric = Metric::Eval {
-            step: 0,
-            loss: sums.mean(),
-            perplexity: sums.mean().exp(),
-            token_accuracy: sums.correct as f64 / sums.tokens.max(1) as f64,
-            exact_match: None,
-        };
+        let metric = eval_metric(0, evaluate(&model.valid(), &eval_batches, device)?);
         before_eval = Some(metric.clone());
         on_event(Event::Eval(metric));
     }
@@ -335,14 +328,7 @@ pub fn run<B: AutodiffBackend>(
 
         let last = step == total_steps;
         if !eval_batches.is_empty() && (last || (t.eval_steps > 0 && step % t.eval_steps == 0)) {
-            let sums = evaluate(&model.valid(), &eval_batches, device)?;
-            let metric = Metric::Eval {
-                step,
-                loss: sums.mean(),
-                perplexity: sums.mean().exp(),
-                token_accuracy: sums.correct as f64 / sums.tokens.max(1) as f64,
-                exact_match: None,
-            };
+            let metric = eval_metric(step, evaluate(&model.valid(), &eval_batches, device)?);
             metrics.push(metric.clone())?;
             on_event(Event::Eval(metric.clone()));
             last_eval = Some(metric);
@@ -416,6 +402,17 @@ pub fn run<B: AutodiffBackend>(
         trainable_parameters,
         tokens_per_second: tokens_seen as f64 / seconds.max(1e-9),
     })
+}
+
+/// The metrics line of an evaluation after `step`.
+fn eval_metric(step: u64, sums: crate::loss::LossSums) -> Metric {
+    Metric::Eval {
+        step,
+        loss: sums.mean(),
+        perplexity: sums.mean().exp(),
+        token_accuracy: sums.correct as f64 / sums.tokens.max(1) as f64,
+        exact_match: None,
+    }
 }
 
 /// Writes a checkpoint of `model` and `optimizer` after `state.step`.

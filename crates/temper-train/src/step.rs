@@ -55,18 +55,11 @@ pub fn micro_step<B: AutodiffBackend>(
             let hidden = gather_hidden(model.hidden_states(input), &targets);
             cross_entropy_surrogate(hidden, weight, &targets.labels, scale)
         }
-        None => {
-            let logits = model.forward(input);
-            let [batch_size, seq_len, vocab] = logits.dims();
-            let index = Tensor::<B, 1, burn::tensor::Int>::from_data(
-                TensorData::new(targets.sources.clone(), [targets.len()]),
-                device,
-            );
-            let logits = logits
-                .reshape([batch_size * seq_len, vocab])
-                .select(0, index);
-            logits_cross_entropy(logits, &targets.labels, scale)
-        }
+        None => logits_cross_entropy(
+            target_logits(model, input, &targets),
+            &targets.labels,
+            scale,
+        ),
     };
     let grads = GradientsParams::from_grads(objective.backward(), model);
     Ok((grads, sums))
@@ -124,21 +117,30 @@ pub fn evaluate<B: Backend>(
                 chunked_cross_entropy(hidden, weight, &targets.labels, None, false).0
             }
             None => {
-                let logits = model.forward(input);
-                let [batch_size, seq_len, vocab] = logits.dims();
-                let index = Tensor::<B, 1, burn::tensor::Int>::from_data(
-                    TensorData::new(targets.sources.clone(), [targets.len()]),
-                    device,
-                );
-                let logits = logits
-                    .reshape([batch_size * seq_len, vocab])
-                    .select(0, index);
-                logits_cross_entropy(logits, &targets.labels, 1.0).1
+                logits_cross_entropy(target_logits(model, input, &targets), &targets.labels, 1.0).1
             }
         };
         sums.add(batch_sums);
     }
     Ok(sums)
+}
+
+/// The full logits of the targets' source positions (`[n_targets, vocab]`), for output
+/// layers that are not a plain matrix (an adapted `lm_head`).
+fn target_logits<B: Backend>(
+    model: &CausalLm<B>,
+    input: ModelInput<B>,
+    targets: &crate::loss::Targets,
+) -> Tensor<B, 2> {
+    let logits = model.forward(input);
+    let [batch_size, seq_len, vocab] = logits.dims();
+    let index = Tensor::<B, 1, burn::tensor::Int>::from_data(
+        TensorData::new(targets.sources.clone(), [targets.len()]),
+        &logits.device(),
+    );
+    logits
+        .reshape([batch_size * seq_len, vocab])
+        .select(0, index)
 }
 
 /// The model without autodiff, for evaluation and generation.
