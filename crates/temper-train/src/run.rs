@@ -235,20 +235,10 @@ pub fn run<B: AutodiffBackend>(
             &tokenizer,
             &generation,
             device,
-            &mut |expected, answer| {
-                on_event(Event::Answer {
-                    when: "before",
-                    expected,
-                    answer,
-                })
-            },
+            "before",
+            on_event,
         )?;
         exact_match_before = Some((correct, cases.len()));
-        on_event(Event::ExactMatch {
-            when: "before",
-            correct,
-            total: cases.len(),
-        });
     }
 
     let parameters = temper_lora::count_parameters(&model);
@@ -356,20 +346,10 @@ pub fn run<B: AutodiffBackend>(
             &tokenizer,
             &generation,
             device,
-            &mut |expected, answer| {
-                on_event(Event::Answer {
-                    when: "after",
-                    expected,
-                    answer,
-                })
-            },
+            "after",
+            on_event,
         )?;
         exact_match_after = Some((correct, cases.len()));
-        on_event(Event::ExactMatch {
-            when: "after",
-            correct,
-            total: cases.len(),
-        });
         if let Some(Metric::Eval { exact_match, .. }) = &mut last_eval {
             *exact_match = Some(correct as f64 / cases.len() as f64);
         }
@@ -541,14 +521,16 @@ fn generation_cases(
     Ok(cases)
 }
 
-/// How many greedy answers equal the expected answer (both trimmed).
+/// How many greedy answers equal the expected answer (both trimmed); reports the first
+/// few answers and the count as events labelled `when`.
 fn exact_matches<B: Backend>(
     model: &CausalLm<B>,
     cases: &[GenerationCase],
     tokenizer: &temper_data::Tokenizer,
     config: &GenerationConfig,
     device: &B::Device,
-    show: &mut dyn FnMut(String, String),
+    when: &'static str,
+    on_event: &mut dyn FnMut(Event),
 ) -> Result<usize> {
     const SHOWN: usize = 3;
     let mut correct = 0;
@@ -567,9 +549,18 @@ fn exact_matches<B: Backend>(
             correct += 1;
         }
         if index < SHOWN {
-            show(case.expected.clone(), answer);
+            on_event(Event::Answer {
+                when,
+                expected: case.expected.clone(),
+                answer,
+            });
         }
     }
+    on_event(Event::ExactMatch {
+        when,
+        correct,
+        total: cases.len(),
+    });
     Ok(correct)
 }
 
