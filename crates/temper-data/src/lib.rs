@@ -24,7 +24,7 @@ pub mod tokenize;
 pub use error::{Error, Problem, Result};
 pub use example::{Example, Truncation, truncate};
 pub use pack::{Batch, Pack, collate, pack, packing_efficiency};
-pub use pipeline::{DataConfig, Prepared, prepare};
+pub use pipeline::{DataConfig, Prepared, load_template, prepare};
 pub use records::{FieldNames, Format, OnError, ReadOptions, Record, Sample, read_file};
 pub use report::QualityReport;
 pub use shuffle::{Sampler, SamplerState, epoch_order};

@@ -168,9 +168,15 @@ pub fn resolve_template(
             }
         }
     };
+    Ok(Some(load_template(&spec, tokenizer)?))
+}
+
+/// Loads a template spec (built-in name, `.jinja` file or `tokenizer_config.json`) with the
+/// tokenizer's BOS and EOS as its special tokens.
+pub fn load_template(spec: &str, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
     // A tokenizer without BOS gives templates an empty `bos_token`, not an undefined one that
     // `bos_token + ...` would fail on.
-    let template = ChatTemplate::load(&spec)?.with_special_tokens(
+    Ok(ChatTemplate::load(spec)?.with_special_tokens(
         Some(
             tokenizer
                 .bos
@@ -178,8 +184,7 @@ pub fn resolve_template(
                 .map_or_else(String::new, |t| t.text.clone()),
         ),
         Some(tokenizer.eos.text.clone()),
-    );
-    Ok(Some(template))
+    ))
 }
 
 /// Reads, renders, tokenizes (in parallel), truncates and packs one file.

@@ -134,17 +134,7 @@ pub fn run<B: AutodiffBackend>(
         })
         .unwrap_or_default();
     let template = match &config.data.template {
-        Some(spec) => Some(
-            ChatTemplate::load(spec)?.with_special_tokens(
-                Some(
-                    tokenizer
-                        .bos
-                        .as_ref()
-                        .map_or_else(String::new, |t| t.text.clone()),
-                ),
-                Some(tokenizer.eos.text.clone()),
-            ),
-        ),
+        Some(spec) => Some(temper_data::load_template(spec, &tokenizer)?),
         None => template,
     };
     let cases = match (&eval, &template) {
