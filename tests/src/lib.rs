@@ -1,5 +1,7 @@
 //! Helpers shared by Temper's end-to-end tests.
 
+pub mod trajectory;
+
 use std::path::{Path, PathBuf};
 
 /// The repository root.

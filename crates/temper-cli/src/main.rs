@@ -2,6 +2,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod backend;
 mod data;
 mod model;
 mod template;
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 /// Supervised fine-tuning of language models, in Rust.
 #[derive(Debug, Parser)]
-#[command(name = "temper", version, about)]
+#[command(name = "temper", version, long_version = LONG_VERSION.as_str(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,6 +56,15 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// `temper --version`: the version and the devices compiled in.
+static LONG_VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (devices: {})",
+        env!("CARGO_PKG_VERSION"),
+        backend::compiled_in().join(", ")
+    )
+});
 
 /// Parses `key=value`.
 pub fn key_value(text: &str) -> Result<(String, String), String> {

@@ -7,38 +7,21 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
 use clap::Args;
 use serde::Serialize;
 use temper_chat::{ChatTemplate, Conversation, Message, RenderOptions};
 use temper_data::Tokenizer;
 use temper_models::{CausalLm, GenerationConfig, StopReason, generate, token_logprobs};
 
-/// The default CPU backend.
-pub type Backend = burn::backend::Flex;
-/// The backend training runs on: autodiff over [`Backend`].
-pub type TrainBackend = burn::backend::Autodiff<Backend>;
-/// [`TrainBackend`] with activation checkpointing (`train.gradient_checkpointing`).
-pub type CheckpointedBackend = burn::backend::Autodiff<
-    Backend,
-    burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
->;
-
-/// The device a `--device` flag names.
-pub fn device_from_flag(flag: &str) -> Result<burn::tensor::Device<Backend>> {
-    if flag != "cpu" {
-        bail!(
-            "--device {flag}: this build of temper has only the `cpu` device (backends arrive as cargo features)"
-        );
-    }
-    Ok(Default::default())
-}
+use crate::backend::{DEVICE_HELP, OnDevice, on_device};
 
 /// A loaded model with everything needed to talk to it.
-pub struct Loaded {
-    pub model: CausalLm<Backend>,
+pub struct Loaded<B: Backend> {
+    pub model: CausalLm<B>,
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
-    pub device: burn::tensor::Device<Backend>,
+    pub device: B::Device,
 }
 
 #[derive(Debug, Args)]
@@ -47,20 +30,13 @@ pub struct ModelArgs {
     /// llama.cpp `.gguf` file.
     #[arg(long)]
     model: PathBuf,
-    /// Where to run: `cpu` (the default backend, burn-flex).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> Result<Loaded> {
-        if self.device != "cpu" {
-            bail!(
-                "--device {}: this build of temper has only the `cpu` device (backends arrive as cargo features)",
-                self.device
-            );
-        }
-        let device = Default::default();
+    pub fn load<B: Backend>(&self, device: &B::Device) -> Result<Loaded<B>> {
+        let device = device.clone();
         let started = Instant::now();
         let path = &self.model;
         let temper_train::Loaded {
@@ -68,7 +44,7 @@ impl ModelArgs {
             tokenizer,
             template,
             ..
-        } = temper_train::load_model::<Backend>(path, &device)?;
+        } = temper_train::load_model::<B>(path, &device)?;
         let loaded = Loaded {
             model,
             tokenizer,
@@ -114,7 +90,20 @@ pub struct GenerateArgs {
 }
 
 pub fn generate_command(args: &GenerateArgs) -> Result<()> {
-    let loaded = args.model.load()?;
+    on_device(&args.model.device, Generate(args))
+}
+
+struct Generate<'a>(&'a GenerateArgs);
+
+impl OnDevice for Generate<'_> {
+    type Output = ();
+    fn run<B: Backend>(self, device: &B::Device, _: &str) -> Result<()> {
+        generate_on::<B>(self.0, device)
+    }
+}
+
+fn generate_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
+    let loaded = args.model.load::<B>(device)?;
     let prompt_text = match (&args.prompt, &args.messages) {
         (Some(prompt), None) if !args.chat => prompt.clone(),
         (Some(prompt), None) => render_chat(
@@ -192,7 +181,7 @@ pub fn generate_command(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn render_chat(loaded: &Loaded, conversation: Conversation) -> Result<String> {
+fn render_chat<B: Backend>(loaded: &Loaded<B>, conversation: Conversation) -> Result<String> {
     let template = loaded
         .template
         .as_ref()
@@ -237,7 +226,20 @@ struct Score {
 }
 
 pub fn score_command(args: &ScoreArgs) -> Result<()> {
-    let loaded = args.model.load()?;
+    on_device(&args.model.device, ScoreJob(args))
+}
+
+struct ScoreJob<'a>(&'a ScoreArgs);
+
+impl OnDevice for ScoreJob<'_> {
+    type Output = ();
+    fn run<B: Backend>(self, device: &B::Device, _: &str) -> Result<()> {
+        score_on::<B>(self.0, device)
+    }
+}
+
+fn score_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
+    let loaded = args.model.load::<B>(device)?;
     let mut tokens = match (&args.text, &args.file, &args.tokens) {
         (Some(text), None, None) => loaded.tokenizer.encode(text)?.0,
         (None, Some(path), None) => {

@@ -9,7 +9,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use temper_train::{Event, Metric, RunConfig};
 
-use crate::model::{CheckpointedBackend, TrainBackend, device_from_flag};
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::tensor::backend::Backend;
+
+use crate::backend::{DEVICE_HELP, OnDevice, on_device};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -23,13 +27,25 @@ pub struct TrainArgs {
     /// output directory.
     #[arg(long)]
     resume: Option<String>,
-    /// Where to run: `cpu` (the default backend, burn-flex).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
     device: String,
 }
 
 pub fn train_command(args: &TrainArgs) -> Result<()> {
-    let device = device_from_flag(&args.device)?;
+    on_device(&args.device, Train(args))
+}
+
+struct Train<'a>(&'a TrainArgs);
+
+impl OnDevice for Train<'_> {
+    type Output = ();
+    fn run<B: Backend>(self, device: &B::Device, name: &str) -> Result<()> {
+        train_on::<B>(self.0, device, name)
+    }
+}
+
+/// Trains on autodiff over `B` (with activation checkpointing when configured).
+fn train_on<B: Backend>(args: &TrainArgs, device: &B::Device, name: &str) -> Result<()> {
     let config = RunConfig::load(&args.config, &args.overrides)?;
     let resume = match args.resume.as_deref() {
         None => None,
@@ -144,15 +160,19 @@ pub fn train_command(args: &TrainArgs) -> Result<()> {
             }
         }
     };
+    on_event(Event::Message(format!(
+        "device: {name} ({})",
+        B::name(device)
+    )));
     let summary = if config.train.gradient_checkpointing {
-        temper_train::run::<CheckpointedBackend>(
+        temper_train::run::<Autodiff<B, BalancedCheckpointing>>(
             &config,
             resume.as_deref(),
-            &device,
+            device,
             &mut on_event,
         )?
     } else {
-        temper_train::run::<TrainBackend>(&config, resume.as_deref(), &device, &mut on_event)?
+        temper_train::run::<Autodiff<B>>(&config, resume.as_deref(), device, &mut on_event)?
     };
     if let Some(bar) = &bar {
         bar.finish_and_clear();
@@ -211,19 +231,33 @@ pub struct ExportArgs {
     /// Write the model, merged with its adapter, as a Hugging Face directory here.
     #[arg(long)]
     merged: Option<PathBuf>,
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
+    device: String,
 }
 
 pub fn export_command(args: &ExportArgs) -> Result<()> {
     if args.adapter.is_none() && args.merged.is_none() {
         anyhow::bail!("give --adapter DIR and/or --merged DIR");
     }
-    let device = device_from_flag("cpu")?;
-    let exported = temper_train::export_checkpoint::<crate::model::Backend>(
+    on_device(&args.device, Export(args))
+}
+
+struct Export<'a>(&'a ExportArgs);
+
+impl OnDevice for Export<'_> {
+    type Output = ();
+    fn run<B: Backend>(self, device: &B::Device, _: &str) -> Result<()> {
+        export_on::<B>(self.0, device)
+    }
+}
+
+fn export_on<B: Backend>(args: &ExportArgs, device: &B::Device) -> Result<()> {
+    let exported = temper_train::export_checkpoint::<B>(
         &args.run,
         args.checkpoint.as_deref(),
         args.adapter.as_deref(),
         args.merged.as_deref(),
-        &device,
+        device,
     )?;
     println!("checkpoint: {}", exported.checkpoint.display());
     if let Some(dir) = exported.adapter {
