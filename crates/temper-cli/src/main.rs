@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod backend;
+mod bench;
 mod data;
 mod model;
 mod template;
@@ -36,6 +37,8 @@ enum Command {
     Generate(model::GenerateArgs),
     /// Per-token log-probabilities, negative log-likelihood and perplexity of a text.
     Score(model::ScoreArgs),
+    /// Training-step throughput and peak memory of a model shape on a device.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Export(args) => train::export_command(&args),
         Command::Generate(args) => model::generate_command(&args),
         Command::Score(args) => model::score_command(&args),
+        Command::Bench(args) => bench::bench_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
