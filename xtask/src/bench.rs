@@ -24,18 +24,7 @@ pub fn data(args: &[&str]) -> Result<()> {
             .arg(&data)
             .args(["--n", &examples.to_string(), "--seed", "7"]))?;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(&cargo).current_dir(&root).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "temper-cli",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let temper = target.join("release/temper");
+    let temper = crate::release_temper("cpu")?;
 
     let tokenizer = assets.gpt2_tokenizer.display().to_string();
     let data_arg = data.display().to_string();
@@ -138,7 +127,7 @@ pub fn data(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn json_of(command: &mut Command) -> Result<serde_json::Value> {
+pub fn json_of(command: &mut Command) -> Result<serde_json::Value> {
     let output = command
         .output()
         .with_context(|| format!("cannot run {command:?}"))?;
@@ -151,7 +140,7 @@ fn json_of(command: &mut Command) -> Result<serde_json::Value> {
     serde_json::from_slice(&output.stdout).with_context(|| format!("{command:?} printed no JSON"))
 }
 
-fn machine_description() -> String {
+pub fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -166,7 +155,7 @@ fn machine_description() -> String {
 
 /// Replaces the section starting with `heading` (up to the next `## `) in a markdown file, or
 /// appends it; written through a temporary file.
-fn write_section(path: &std::path::Path, heading: &str, section: &str) -> Result<()> {
+pub fn write_section(path: &std::path::Path, heading: &str, section: &str) -> Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".to_owned());
     let updated = match existing.find(heading) {
         Some(start) => {

@@ -5,19 +5,26 @@
 //! * `test`     fetch assets, then run the whole test suite
 //! * `train [RECIPE] [flags]`   run a recipe from `configs/` (default: LoRA SFT of
 //!   SmolLM2-135M-Instruct on the shipped tasks) with the release `temper` binary
-//! * `bench data [--n N]`   data-pipeline throughput next to the Python baseline, written to
-//!   `docs/benchmarks.md`
+//! * `bench`   all of the following, written to `docs/benchmarks.md`:
+//!   * `bench data [--n N]`   data-pipeline throughput next to the Python baseline
+//!   * `bench train [--steps N] [--device D]`   training-step throughput and peak memory next to
+//!     PyTorch (GPT-2 124M full and LoRA, SmolLM2-135M shape LoRA)
+//!   * `bench packing [--steps N]`   trained tokens per second with packing vs padding
 
 #![allow(clippy::print_stdout)]
 
 mod assets;
 mod bench;
+mod bench_train;
 mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+const BENCH_USAGE: &str =
+    "bench [data [--n N] | train [--steps N] [--device D] | packing [--steps N]]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,11 +33,16 @@ fn main() -> Result<()> {
         ["assets"] => assets::fetch_all().map(|_| ()),
         ["test", rest @ ..] => test(rest),
         ["train", rest @ ..] => train::train(rest),
+        ["bench"] => bench::data(&[])
+            .and_then(|()| bench_train::train(&[]))
+            .and_then(|()| bench_train::packing(&[])),
         ["bench", "data", rest @ ..] => bench::data(rest),
-        ["bench", ..] => bail!("usage: cargo xtask bench data [--n N]"),
+        ["bench", "train", rest @ ..] => bench_train::train(rest),
+        ["bench", "packing", rest @ ..] => bench_train::packing(rest),
+        ["bench", ..] => bail!("usage: {BENCH_USAGE}"),
         _ => {
             println!(
-                "usage: cargo xtask <assets | test [cargo test args] | train [RECIPE] [temper train flags] | bench data [--n N]>"
+                "usage: cargo xtask <assets | test [cargo test args] | train [RECIPE] [temper train flags] | {BENCH_USAGE}>"
             );
             if args.is_empty() {
                 Ok(())
@@ -55,6 +67,30 @@ pub fn cache_dir() -> PathBuf {
         .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(".cache/temper"))
+}
+
+/// Builds the release `temper` with the backend `device` needs and returns its path.
+pub fn release_temper(device: &str) -> Result<PathBuf> {
+    let feature = match device.split(':').next().unwrap_or(device) {
+        "cpu" => None,
+        "ndarray" => Some("ndarray"),
+        "wgpu" => Some("wgpu"),
+        "cuda" => Some("cuda"),
+        other => bail!("--device {other}: expected cpu, ndarray, wgpu[:N] or cuda[:N]"),
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(&cargo);
+    command
+        .current_dir(root())
+        .args(["build", "--release", "--quiet", "-p", "temper-cli"]);
+    if let Some(feature) = feature {
+        command.args(["--features", feature]);
+    }
+    run(&mut command)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    Ok(target.join("release/temper"))
 }
 
 /// Runs a command, failing with its command line when it fails.

@@ -38,10 +38,12 @@ pub fn train(args: &[&str]) -> Result<()> {
         );
     }
     assets::fetch_all()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(&cargo)
-        .current_dir(root())
-        .args(["build", "--release", "-p", "temper-cli"]))?;
+    // The binary gets the backend `--device` asks for (`--device cuda` builds with `cuda`).
+    let device = rest
+        .windows(2)
+        .find(|pair| pair[0] == "--device")
+        .map_or("cpu", |pair| pair[1]);
+    let binary = crate::release_temper(device)?;
     // Recipes name assets under `.cache/temper`; follow $TEMPER_CACHE when it moves them.
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("cannot read {}", config.display()))?;
@@ -58,10 +60,6 @@ pub fn train(args: &[&str]) -> Result<()> {
             overrides.push(format!("model.{key}={cache}/{rest}"));
         }
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let binary = target.join("release").join("temper");
     let mut command = Command::new(&binary);
     command
         .current_dir(root())
