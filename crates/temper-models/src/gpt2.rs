@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::activation::sigmoid;
+use crate::fused::gelu_tanh;
 use burn::tensor::{Bool, Int};
 
 use crate::config::Gpt2Config;
@@ -297,16 +297,7 @@ impl<B: Backend> Gpt2Attention<B> {
 
 impl<B: Backend> Gpt2Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.c_proj.forward(gelu_new(self.c_fc.forward(x)))
+        self.c_proj.forward(gelu_tanh(self.c_fc.forward(x)))
     }
 }
 
-/// GPT-2's tanh-approximated GELU (`gelu_new`), `0.5 x (1 + tanh(z))` with
-/// `z = sqrt(2/pi) (x + 0.044715 x^3)`, computed as `x sigmoid(2z)` (the same function:
-/// `0.5 (1 + tanh z) = sigmoid(2z)`). Six element-wise operations instead of eight, no `powf`
-/// or `tanh`, and backends have a fused sigmoid with its own backward.
-fn gelu_new<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
-    let slope = (x.clone() * x.clone()) * (TWO_SQRT_2_OVER_PI * 0.044715) + TWO_SQRT_2_OVER_PI;
-    x.clone() * sigmoid(x * slope)
-}

@@ -4,10 +4,10 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Distribution, Int};
 
 use crate::config::RopeScaling;
+use crate::fused::masked_softmax;
 use crate::error::Result;
 use crate::weights::{RawTensor, WeightWriter, Weights, raw};
 
@@ -290,9 +290,7 @@ impl<B: Backend> LayerNorm<B> {
     /// # Shapes
     /// input: `[batch, seq_len, d_model]`
     pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
-        let (variance, mean) = input.clone().var_mean_bias(2);
-        let normalized = (input - mean) / (variance + self.epsilon).sqrt();
-        normalized * self.weight.val().unsqueeze::<3>() + self.bias.val().unsqueeze::<3>()
+        crate::fused::layer_norm(input, self.weight.val(), self.bias.val(), self.epsilon)
     }
 }
 
@@ -456,22 +454,14 @@ pub fn attention<B: Backend>(
     value: Tensor<B, 4>,
     mask: Option<Tensor<B, 4, Bool>>,
 ) -> Tensor<B, 4> {
-    let [batch, n_heads, seq_q, head_dim] = query.dims();
+    let [_, n_heads, _, head_dim] = query.dims();
     let n_kv_heads = key.dims()[1];
     let (key, value) = (
         repeat_kv(key, n_heads / n_kv_heads),
         repeat_kv(value, n_heads / n_kv_heads),
     );
-    let seq_k = key.dims()[2];
-    let scores = query.matmul(key.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-    let scores = match mask {
-        Some(mask) => scores.mask_fill(
-            mask.expand([batch, n_heads, seq_q, seq_k]),
-            f32::NEG_INFINITY,
-        ),
-        None => scores,
-    };
-    softmax(scores, 3).matmul(value)
+    let scores = query.matmul(key.swap_dims(2, 3));
+    masked_softmax(scores, mask, 1.0 / (head_dim as f64).sqrt()).matmul(value)
 }
 
 /// Repeats each key/value head `n_rep` times: kv head `g` serves query heads `g*n_rep..`.

@@ -34,6 +34,7 @@
 
 mod config;
 mod error;
+pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod gpt2;

@@ -25,6 +25,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, TensorData};
 use temper_data::Batch;
+use temper_models::fused::cross_entropy;
 
 /// The trained targets of a batch: which flat positions (`row * seq_len + t`) predict which
 /// token.
@@ -128,31 +129,17 @@ pub fn chunked_cross_entropy<B: Backend>(
         let end = (start + chunk).min(n);
         let rows = end - start;
         let h = hidden.clone().slice([start..end, 0..d_model]);
-        let label = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(labels[start..end].to_vec(), [rows, 1]),
-            &device,
-        );
+        let chunk_labels: Vec<usize> = labels[start..end]
+            .iter()
+            .map(|&label| label as usize)
+            .collect();
         let logits = h.clone().matmul(weight_t.clone());
-        let log_probs = log_softmax(logits, 1);
-        let picked = log_probs.clone().gather(1, label.clone());
-        sums.nll -= f64::from(picked.clone().sum().into_scalar().elem::<f32>());
-        let best = log_probs.clone().argmax(1);
-        sums.correct += best
-            .equal(label.clone())
-            .int()
-            .sum()
-            .into_scalar()
-            .elem::<i64>() as usize;
+        let (chunk_sums, grad_logits) = cross_entropy(logits, &chunk_labels, scale);
+        sums.nll += chunk_sums.nll;
+        sums.correct += chunk_sums.correct;
         sums.tokens += rows;
-        if let Some(scale) = scale {
-            // d(scale * nll) / d logits = scale * (softmax - onehot).
-            let one_hot = Tensor::<B, 2>::zeros([rows, vocab], &device).scatter(
-                1,
-                label,
-                Tensor::ones([rows, 1], &device),
-                burn::tensor::IndexingUpdateOp::Add,
-            );
-            let grad_logits = (log_probs.exp() - one_hot) * scale;
+        // d(scale * nll) / d logits = scale * (softmax - onehot).
+        if let Some(grad_logits) = grad_logits {
             hidden_grads.push(grad_logits.clone().matmul(weight.clone()));
             if weight_grad {
                 let part = grad_logits.transpose().matmul(h);

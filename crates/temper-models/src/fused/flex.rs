@@ -1,0 +1,357 @@
+//! The fused kernels on burn-flex: forward on `Flex`, forward plus a registered backward on
+//! `Autodiff<Flex>` (with either checkpoint strategy).
+//!
+//! Library code is generic over `B: Backend`, and stable Rust has no specialisation, so the
+//! callers in `super` ask [`Route::of`] whether `B` is one of these concrete types (a `TypeId`
+//! comparison) and then hand their tensors over through [`cast`], which moves a value between
+//! two names of the same type.
+
+use std::any::{Any, TypeId};
+
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Bool, DType, TensorData, TensorMetadata, TensorPrimitive};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn_flex::{Flex, FlexTensor};
+
+use super::kernels::{self, CrossEntropySums, ScoreMask};
+
+/// Which flex backend `B` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    Inference,
+    Autodiff,
+    AutodiffBalanced,
+}
+
+impl Route {
+    pub(super) fn of<B: Backend>() -> Option<Route> {
+        let id = TypeId::of::<B>();
+        if id == TypeId::of::<Flex>() {
+            Some(Route::Inference)
+        } else if id == TypeId::of::<Autodiff<Flex, NoCheckpointing>>() {
+            Some(Route::Autodiff)
+        } else if id == TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>() {
+            Some(Route::AutodiffBalanced)
+        } else {
+            None
+        }
+    }
+}
+
+/// `value` under another name of its own type. Called only after [`Route::of`] has matched
+/// the backend, so a mismatch is a bug in this module.
+fn cast<T: 'static, U: 'static>(value: T) -> U {
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<U>>()
+        .and_then(Option::take)
+        .expect("fused::flex::cast between different types (Route::of matched the wrong backend)")
+}
+
+fn float_primitive<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> FloatTensor<B> {
+    tensor.into_primitive().tensor()
+}
+
+fn from_float_primitive<B: Backend, const D: usize>(primitive: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+/// The `f32` values of a tensor in row-major order (copied only when it is a strided view).
+fn contiguous(tensor: &FlexTensor) -> FlexTensor {
+    tensor.to_contiguous()
+}
+
+fn new_tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// Runs `forward` on the flex primitive of `input` and, under autodiff, registers
+/// `Op`'s backward with the state `forward` returned.
+macro_rules! dispatch {
+    ($route:expr, $input:expr, $inference:expr, $tracked:ident ( $($arg:expr),* )) => {
+        match $route {
+            Route::Inference => cast($inference(cast($input), $($arg),*)),
+            Route::Autodiff => cast($tracked::<NoCheckpointing>(cast($input), $($arg),*)),
+            Route::AutodiffBalanced => {
+                cast($tracked::<BalancedCheckpointing>(cast($input), $($arg),*))
+            }
+        }
+    };
+}
+
+// ----------------------------------------------------------------------------------------
+// Masked softmax of attention scores
+
+/// `scores`: `[batch, heads, seq_q, seq_k]`; `mask`: `[batch, 1 or heads, seq_q, seq_k]`.
+pub(super) fn masked_softmax<B: Backend>(
+    route: Route,
+    scores: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    scale: f32,
+) -> Tensor<B, 4> {
+    let mask: Option<FlexTensor> = mask.map(|mask| cast(mask.into_primitive()));
+    let probs: FloatTensor<B> = dispatch!(
+        route,
+        float_primitive(scores),
+        softmax_forward,
+        tracked_softmax(mask, scale)
+    );
+    from_float_primitive(probs)
+}
+
+fn softmax_forward(scores: FlexTensor, mask: Option<FlexTensor>, scale: f32) -> FlexTensor {
+    let shape = scores.shape();
+    let [_, heads, seq_q, seq_k] = [shape[0], shape[1], shape[2], shape[3]];
+    let scores = contiguous(&scores);
+    let mask = mask.map(|mask| contiguous(&mask));
+    let score_mask = mask.as_ref().map(|mask| ScoreMask {
+        data: mask.bytes(),
+        // A per-head mask is a mask over `batch * heads` rows of one head each.
+        heads: if mask.shape()[1] == 1 { heads } else { 1 },
+        seq_q,
+    });
+    let mut probs = vec![0.0; scores.shape().num_elements()];
+    kernels::masked_softmax(scores.storage(), score_mask, scale, seq_k, &mut probs);
+    new_tensor(probs, shape)
+}
+
+fn tracked_softmax<C: CheckpointStrategy>(
+    scores: FloatTensor<Autodiff<Flex, C>>,
+    mask: Option<FlexTensor>,
+    scale: f32,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    #[derive(Debug)]
+    struct MaskedSoftmax;
+
+    impl Backward<Flex, 1> for MaskedSoftmax {
+        /// The probabilities and the scale.
+        type State = (FlexTensor, f32);
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (probs, scale) = ops.state;
+            unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+                let (probs, grad) = (contiguous(&probs), contiguous(&grad));
+                let mut grad_scores = vec![0.0; probs.shape().num_elements()];
+                let row_len = probs.shape()[3];
+                kernels::masked_softmax_backward(
+                    probs.storage(),
+                    grad.storage(),
+                    scale,
+                    row_len,
+                    &mut grad_scores,
+                );
+                new_tensor(grad_scores, probs.shape())
+            });
+        }
+    }
+
+    let probs = softmax_forward(scores.primitive.clone(), mask, scale);
+    match MaskedSoftmax
+        .prepare::<C>([scores.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((probs.clone(), scale), probs),
+        OpsKind::UnTracked(prep) => prep.finish(probs),
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Tanh-approximated GELU
+
+pub(super) fn gelu_tanh<B: Backend, const D: usize>(route: Route, x: Tensor<B, D>) -> Tensor<B, D> {
+    let out: FloatTensor<B> = dispatch!(route, float_primitive(x), gelu_forward, tracked_gelu());
+    from_float_primitive(out)
+}
+
+fn gelu_forward(x: FlexTensor) -> FlexTensor {
+    let x = contiguous(&x);
+    let mut out = vec![0.0; x.shape().num_elements()];
+    kernels::gelu_tanh(x.storage(), &mut out);
+    new_tensor(out, x.shape())
+}
+
+fn tracked_gelu<C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<Flex, C>>,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    #[derive(Debug)]
+    struct GeluTanh;
+
+    impl Backward<Flex, 1> for GeluTanh {
+        /// The input.
+        type State = FlexTensor;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let input = ops.state;
+            unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+                let (input, grad) = (contiguous(&input), contiguous(&grad));
+                let mut grad_input = vec![0.0; input.shape().num_elements()];
+                kernels::gelu_tanh_backward(input.storage(), grad.storage(), &mut grad_input);
+                new_tensor(grad_input, input.shape())
+            });
+        }
+    }
+
+    let out = gelu_forward(x.primitive.clone());
+    match GeluTanh.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(x.primitive, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// LayerNorm
+
+pub(super) fn layer_norm<B: Backend>(
+    route: Route,
+    input: Tensor<B, 3>,
+    weight: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    epsilon: f32,
+) -> Tensor<B, 3> {
+    let (weight, bias) = (float_primitive(weight), float_primitive(bias));
+    let out: FloatTensor<B> = match route {
+        Route::Inference => cast(
+            layer_norm_forward(
+                cast(float_primitive(input)),
+                &cast(weight),
+                &cast(bias),
+                epsilon,
+            )
+            .0,
+        ),
+        Route::Autodiff => cast(tracked_layer_norm::<NoCheckpointing>(
+            cast(float_primitive(input)),
+            cast(weight),
+            cast(bias),
+            epsilon,
+        )),
+        Route::AutodiffBalanced => cast(tracked_layer_norm::<BalancedCheckpointing>(
+            cast(float_primitive(input)),
+            cast(weight),
+            cast(bias),
+            epsilon,
+        )),
+    };
+    from_float_primitive(out)
+}
+
+/// The output, and each row's mean and reciprocal standard deviation.
+fn layer_norm_forward(
+    input: FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    epsilon: f32,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (input, weight, bias) = (contiguous(&input), contiguous(weight), contiguous(bias));
+    let mut out = vec![0.0; input.shape().num_elements()];
+    let (means, rstds) = kernels::layer_norm(
+        input.storage(),
+        weight.storage(),
+        bias.storage(),
+        epsilon,
+        &mut out,
+    );
+    let rows = means.len();
+    (
+        new_tensor(out, input.shape()),
+        new_tensor(means, Shape::new([rows])),
+        new_tensor(rstds, Shape::new([rows])),
+    )
+}
+
+fn tracked_layer_norm<C: CheckpointStrategy>(
+    input: FloatTensor<Autodiff<Flex, C>>,
+    weight: FloatTensor<Autodiff<Flex, C>>,
+    bias: FloatTensor<Autodiff<Flex, C>>,
+    epsilon: f32,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    #[derive(Debug)]
+    struct LayerNorm;
+
+    impl Backward<Flex, 3> for LayerNorm {
+        /// Input, weight, row means, row reciprocal standard deviations.
+        type State = (FlexTensor, FlexTensor, FlexTensor, FlexTensor);
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (input, weight, means, rstds) = ops.state;
+            let grad = contiguous(&grads.consume::<Flex>(&ops.node));
+            let input = contiguous(&input);
+            let mut grad_input = vec![0.0; input.shape().num_elements()];
+            let (grad_weight, grad_bias) = kernels::layer_norm_backward(
+                input.storage(),
+                contiguous(&weight).storage(),
+                means.storage(),
+                rstds.storage(),
+                grad.storage(),
+                &mut grad_input,
+            );
+            let [input_node, weight_node, bias_node] = ops.parents;
+            let d = grad_weight.len();
+            if let Some(node) = input_node {
+                grads.register::<Flex>(node.id, new_tensor(grad_input, input.shape()));
+            }
+            if let Some(node) = weight_node {
+                grads.register::<Flex>(node.id, new_tensor(grad_weight, Shape::new([d])));
+            }
+            if let Some(node) = bias_node {
+                grads.register::<Flex>(node.id, new_tensor(grad_bias, Shape::new([d])));
+            }
+        }
+    }
+
+    let (out, means, rstds) =
+        layer_norm_forward(input.primitive.clone(), &weight.primitive, &bias.primitive, epsilon);
+    match LayerNorm
+        .prepare::<C>([input.node.clone(), weight.node.clone(), bias.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            prep.finish((input.primitive, weight.primitive, means, rstds), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Cross-entropy rows (no autodiff: the loss computes its own gradient)
+
+pub(super) fn cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: &[usize],
+    grad_scale: Option<f32>,
+) -> (CrossEntropySums, Option<Tensor<B, 2>>) {
+    let logits: FlexTensor = cast(float_primitive(logits));
+    let logits = contiguous(&logits);
+    let vocab = logits.shape()[1];
+    match grad_scale {
+        Some(scale) => {
+            let mut grad = vec![0.0; logits.shape().num_elements()];
+            let sums = kernels::cross_entropy(
+                logits.storage(),
+                labels,
+                vocab,
+                Some((scale, &mut grad)),
+            );
+            let grad: FloatTensor<B> = cast(new_tensor(grad, logits.shape()));
+            (sums, Some(from_float_primitive(grad)))
+        }
+        None => (
+            kernels::cross_entropy(logits.storage(), labels, vocab, None),
+            None,
+        ),
+    }
+}
+
+/// Whether a tensor is one the kernels handle: `f32` values.
+pub(super) fn is_f32<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool {
+    tensor.dtype() == DType::F32
+}

@@ -1,0 +1,463 @@
+//! The fused CPU kernels: free functions over `f32` slices, row-parallel on rayon's pool (the
+//! one burn-flex's matmuls use). Each forward is one pass over its input and each backward one
+//! pass over the saved tensors, where burn's autodiff runs five to fifteen element-wise ops.
+//!
+//! Written so that the compiler vectorises the inner loops on any x86-64 or aarch64 target
+//! without `unsafe` or intrinsics: no libm calls in hot loops (`exp` is a polynomial), and sums
+//! kept in `LANES` independent accumulators (a single `f32` accumulator would pin the loop to
+//! one lane, since float addition is not reassociated).
+
+use rayon::prelude::*;
+
+/// Independent partial sums in a reduction: enough for AVX-512 (16 lanes) or two AVX2 vectors.
+const LANES: usize = 16;
+
+/// Elements per rayon task: enough work to amortise scheduling, small enough to balance.
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+fn rows_per_task(row_len: usize) -> usize {
+    (ELEMENTS_PER_TASK / row_len.max(1)).max(1)
+}
+
+/// `e^x` to within about 2 ulp for `x` in `[-87, 88]`; clamps outside (so `-inf -> ~0`).
+///
+/// Cody-Waite reduction `x = n ln2 + r` with `|r| <= ln2 / 2`, a degree-7 Taylor polynomial
+/// for `e^r` (truncation error below 1e-8 relative) and `2^n` built in the exponent bits.
+/// Rounding uses the `1.5 * 2^23` trick instead of `round()`, which is a libm call on
+/// baseline x86-64 and would stop vectorisation.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2_E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `sum(a * b)` with `LANES` partial sums.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            acc[lane] += a[lane] * b[lane];
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `sum(a)` with `LANES` partial sums.
+#[inline]
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for lane in 0..LANES {
+            acc[lane] += chunk[lane];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// `max(a)` (`-inf` for an empty slice).
+#[inline]
+fn max(a: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for lane in 0..LANES {
+            acc[lane] = acc[lane].max(chunk[lane]);
+        }
+    }
+    acc.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+/// Which keys each row of attention scores may not see: `data` is `[batch, seq_q, seq_k]`
+/// (1 = masked), shared by the `heads` of a batch row. Score row `r` (of
+/// `[batch, heads, seq_q]`) reads mask row `(r / (heads * seq_q)) * seq_q + r % seq_q`.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreMask<'a> {
+    pub data: &'a [u8],
+    pub heads: usize,
+    pub seq_q: usize,
+}
+
+impl<'a> ScoreMask<'a> {
+    fn row(self, score_row: usize, seq_k: usize) -> &'a [u8] {
+        let batch = score_row / (self.heads * self.seq_q);
+        let query = score_row % self.seq_q;
+        let start = (batch * self.seq_q + query) * seq_k;
+        &self.data[start..start + seq_k]
+    }
+}
+
+/// `softmax(scale * scores)` over rows of `row_len`, with masked keys at probability 0.
+/// A row whose keys are all masked gets all zeros (not NaN).
+pub fn masked_softmax(
+    scores: &[f32],
+    mask: Option<ScoreMask<'_>>,
+    scale: f32,
+    row_len: usize,
+    out: &mut [f32],
+) {
+    let rows = rows_per_task(row_len);
+    out.par_chunks_mut(rows * row_len)
+        .zip(scores.par_chunks(rows * row_len))
+        .enumerate()
+        .for_each(|(task, (out, scores))| {
+            for (i, (out, scores)) in out
+                .chunks_exact_mut(row_len)
+                .zip(scores.chunks_exact(row_len))
+                .enumerate()
+            {
+                let mask = mask.map(|mask| mask.row(task * rows + i, row_len));
+                softmax_row(scores, mask, scale, out);
+            }
+        });
+}
+
+fn softmax_row(scores: &[f32], mask: Option<&[u8]>, scale: f32, out: &mut [f32]) {
+    match mask {
+        Some(mask) => {
+            for ((o, &s), &m) in out.iter_mut().zip(scores).zip(mask) {
+                *o = if m != 0 { f32::NEG_INFINITY } else { s * scale };
+            }
+        }
+        None => {
+            for (o, &s) in out.iter_mut().zip(scores) {
+                *o = s * scale;
+            }
+        }
+    }
+    let row_max = max(out);
+    if row_max == f32::NEG_INFINITY {
+        out.fill(0.0);
+        return;
+    }
+    for o in out.iter_mut() {
+        // exp clamps, so a masked key (-inf) gives e^-87, which the mask then zeroes.
+        *o = exp(*o - row_max);
+    }
+    if let Some(mask) = mask {
+        for (o, &m) in out.iter_mut().zip(mask) {
+            if m != 0 {
+                *o = 0.0;
+            }
+        }
+    }
+    let inv_sum = 1.0 / sum(out);
+    for o in out.iter_mut() {
+        *o *= inv_sum;
+    }
+}
+
+/// The gradient of `masked_softmax` with respect to its scores, from the probabilities it
+/// returned and the gradient of its output: `scale * p * (g - sum(g * p))` per row.
+pub fn masked_softmax_backward(
+    probs: &[f32],
+    grad: &[f32],
+    scale: f32,
+    row_len: usize,
+    out: &mut [f32],
+) {
+    let chunk = rows_per_task(row_len) * row_len;
+    out.par_chunks_mut(chunk)
+        .zip(probs.par_chunks(chunk).zip(grad.par_chunks(chunk)))
+        .for_each(|(out, (probs, grad))| {
+            for ((out, p), g) in out
+                .chunks_exact_mut(row_len)
+                .zip(probs.chunks_exact(row_len))
+                .zip(grad.chunks_exact(row_len))
+            {
+                let weighted = dot(g, p);
+                for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
+                    *o = scale * p * (g - weighted);
+                }
+            }
+        });
+}
+
+/// `sqrt(2 / pi)`, the slope of GELU's tanh argument.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// GPT-2's tanh-approximated GELU, `0.5 x (1 + tanh(z))` with
+/// `z = sqrt(2/pi) (x + 0.044715 x^3)`, computed as `x sigmoid(2z)` (the same function).
+pub fn gelu_tanh(input: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(input.par_chunks(ELEMENTS_PER_TASK))
+        .for_each(|(out, input)| {
+            for (o, &x) in out.iter_mut().zip(input) {
+                let z = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
+                *o = x / (1.0 + exp(-2.0 * z));
+            }
+        });
+}
+
+/// The gradient of `gelu_tanh` at `input`, times `grad`:
+/// `s + x s (1 - s) 2 z'` with `s = sigmoid(2z)`, `z' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)`.
+pub fn gelu_tanh_backward(input: &[f32], grad: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(
+            input
+                .par_chunks(ELEMENTS_PER_TASK)
+                .zip(grad.par_chunks(ELEMENTS_PER_TASK)),
+        )
+        .for_each(|(out, (input, grad))| {
+            for ((o, &x), &g) in out.iter_mut().zip(input).zip(grad) {
+                let z = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
+                let s = 1.0 / (1.0 + exp(-2.0 * z));
+                let dz = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
+                *o = g * (s + x * s * (1.0 - s) * 2.0 * dz);
+            }
+        });
+}
+
+/// LayerNorm over rows of `weight.len()`: `(x - mean) * rstd * weight + bias`, with the
+/// biased variance. Also returns each row's `mean` and `rstd = 1 / sqrt(var + epsilon)` for
+/// the backward.
+pub fn layer_norm(
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    epsilon: f32,
+    out: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let d = weight.len();
+    let n_rows = input.len() / d;
+    let (mut means, mut rstds) = (vec![0.0; n_rows], vec![0.0; n_rows]);
+    let rows = rows_per_task(d);
+    out.par_chunks_mut(rows * d)
+        .zip(input.par_chunks(rows * d))
+        .zip(means.par_chunks_mut(rows).zip(rstds.par_chunks_mut(rows)))
+        .for_each(|((out, input), (means, rstds))| {
+            for (((out, x), mean), rstd) in out
+                .chunks_exact_mut(d)
+                .zip(input.chunks_exact(d))
+                .zip(means.iter_mut())
+                .zip(rstds.iter_mut())
+            {
+                *mean = sum(x) / d as f32;
+                for (o, &x) in out.iter_mut().zip(x) {
+                    *o = x - *mean;
+                }
+                *rstd = 1.0 / (dot(out, out) / d as f32 + epsilon).sqrt();
+                for ((o, &w), &b) in out.iter_mut().zip(weight).zip(bias) {
+                    *o = *o * *rstd * w + b;
+                }
+            }
+        });
+    (means, rstds)
+}
+
+/// Gradients of `layer_norm` from its input, weight, saved `means`/`rstds` and the output
+/// gradient: writes `d input` into `grad_input` and returns `(d weight, d bias)`.
+///
+/// With `xhat = (x - mean) rstd` and `gx = grad * weight`:
+/// `dx = rstd (gx - mean(gx) - xhat mean(gx xhat))`, `dw = sum_rows grad xhat`,
+/// `db = sum_rows grad`.
+pub fn layer_norm_backward(
+    input: &[f32],
+    weight: &[f32],
+    means: &[f32],
+    rstds: &[f32],
+    grad: &[f32],
+    grad_input: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let d = weight.len();
+    let rows = rows_per_task(d);
+    let zeros = || (vec![0.0f32; d], vec![0.0f32; d]);
+    grad_input
+        .par_chunks_mut(rows * d)
+        .zip(input.par_chunks(rows * d).zip(grad.par_chunks(rows * d)))
+        .zip(means.par_chunks(rows).zip(rstds.par_chunks(rows)))
+        .fold(
+            zeros,
+            |(mut dw, mut db), ((grad_input, (input, grad)), (means, rstds))| {
+                let mut xhat = vec![0.0f32; d];
+                for ((((dx, x), g), &mean), &rstd) in grad_input
+                    .chunks_exact_mut(d)
+                    .zip(input.chunks_exact(d))
+                    .zip(grad.chunks_exact(d))
+                    .zip(means)
+                    .zip(rstds)
+                {
+                    for (h, &x) in xhat.iter_mut().zip(x) {
+                        *h = (x - mean) * rstd;
+                    }
+                    for (((dw, db), &g), &h) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&xhat)
+                    {
+                        *dw += g * h;
+                        *db += g;
+                    }
+                    // dx temporarily holds gx = grad * weight.
+                    for ((dx, &g), &w) in dx.iter_mut().zip(g).zip(weight) {
+                        *dx = g * w;
+                    }
+                    let mean_gx = sum(dx) / d as f32;
+                    let mean_gx_xhat = dot(dx, &xhat) / d as f32;
+                    for (dx, &h) in dx.iter_mut().zip(&xhat) {
+                        *dx = rstd * (*dx - mean_gx - h * mean_gx_xhat);
+                    }
+                }
+                (dw, db)
+            },
+        )
+        .reduce(zeros, |(mut dw, mut db), (dw2, db2)| {
+            for (a, b) in dw.iter_mut().zip(dw2) {
+                *a += b;
+            }
+            for (a, b) in db.iter_mut().zip(db2) {
+                *a += b;
+            }
+            (dw, db)
+        })
+}
+
+/// Sums of a cross-entropy over rows of logits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CrossEntropySums {
+    /// Sum of `-log softmax(logits)[label]`.
+    pub nll: f64,
+    /// Rows whose largest logit is the label's (the first largest, as `argmax` picks).
+    pub correct: usize,
+}
+
+/// Cross-entropy of each row of `logits` (`[labels.len(), vocab]`) against its label. With
+/// `grad` (`(scale, out)`), also writes `scale * (softmax(row) - onehot(label))` into `out`.
+///
+/// Labels must be in `0..vocab` (the caller checks).
+pub fn cross_entropy(
+    logits: &[f32],
+    labels: &[usize],
+    vocab: usize,
+    grad: Option<(f32, &mut [f32])>,
+) -> CrossEntropySums {
+    let rows = rows_per_task(vocab).max(1);
+    let row_sums = |logits: &[f32], label: usize, out: Option<&mut [f32]>, scale: f32| {
+        let row_max = max(logits);
+        let best = logits.iter().position(|&l| l == row_max).unwrap_or(0);
+        let sum_exp = match out {
+            Some(out) => {
+                for (o, &l) in out.iter_mut().zip(logits) {
+                    *o = exp(l - row_max);
+                }
+                let sum_exp = sum(out);
+                let factor = scale / sum_exp;
+                for o in out.iter_mut() {
+                    *o *= factor;
+                }
+                out[label] -= scale;
+                sum_exp
+            }
+            None => logits.iter().map(|&l| exp(l - row_max)).sum(),
+        };
+        let nll = f64::from(row_max) + f64::from(sum_exp).ln() - f64::from(logits[label]);
+        CrossEntropySums {
+            nll,
+            correct: usize::from(best == label),
+        }
+    };
+    let add = |a: CrossEntropySums, b: CrossEntropySums| CrossEntropySums {
+        nll: a.nll + b.nll,
+        correct: a.correct + b.correct,
+    };
+    match grad {
+        Some((scale, out)) => out
+            .par_chunks_mut(rows * vocab)
+            .zip(logits.par_chunks(rows * vocab).zip(labels.par_chunks(rows)))
+            .map(|(out, (logits, labels))| {
+                out.chunks_exact_mut(vocab)
+                    .zip(logits.chunks_exact(vocab))
+                    .zip(labels)
+                    .map(|((out, logits), &label)| row_sums(logits, label, Some(out), scale))
+                    .fold(CrossEntropySums::default(), add)
+            })
+            .reduce(CrossEntropySums::default, add),
+        None => logits
+            .par_chunks(rows * vocab)
+            .zip(labels.par_chunks(rows))
+            .map(|(logits, labels)| {
+                logits
+                    .chunks_exact(vocab)
+                    .zip(labels)
+                    .map(|(logits, &label)| row_sums(logits, label, None, 0.0))
+                    .fold(CrossEntropySums::default(), add)
+            })
+            .reduce(CrossEntropySums::default, add),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f32, b: f32, tolerance: f32) -> bool {
+        (a - b).abs() <= tolerance * (1.0 + b.abs())
+    }
+
+    #[test]
+    fn exp_matches_libm_across_the_range() {
+        let mut worst = 0.0f32;
+        for i in -87_000..88_000 {
+            let x = i as f32 * 1e-3 + 0.000_37;
+            let relative = (exp(x) - x.exp()).abs() / x.exp();
+            worst = worst.max(relative);
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
+        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn reductions_match_sequential_sums() {
+        let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
+        let naive_dot: f32 = a.iter().zip(&b).map(|(a, b)| a * b).sum();
+        assert!(close(dot(&a, &b), naive_dot, 1e-6));
+        assert!(close(sum(&a), a.iter().sum(), 1e-6));
+        assert_eq!(max(&a), a.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    }
+
+    #[test]
+    fn fully_masked_softmax_row_is_zero_not_nan() {
+        let scores = [1.0, 2.0, 3.0, 4.0];
+        let mask = ScoreMask {
+            data: &[1, 1, 0, 1],
+            heads: 1,
+            seq_q: 2,
+        };
+        let mut out = [9.0; 4];
+        masked_softmax(&scores, Some(mask), 1.0, 2, &mut out);
+        assert_eq!(&out[..2], &[0.0, 0.0]);
+        assert_eq!(&out[2..], &[1.0, 0.0]);
+    }
+
+    #[test]
+    fn cross_entropy_of_a_uniform_row_is_log_vocab() {
+        let logits = [0.5f32; 8];
+        let mut grad = [0.0f32; 8];
+        let sums = cross_entropy(&logits, &[3], 8, Some((2.0, &mut grad)));
+        assert!((sums.nll - 8f64.ln()).abs() < 1e-6);
+        // argmax picks the first of equal logits, as burn's does.
+        assert_eq!(sums.correct, 0);
+        assert!(close(grad[0], 2.0 / 8.0, 1e-6));
+        assert!(close(grad[3], 2.0 / 8.0 - 2.0, 1e-6));
+    }
+}
