@@ -1,9 +1,9 @@
 //! GPT-2 (`GPT2LMHeadModel`): learned positions, fused `c_attn`, HF `Conv1D` weights stored
 //! `[in, out]`, tanh-GELU, LayerNorm before each sublayer, output tied to `wte`.
 
+use crate::fused::gelu_tanh;
 use burn::module::Module;
 use burn::prelude::*;
-use crate::fused::gelu_tanh;
 use burn::tensor::{Bool, Int};
 
 use crate::config::Gpt2Config;
@@ -300,4 +300,3 @@ impl<B: Backend> Gpt2Mlp<B> {
         self.c_proj.forward(gelu_tanh(self.c_fc.forward(x)))
     }
 }
-

@@ -7,8 +7,8 @@ use burn::prelude::*;
 use burn::tensor::{Bool, Distribution, Int};
 
 use crate::config::RopeScaling;
-use crate::fused::masked_softmax;
 use crate::error::Result;
+use crate::fused::masked_softmax;
 use crate::weights::{RawTensor, WeightWriter, Weights, raw};
 
 /// How a checkpoint stores a projection's weight.

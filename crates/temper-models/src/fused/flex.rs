@@ -200,7 +200,11 @@ fn tracked_gelu<C: CheckpointStrategy>(
     }
 
     let out = gelu_forward(x.primitive.clone());
-    match GeluTanh.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+    match GeluTanh
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
         OpsKind::Tracked(prep) => prep.finish(x.primitive, out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     }
@@ -307,8 +311,12 @@ fn tracked_layer_norm<C: CheckpointStrategy>(
         }
     }
 
-    let (out, means, rstds) =
-        layer_norm_forward(input.primitive.clone(), &weight.primitive, &bias.primitive, epsilon);
+    let (out, means, rstds) = layer_norm_forward(
+        input.primitive.clone(),
+        &weight.primitive,
+        &bias.primitive,
+        epsilon,
+    );
     match LayerNorm
         .prepare::<C>([input.node.clone(), weight.node.clone(), bias.node.clone()])
         .compute_bound()
@@ -335,12 +343,8 @@ pub(super) fn cross_entropy<B: Backend>(
     match grad_scale {
         Some(scale) => {
             let mut grad = vec![0.0; logits.shape().num_elements()];
-            let sums = kernels::cross_entropy(
-                logits.storage(),
-                labels,
-                vocab,
-                Some((scale, &mut grad)),
-            );
+            let sums =
+                kernels::cross_entropy(logits.storage(), labels, vocab, Some((scale, &mut grad)));
             let grad: FloatTensor<B> = cast(new_tensor(grad, logits.shape()));
             (sums, Some(from_float_primitive(grad)))
         }

@@ -85,7 +85,9 @@ fn max(a: &[f32]) -> f32 {
             acc[lane] = acc[lane].max(chunk[lane]);
         }
     }
-    acc.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+    acc.iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
 }
 
 /// Which keys each row of attention scores may not see: `data` is `[batch, seq_q, seq_k]`
@@ -301,8 +303,7 @@ pub fn layer_norm_backward(
                     for (h, &x) in xhat.iter_mut().zip(x) {
                         *h = (x - mean) * rstd;
                     }
-                    for (((dw, db), &g), &h) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&xhat)
-                    {
+                    for (((dw, db), &g), &h) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&xhat) {
                         *dw += g * h;
                         *db += g;
                     }
@@ -353,21 +354,25 @@ pub fn cross_entropy(
     let row_sums = |logits: &[f32], label: usize, out: Option<&mut [f32]>, scale: f32| {
         let row_max = max(logits);
         let best = logits.iter().position(|&l| l == row_max).unwrap_or(0);
-        let sum_exp = match out {
-            Some(out) => {
-                for (o, &l) in out.iter_mut().zip(logits) {
-                    *o = exp(l - row_max);
-                }
-                let sum_exp = sum(out);
-                let factor = scale / sum_exp;
-                for o in out.iter_mut() {
-                    *o *= factor;
-                }
-                out[label] -= scale;
-                sum_exp
+        let mut scratch = Vec::new();
+        let (out, grad) = match out {
+            Some(out) => (out, true),
+            None => {
+                scratch.resize(logits.len(), 0.0);
+                (scratch.as_mut_slice(), false)
             }
-            None => logits.iter().map(|&l| exp(l - row_max)).sum(),
         };
+        for (o, &l) in out.iter_mut().zip(logits) {
+            *o = exp(l - row_max);
+        }
+        let sum_exp = sum(out);
+        if grad {
+            let factor = scale / sum_exp;
+            for o in out.iter_mut() {
+                *o *= factor;
+            }
+            out[label] -= scale;
+        }
         let nll = f64::from(row_max) + f64::from(sum_exp).ln() - f64::from(logits[label]);
         CrossEntropySums {
             nll,

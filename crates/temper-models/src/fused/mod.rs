@@ -31,11 +31,11 @@ pub fn masked_softmax<B: Backend>(
     mask: Option<Tensor<B, 4, Bool>>,
     scale: f64,
 ) -> Tensor<B, 4> {
-    let [batch, heads, seq_q, seq_k] = scores.dims();
     #[cfg(feature = "flex")]
     if let Some(route) = flex::Route::of::<B>()
         && flex::is_f32(&scores)
     {
+        let [batch, heads, seq_q, seq_k] = scores.dims();
         let mask = mask.map(|mask| {
             let mask_heads = if mask.dims()[1] == 1 { 1 } else { heads };
             mask.expand([batch, mask_heads, seq_q, seq_k])
@@ -133,8 +133,7 @@ mod composite {
     pub(super) fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         // `0.5 (1 + tanh z) = sigmoid(2z)`: six element-wise ops instead of eight.
         const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
-        let slope =
-            (x.clone() * x.clone()) * (TWO_SQRT_2_OVER_PI * 0.044715) + TWO_SQRT_2_OVER_PI;
+        let slope = (x.clone() * x.clone()) * (TWO_SQRT_2_OVER_PI * 0.044715) + TWO_SQRT_2_OVER_PI;
         x.clone() * sigmoid(x * slope)
     }
 
@@ -185,5 +184,197 @@ mod composite {
             (log_probs.exp() - one_hot) * scale
         });
         (CrossEntropySums { nll, correct }, grad)
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{Distribution, TensorData};
+
+    use super::*;
+
+    type A = Autodiff<Flex>;
+
+    fn random<const D: usize>(shape: [usize; D], std: f64) -> Tensor<Flex, D> {
+        Tensor::random(shape, Distribution::Normal(0.0, std), &Default::default())
+    }
+
+    /// A tracked copy of `values` (each path gets its own leaf, so the gradients are separate).
+    fn leaf<const D: usize>(values: &Tensor<Flex, D>) -> Tensor<A, D> {
+        Tensor::from_inner(values.clone()).require_grad()
+    }
+
+    fn assert_close<const D: usize>(
+        fused: Tensor<Flex, D>,
+        reference: Tensor<Flex, D>,
+        what: &str,
+    ) {
+        let scale = f64::from(reference.clone().abs().max().into_scalar());
+        let diff = f64::from((fused - reference).abs().max().into_scalar());
+        assert!(
+            diff <= 2e-6 * (1.0 + scale),
+            "{what}: fused and composite differ by {diff} (largest value {scale})"
+        );
+    }
+
+    #[test]
+    fn the_flex_backends_take_the_fused_path() {
+        assert_eq!(flex::Route::of::<Flex>(), Some(flex::Route::Inference));
+        assert_eq!(flex::Route::of::<A>(), Some(flex::Route::Autodiff));
+    }
+
+    /// A mask over `[batch, mask_heads, seq_q, seq_k]` in which every query sees a key.
+    fn mask(batch: usize, mask_heads: usize, seq_q: usize, seq_k: usize) -> Tensor<A, 4, Bool> {
+        let values: Vec<bool> = (0..batch * mask_heads * seq_q * seq_k)
+            .map(|i| {
+                let (row, key) = (i / seq_k, i % seq_k);
+                let query = row % seq_q;
+                key > query + 2 || (row % 3 == 1 && key == 0 && query > 0)
+            })
+            .collect();
+        Tensor::from_data(
+            TensorData::new(values, [batch, mask_heads, seq_q, seq_k]),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn masked_softmax_matches_its_definition_values_and_gradients() {
+        let (batch, heads, seq_q, seq_k) = (2, 3, 5, 7);
+        let scores = random([batch, heads, seq_q, seq_k], 3.0);
+        let upstream = random([batch, heads, seq_q, seq_k], 1.0);
+        for mask in [
+            None,
+            Some(mask(batch, 1, seq_q, seq_k)),
+            Some(mask(batch, heads, seq_q, seq_k)),
+        ] {
+            let run = |fused: bool| {
+                let scores = leaf(&scores);
+                let out = if fused {
+                    masked_softmax(scores.clone(), mask.clone(), 0.3)
+                } else {
+                    composite::masked_softmax(scores.clone(), mask.clone(), 0.3)
+                };
+                let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
+                    .sum()
+                    .backward();
+                (
+                    out.inner(),
+                    scores.grad(&grads).expect("scores are tracked"),
+                )
+            };
+            let ((out, grad), (expected_out, expected_grad)) = (run(true), run(false));
+            assert_close(out, expected_out, "softmax");
+            assert_close(grad, expected_grad, "softmax gradient");
+        }
+    }
+
+    #[test]
+    fn gelu_tanh_matches_its_definition_values_and_gradients() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 1>::from_floats(
+            TensorData::new((0..4001).map(|i| i as f32 * 0.006 - 12.0).collect(), [4001]),
+            &device,
+        );
+        let upstream = random([4001], 1.0);
+        let run = |fused: bool| {
+            let x = leaf(&x);
+            let out = if fused {
+                gelu_tanh(x.clone())
+            } else {
+                composite::gelu_tanh(x.clone())
+            };
+            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
+                .sum()
+                .backward();
+            (out.inner(), x.grad(&grads).expect("x is tracked"))
+        };
+        let ((out, grad), (expected_out, expected_grad)) = (run(true), run(false));
+        assert_close(out, expected_out, "gelu");
+        assert_close(grad, expected_grad, "gelu gradient");
+        // torch.nn.functional.gelu(torch.tensor(1.0), approximate="tanh") = 0.8411920070648193
+        let one = gelu_tanh(Tensor::<Flex, 1>::from_floats([1.0], &device));
+        assert!((one.into_scalar() - 0.841_192).abs() < 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_matches_its_definition_values_and_gradients() {
+        // An offset mean, as residual streams have, is where a one-pass variance loses digits.
+        let input = random([2, 3, 40], 2.0) + 5.0;
+        let (weight, bias) = (random([40], 1.0), random([40], 1.0));
+        let upstream = random([2, 3, 40], 1.0);
+        for frozen_affine in [false, true] {
+            let run = |fused: bool| {
+                let x = leaf(&input);
+                let (w, b) = if frozen_affine {
+                    (
+                        Tensor::from_inner(weight.clone()),
+                        Tensor::from_inner(bias.clone()),
+                    )
+                } else {
+                    (leaf(&weight), leaf(&bias))
+                };
+                let out = if fused {
+                    layer_norm(x.clone(), w.clone(), b.clone(), 1e-5)
+                } else {
+                    composite::layer_norm(x.clone(), w.clone(), b.clone(), 1e-5)
+                };
+                let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
+                    .sum()
+                    .backward();
+                let affine = (!frozen_affine).then(|| {
+                    (
+                        w.grad(&grads).expect("weight is tracked"),
+                        b.grad(&grads).expect("bias is tracked"),
+                    )
+                });
+                (
+                    out.inner(),
+                    x.grad(&grads).expect("input is tracked"),
+                    affine,
+                )
+            };
+            let ((out, grad, affine), (expected_out, expected_grad, expected_affine)) =
+                (run(true), run(false));
+            assert_close(out, expected_out, "layer norm");
+            assert_close(grad, expected_grad, "layer norm input gradient");
+            if let (Some((dw, db)), Some((expected_dw, expected_db))) = (affine, expected_affine) {
+                assert_close(dw, expected_dw, "layer norm weight gradient");
+                assert_close(db, expected_db, "layer norm bias gradient");
+            }
+        }
+    }
+
+    #[test]
+    fn cross_entropy_matches_its_definition() {
+        let logits = random([37, 50], 3.0);
+        let values = logits.to_data().to_vec::<f32>().expect("f32 logits");
+        // Every third row's label is its argmax, so `correct` is exercised.
+        let labels: Vec<usize> = (0..37)
+            .map(|row| match row % 3 {
+                0 => (0..50)
+                    .max_by(|&a, &b| values[row * 50 + a].total_cmp(&values[row * 50 + b]))
+                    .unwrap_or(0),
+                _ => (row * 7) % 50,
+            })
+            .collect();
+        let (sums, grad) = cross_entropy(logits.clone(), &labels, Some(0.25));
+        let (expected, expected_grad) =
+            composite::cross_entropy(logits.clone(), &labels, Some(0.25));
+        assert!(
+            (sums.nll - expected.nll).abs() < 1e-4 * expected.nll,
+            "{sums:?} vs {expected:?}"
+        );
+        assert_eq!(sums.correct, expected.correct);
+        assert!(sums.correct >= 13);
+        assert_close(
+            grad.expect("a gradient was asked for"),
+            expected_grad.expect("a gradient was asked for"),
+            "cross-entropy gradient",
+        );
+        let (without_grad, none) = cross_entropy(logits, &labels, None);
+        assert!(none.is_none());
+        assert_eq!(without_grad, sums);
     }
 }
