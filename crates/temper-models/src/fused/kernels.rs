@@ -340,72 +340,80 @@ pub struct CrossEntropySums {
     pub correct: usize,
 }
 
-/// Cross-entropy of each row of `logits` (`[labels.len(), vocab]`) against its label. With
-/// `grad` (`(scale, out)`), also writes `scale * (softmax(row) - onehot(label))` into `out`.
+/// Cross-entropy of each row of `logits` (`[labels.len(), vocab]`) against its label.
 ///
 /// Labels must be in `0..vocab` (the caller checks).
-pub fn cross_entropy(
-    logits: &[f32],
+pub fn cross_entropy(logits: &[f32], labels: &[usize], vocab: usize) -> CrossEntropySums {
+    let rows = rows_per_task(vocab);
+    logits
+        .par_chunks(rows * vocab)
+        .zip(labels.par_chunks(rows))
+        .map(|(logits, labels)| {
+            let mut scratch = vec![0.0; vocab];
+            logits
+                .chunks_exact(vocab)
+                .zip(labels)
+                .map(|(logits, &label)| {
+                    scratch.copy_from_slice(logits);
+                    cross_entropy_row(&mut scratch, label, None)
+                })
+                .fold(CrossEntropySums::default(), CrossEntropySums::add)
+        })
+        .reduce(CrossEntropySums::default, CrossEntropySums::add)
+}
+
+/// [`cross_entropy`], overwriting each row of `logits` with the gradient of
+/// `scale * sum(nll)` with respect to it, `scale * (softmax(row) - onehot(label))`: the
+/// logits and their gradient never take memory at the same time.
+pub fn cross_entropy_backward_in_place(
+    logits: &mut [f32],
     labels: &[usize],
     vocab: usize,
-    grad: Option<(f32, &mut [f32])>,
+    scale: f32,
 ) -> CrossEntropySums {
-    let rows = rows_per_task(vocab).max(1);
-    let row_sums = |logits: &[f32], label: usize, out: Option<&mut [f32]>, scale: f32| {
-        let row_max = max(logits);
-        let best = logits.iter().position(|&l| l == row_max).unwrap_or(0);
-        let mut scratch = Vec::new();
-        let (out, grad) = match out {
-            Some(out) => (out, true),
-            None => {
-                scratch.resize(logits.len(), 0.0);
-                (scratch.as_mut_slice(), false)
-            }
-        };
-        for (o, &l) in out.iter_mut().zip(logits) {
-            *o = exp(l - row_max);
+    let rows = rows_per_task(vocab);
+    logits
+        .par_chunks_mut(rows * vocab)
+        .zip(labels.par_chunks(rows))
+        .map(|(logits, labels)| {
+            logits
+                .chunks_exact_mut(vocab)
+                .zip(labels)
+                .map(|(row, &label)| cross_entropy_row(row, label, Some(scale)))
+                .fold(CrossEntropySums::default(), CrossEntropySums::add)
+        })
+        .reduce(CrossEntropySums::default, CrossEntropySums::add)
+}
+
+/// One row's sums; leaves `scale * (softmax - onehot)` in `row` with a scale, and
+/// `exp(row - max)` without.
+fn cross_entropy_row(row: &mut [f32], label: usize, scale: Option<f32>) -> CrossEntropySums {
+    let row_max = max(row);
+    let best = row.iter().position(|&l| l == row_max).unwrap_or(0);
+    let label_logit = row[label];
+    for o in row.iter_mut() {
+        *o = exp(*o - row_max);
+    }
+    let sum_exp = sum(row);
+    if let Some(scale) = scale {
+        let factor = scale / sum_exp;
+        for o in row.iter_mut() {
+            *o *= factor;
         }
-        let sum_exp = sum(out);
-        if grad {
-            let factor = scale / sum_exp;
-            for o in out.iter_mut() {
-                *o *= factor;
-            }
-            out[label] -= scale;
-        }
-        let nll = f64::from(row_max) + f64::from(sum_exp).ln() - f64::from(logits[label]);
+        row[label] -= scale;
+    }
+    CrossEntropySums {
+        nll: f64::from(row_max) + f64::from(sum_exp).ln() - f64::from(label_logit),
+        correct: usize::from(best == label),
+    }
+}
+
+impl CrossEntropySums {
+    fn add(self, other: CrossEntropySums) -> CrossEntropySums {
         CrossEntropySums {
-            nll,
-            correct: usize::from(best == label),
+            nll: self.nll + other.nll,
+            correct: self.correct + other.correct,
         }
-    };
-    let add = |a: CrossEntropySums, b: CrossEntropySums| CrossEntropySums {
-        nll: a.nll + b.nll,
-        correct: a.correct + b.correct,
-    };
-    match grad {
-        Some((scale, out)) => out
-            .par_chunks_mut(rows * vocab)
-            .zip(logits.par_chunks(rows * vocab).zip(labels.par_chunks(rows)))
-            .map(|(out, (logits, labels))| {
-                out.chunks_exact_mut(vocab)
-                    .zip(logits.chunks_exact(vocab))
-                    .zip(labels)
-                    .map(|((out, logits), &label)| row_sums(logits, label, Some(out), scale))
-                    .fold(CrossEntropySums::default(), add)
-            })
-            .reduce(CrossEntropySums::default, add),
-        None => logits
-            .par_chunks(rows * vocab)
-            .zip(labels.par_chunks(rows))
-            .map(|(logits, labels)| {
-                logits
-                    .chunks_exact(vocab)
-                    .zip(labels)
-                    .map(|(logits, &label)| row_sums(logits, label, None, 0.0))
-                    .fold(CrossEntropySums::default(), add)
-            })
-            .reduce(CrossEntropySums::default, add),
     }
 }
 
@@ -456,9 +464,9 @@ mod tests {
 
     #[test]
     fn cross_entropy_of_a_uniform_row_is_log_vocab() {
-        let logits = [0.5f32; 8];
-        let mut grad = [0.0f32; 8];
-        let sums = cross_entropy(&logits, &[3], 8, Some((2.0, &mut grad)));
+        let mut grad = [0.5f32; 8];
+        let sums = cross_entropy_backward_in_place(&mut grad, &[3], 8, 2.0);
+        assert_eq!(cross_entropy(&[0.5; 8], &[3], 8), sums);
         assert!((sums.nll - 8f64.ln()).abs() < 1e-6);
         // argmax picks the first of equal logits, as burn's does.
         assert_eq!(sums.correct, 0);
