@@ -325,8 +325,7 @@ impl<B: Backend> RmsNorm<B> {
     /// # Shapes
     /// input: `[batch, seq_len, d_model]`
     pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
-        let mean_square = input.clone().square().mean_dim(2);
-        input * (mean_square + self.epsilon).sqrt().recip() * self.weight.val().unsqueeze::<3>()
+        crate::fused::rms_norm(input, self.weight.val(), self.epsilon)
     }
 }
 
@@ -366,37 +365,21 @@ pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>)
     scaled.into_iter().map(|f| f as f32).collect()
 }
 
-/// `cos` and `sin` of the rotary angles for each position.
+/// `cos` and `sin` of the rotary angles for each position (apply them with
+/// [`crate::fused::rope`]).
 ///
 /// # Shapes
-/// position_ids: `[batch, seq_len]` -> two of `[batch, 1, seq_len, head_dim]`
+/// position_ids: `[batch, seq_len]` -> two of `[batch, seq_len, head_dim]`
 pub fn rope_cos_sin<B: Backend>(
     position_ids: Tensor<B, 2, Int>,
     inv_freq: &[f32],
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let device = position_ids.device();
     let half = inv_freq.len();
     let inv: Tensor<B, 3> = Tensor::<B, 1>::from_floats(inv_freq, &device).reshape([1, 1, half]);
     let freqs = position_ids.float().unsqueeze_dim::<3>(2) * inv;
-    let angles = Tensor::cat(vec![freqs.clone(), freqs], 2).unsqueeze_dim::<4>(1);
+    let angles = Tensor::cat(vec![freqs.clone(), freqs], 2);
     (angles.clone().cos(), angles.sin())
-}
-
-/// `x * cos + rotate_half(x) * sin`, where `rotate_half([a, b]) = [-b, a]`.
-///
-/// # Shapes
-/// x: `[batch, heads, seq_len, head_dim]`, cos/sin: `[batch, 1, seq_len, head_dim]`
-pub fn apply_rope<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-) -> Tensor<B, 4> {
-    let [_, _, _, head_dim] = x.dims();
-    let half = head_dim / 2;
-    let first = x.clone().narrow(3, 0, half);
-    let second = x.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![second.neg(), first], 3);
-    x * cos + rotated * sin
 }
 
 /// Which key each query may not see: block-diagonal causal over segments.

@@ -4,14 +4,14 @@
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use burn::tensor::{Bool, Int};
 
 use crate::config::LlamaConfig;
 use crate::error::Result;
+use crate::fused::{rope, swiglu};
 use crate::layers::{
-    Embedding, KvCache, LayerCache, Linear, LinearConfig, RmsNorm, WeightLayout, apply_rope,
-    attention, extend_cache, neftune, rope_cos_sin, rope_inv_freq, tied_logits,
+    Embedding, KvCache, LayerCache, Linear, LinearConfig, RmsNorm, WeightLayout, attention,
+    extend_cache, neftune, rope_cos_sin, rope_inv_freq, tied_logits,
 };
 use crate::weights::{WeightWriter, Weights};
 
@@ -358,27 +358,30 @@ impl<B: Backend> Llama<B> {
 
 impl<B: Backend> LlamaAttention<B> {
     /// # Shapes
-    /// x: `[batch, seq_len, hidden]`, cos/sin: `[batch, 1, seq_len, head_dim]` -> `[batch, seq_len, hidden]`
+    /// x: `[batch, seq_len, hidden]`, cos/sin: `[batch, seq_len, head_dim]` -> `[batch, seq_len, hidden]`
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: Tensor<B, 4>,
-        sin: Tensor<B, 4>,
+        cos: Tensor<B, 3>,
+        sin: Tensor<B, 3>,
         mask: Tensor<B, 4, Bool>,
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
         let [batch, seq_len, _] = x.dims();
-        let heads = |t: Tensor<B, 3>, n: usize| {
-            t.reshape([batch, seq_len, n, self.head_dim])
-                .swap_dims(1, 2)
-        };
-        let q = heads(self.q_proj.forward(x.clone()), self.n_heads);
-        let k = heads(self.k_proj.forward(x.clone()), self.n_kv_heads);
-        let v = heads(self.v_proj.forward(x), self.n_kv_heads);
-        let (q, k) = (
-            apply_rope(q, cos.clone(), sin.clone()),
-            apply_rope(k, cos, sin),
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq_len, n, self.head_dim]);
+        // Rotated while each token's heads are still contiguous, then heads-first.
+        let q = rope(
+            split(self.q_proj.forward(x.clone()), self.n_heads),
+            cos.clone(),
+            sin.clone(),
         );
+        let k = rope(
+            split(self.k_proj.forward(x.clone()), self.n_kv_heads),
+            cos,
+            sin,
+        );
+        let v = split(self.v_proj.forward(x), self.n_kv_heads);
+        let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
         let (k, v) = extend_cache(cache, k, v);
         let out = attention(q, k, v, Some(mask)).swap_dims(1, 2).reshape([
             batch,
@@ -391,7 +394,9 @@ impl<B: Backend> LlamaAttention<B> {
 
 impl<B: Backend> LlamaMlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        self.down_proj.forward(swiglu(
+            self.gate_proj.forward(x.clone()),
+            self.up_proj.forward(x),
+        ))
     }
 }

@@ -330,6 +330,251 @@ fn tracked_layer_norm<C: CheckpointStrategy>(
 }
 
 // ----------------------------------------------------------------------------------------
+// RMSNorm
+
+pub(super) fn rms_norm<B: Backend>(
+    route: Route,
+    input: Tensor<B, 3>,
+    weight: Tensor<B, 1>,
+    epsilon: f32,
+) -> Tensor<B, 3> {
+    let (input, weight) = (float_primitive(input), float_primitive(weight));
+    let out: FloatTensor<B> = match route {
+        Route::Inference => cast(rms_norm_forward(cast(input), &cast(weight), epsilon).0),
+        Route::Autodiff => cast(tracked_rms_norm::<NoCheckpointing>(
+            cast(input),
+            cast(weight),
+            epsilon,
+        )),
+        Route::AutodiffBalanced => cast(tracked_rms_norm::<BalancedCheckpointing>(
+            cast(input),
+            cast(weight),
+            epsilon,
+        )),
+    };
+    from_float_primitive(out)
+}
+
+/// The output and each row's reciprocal root mean square.
+fn rms_norm_forward(
+    input: FlexTensor,
+    weight: &FlexTensor,
+    epsilon: f32,
+) -> (FlexTensor, FlexTensor) {
+    let (input, weight) = (contiguous(&input), contiguous(weight));
+    let mut out = vec![0.0; input.shape().num_elements()];
+    let rstds = kernels::rms_norm(input.storage(), weight.storage(), epsilon, &mut out);
+    let rows = rstds.len();
+    (
+        new_tensor(out, input.shape()),
+        new_tensor(rstds, Shape::new([rows])),
+    )
+}
+
+fn tracked_rms_norm<C: CheckpointStrategy>(
+    input: FloatTensor<Autodiff<Flex, C>>,
+    weight: FloatTensor<Autodiff<Flex, C>>,
+    epsilon: f32,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    #[derive(Debug)]
+    struct RmsNorm;
+
+    impl Backward<Flex, 2> for RmsNorm {
+        /// Input, weight, row reciprocal root mean squares.
+        type State = (FlexTensor, FlexTensor, FlexTensor);
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (input, weight, rstds) = ops.state;
+            let grad = contiguous(&grads.consume::<Flex>(&ops.node));
+            let input = contiguous(&input);
+            let mut grad_input = vec![0.0; input.shape().num_elements()];
+            let grad_weight = kernels::rms_norm_backward(
+                input.storage(),
+                contiguous(&weight).storage(),
+                rstds.storage(),
+                grad.storage(),
+                &mut grad_input,
+            );
+            let [input_node, weight_node] = ops.parents;
+            let d = grad_weight.len();
+            if let Some(node) = input_node {
+                grads.register::<Flex>(node.id, new_tensor(grad_input, input.shape()));
+            }
+            if let Some(node) = weight_node {
+                grads.register::<Flex>(node.id, new_tensor(grad_weight, Shape::new([d])));
+            }
+        }
+    }
+
+    let (out, rstds) = rms_norm_forward(input.primitive.clone(), &weight.primitive, epsilon);
+    match RmsNorm
+        .prepare::<C>([input.node.clone(), weight.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((input.primitive, weight.primitive, rstds), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// SwiGLU
+
+pub(super) fn swiglu<B: Backend>(
+    route: Route,
+    gate: Tensor<B, 3>,
+    up: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let (gate, up) = (float_primitive(gate), float_primitive(up));
+    let out: FloatTensor<B> = match route {
+        Route::Inference => cast(swiglu_forward(&cast(gate), &cast(up))),
+        Route::Autodiff => cast(tracked_swiglu::<NoCheckpointing>(cast(gate), cast(up))),
+        Route::AutodiffBalanced => cast(tracked_swiglu::<BalancedCheckpointing>(
+            cast(gate),
+            cast(up),
+        )),
+    };
+    from_float_primitive(out)
+}
+
+fn swiglu_forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
+    let (gate, up) = (contiguous(gate), contiguous(up));
+    let mut out = vec![0.0; gate.shape().num_elements()];
+    kernels::swiglu(gate.storage(), up.storage(), &mut out);
+    new_tensor(out, gate.shape())
+}
+
+fn tracked_swiglu<C: CheckpointStrategy>(
+    gate: FloatTensor<Autodiff<Flex, C>>,
+    up: FloatTensor<Autodiff<Flex, C>>,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    #[derive(Debug)]
+    struct Swiglu;
+
+    impl Backward<Flex, 2> for Swiglu {
+        /// Gate and up projections.
+        type State = (FlexTensor, FlexTensor);
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (gate, up) = (contiguous(&ops.state.0), contiguous(&ops.state.1));
+            let grad = contiguous(&grads.consume::<Flex>(&ops.node));
+            let n = gate.shape().num_elements();
+            let (mut grad_gate, mut grad_up) = (vec![0.0; n], vec![0.0; n]);
+            kernels::swiglu_backward(
+                gate.storage(),
+                up.storage(),
+                grad.storage(),
+                &mut grad_gate,
+                &mut grad_up,
+            );
+            let [gate_node, up_node] = ops.parents;
+            if let Some(node) = gate_node {
+                grads.register::<Flex>(node.id, new_tensor(grad_gate, gate.shape()));
+            }
+            if let Some(node) = up_node {
+                grads.register::<Flex>(node.id, new_tensor(grad_up, up.shape()));
+            }
+        }
+    }
+
+    let out = swiglu_forward(&gate.primitive, &up.primitive);
+    match Swiglu
+        .prepare::<C>([gate.node.clone(), up.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((gate.primitive, up.primitive), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Rotary position embedding
+
+/// `x`: `[batch, seq_len, heads, head_dim]`; `cos`/`sin`: `[batch, seq_len, head_dim]`
+/// (constants: no gradient flows to them).
+pub(super) fn rope<B: Backend>(
+    route: Route,
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 3>,
+    sin: Tensor<B, 3>,
+) -> Tensor<B, 4> {
+    let (cos, sin) = (untracked(route, cos), untracked(route, sin));
+    let out: FloatTensor<B> = dispatch!(
+        route,
+        float_primitive(x),
+        rope_forward,
+        tracked_rope(&cos, &sin)
+    );
+    from_float_primitive(out)
+}
+
+fn rope_forward(x: FlexTensor, cos: &FlexTensor, sin: &FlexTensor) -> FlexTensor {
+    rope_apply(&x, cos, sin, false)
+}
+
+/// The rotation (or with `transpose`, its transpose) of a `[batch, seq_len, heads, head_dim]`
+/// tensor.
+fn rope_apply(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, transpose: bool) -> FlexTensor {
+    let (x, cos, sin) = (contiguous(x), contiguous(cos), contiguous(sin));
+    let head_dim = x.shape()[3];
+    let mut out = vec![0.0; x.shape().num_elements()];
+    kernels::rope(
+        x.storage(),
+        cos.storage(),
+        sin.storage(),
+        head_dim,
+        transpose,
+        &mut out,
+    );
+    new_tensor(out, x.shape())
+}
+
+fn tracked_rope<C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<Flex, C>>,
+    cos: &FlexTensor,
+    sin: &FlexTensor,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    #[derive(Debug)]
+    struct Rope;
+
+    impl Backward<Flex, 1> for Rope {
+        /// cos and sin.
+        type State = (FlexTensor, FlexTensor);
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (cos, sin) = ops.state;
+            unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+                rope_apply(&grad, &cos, &sin, true)
+            });
+        }
+    }
+
+    let out = rope_forward(x.primitive, cos, sin);
+    match Rope
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((cos.clone(), sin.clone()), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// The flex values of a tensor on any route, without its autodiff tracking.
+fn untracked<B: Backend, const D: usize>(route: Route, tensor: Tensor<B, D>) -> FlexTensor {
+    let primitive = float_primitive(tensor);
+    match route {
+        Route::Inference => cast(primitive),
+        Route::Autodiff => {
+            cast::<_, FloatTensor<Autodiff<Flex, NoCheckpointing>>>(primitive).primitive
+        }
+        Route::AutodiffBalanced => {
+            cast::<_, FloatTensor<Autodiff<Flex, BalancedCheckpointing>>>(primitive).primitive
+        }
+    }
+}
+// ----------------------------------------------------------------------------------------
 // Cross-entropy rows (no autodiff: the loss computes its own gradient)
 
 pub(super) fn cross_entropy<B: Backend>(
@@ -352,7 +597,10 @@ pub(super) fn cross_entropy<B: Backend>(
         }
         None => {
             let logits = contiguous(&logits);
-            (kernels::cross_entropy(logits.storage(), labels, vocab), None)
+            (
+                kernels::cross_entropy(logits.storage(), labels, vocab),
+                None,
+            )
         }
     }
 }

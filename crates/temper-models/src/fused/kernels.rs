@@ -331,6 +331,183 @@ pub fn layer_norm_backward(
         })
 }
 
+/// RMSNorm over rows of `weight.len()`: `x * rstd * weight` with
+/// `rstd = 1 / sqrt(mean(x^2) + epsilon)`, which it also returns per row for the backward.
+pub fn rms_norm(input: &[f32], weight: &[f32], epsilon: f32, out: &mut [f32]) -> Vec<f32> {
+    let d = weight.len();
+    let mut rstds = vec![0.0; input.len() / d];
+    let rows = rows_per_task(d);
+    out.par_chunks_mut(rows * d)
+        .zip(input.par_chunks(rows * d))
+        .zip(rstds.par_chunks_mut(rows))
+        .for_each(|((out, input), rstds)| {
+            for ((out, x), rstd) in out
+                .chunks_exact_mut(d)
+                .zip(input.chunks_exact(d))
+                .zip(rstds.iter_mut())
+            {
+                *rstd = 1.0 / (dot(x, x) / d as f32 + epsilon).sqrt();
+                for ((o, &x), &w) in out.iter_mut().zip(x).zip(weight) {
+                    *o = x * *rstd * w;
+                }
+            }
+        });
+    rstds
+}
+
+/// Gradients of `rms_norm`: writes `d input` into `grad_input` and returns `d weight`.
+///
+/// With `xhat = x rstd` and `gx = grad * weight`: `dx = rstd (gx - xhat mean(gx xhat))`,
+/// `dw = sum_rows grad xhat`.
+pub fn rms_norm_backward(
+    input: &[f32],
+    weight: &[f32],
+    rstds: &[f32],
+    grad: &[f32],
+    grad_input: &mut [f32],
+) -> Vec<f32> {
+    let d = weight.len();
+    let rows = rows_per_task(d);
+    grad_input
+        .par_chunks_mut(rows * d)
+        .zip(input.par_chunks(rows * d).zip(grad.par_chunks(rows * d)))
+        .zip(rstds.par_chunks(rows))
+        .fold(
+            || vec![0.0f32; d],
+            |mut dw, ((grad_input, (input, grad)), rstds)| {
+                for (((dx, x), g), &rstd) in grad_input
+                    .chunks_exact_mut(d)
+                    .zip(input.chunks_exact(d))
+                    .zip(grad.chunks_exact(d))
+                    .zip(rstds)
+                {
+                    for ((dw, &g), &x) in dw.iter_mut().zip(g).zip(x) {
+                        *dw += g * x * rstd;
+                    }
+                    // dx temporarily holds gx = grad * weight.
+                    for ((dx, &g), &w) in dx.iter_mut().zip(g).zip(weight) {
+                        *dx = g * w;
+                    }
+                    let mean_gx_xhat = dot(dx, x) * rstd / d as f32;
+                    for (dx, &x) in dx.iter_mut().zip(x) {
+                        *dx = rstd * (*dx - x * rstd * mean_gx_xhat);
+                    }
+                }
+                dw
+            },
+        )
+        .reduce(
+            || vec![0.0f32; d],
+            |mut dw, dw2| {
+                for (a, b) in dw.iter_mut().zip(dw2) {
+                    *a += b;
+                }
+                dw
+            },
+        )
+}
+
+/// `silu(gate) * up` (Llama's MLP), with `silu(g) = g sigmoid(g)`.
+pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(
+            gate.par_chunks(ELEMENTS_PER_TASK)
+                .zip(up.par_chunks(ELEMENTS_PER_TASK)),
+        )
+        .for_each(|(out, (gate, up))| {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + exp(-g)) * u;
+            }
+        });
+}
+
+/// Gradients of `swiglu` with respect to `gate` and `up`, written into `grad_gate` and
+/// `grad_up`: `d gate = grad u s (1 + g (1 - s))`, `d up = grad g s`, `s = sigmoid(g)`.
+pub fn swiglu_backward(
+    gate: &[f32],
+    up: &[f32],
+    grad: &[f32],
+    grad_gate: &mut [f32],
+    grad_up: &mut [f32],
+) {
+    let n = ELEMENTS_PER_TASK;
+    grad_gate
+        .par_chunks_mut(n)
+        .zip(grad_up.par_chunks_mut(n))
+        .zip(
+            gate.par_chunks(n)
+                .zip(up.par_chunks(n))
+                .zip(grad.par_chunks(n)),
+        )
+        .for_each(|((grad_gate, grad_up), ((gate, up), grad))| {
+            for ((((dg, du), &g), &u), &dy) in grad_gate
+                .iter_mut()
+                .zip(grad_up.iter_mut())
+                .zip(gate)
+                .zip(up)
+                .zip(grad)
+            {
+                let s = 1.0 / (1.0 + exp(-g));
+                *dg = dy * u * s * (1.0 + g * (1.0 - s));
+                *du = dy * g * s;
+            }
+        });
+}
+
+/// Rotary position embedding, HF's rotate-half form: per head,
+/// `out = x * cos + rotate_half(x) * sin` with `rotate_half([x1, x2]) = [-x2, x1]`.
+/// `input` is `[rows, heads, head_dim]` and `cos`/`sin` are `[rows, head_dim]` (one row per
+/// token). With `transpose`, applies the transposed map instead (the backward):
+/// `dx1 = g1 cos1 + g2 sin2`, `dx2 = g2 cos2 - g1 sin1`.
+pub fn rope(
+    input: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    head_dim: usize,
+    transpose: bool,
+    out: &mut [f32],
+) {
+    let half = head_dim / 2;
+    let n_tokens = cos.len() / head_dim;
+    let token_len = input.len() / n_tokens.max(1);
+    let tokens = rows_per_task(token_len);
+    out.par_chunks_mut(tokens * token_len)
+        .zip(input.par_chunks(tokens * token_len))
+        .zip(
+            cos.par_chunks(tokens * head_dim)
+                .zip(sin.par_chunks(tokens * head_dim)),
+        )
+        .for_each(|((out, input), (cos, sin))| {
+            for (((out, input), cos), sin) in out
+                .chunks_exact_mut(token_len)
+                .zip(input.chunks_exact(token_len))
+                .zip(cos.chunks_exact(head_dim))
+                .zip(sin.chunks_exact(head_dim))
+            {
+                let (cos1, cos2) = cos.split_at(half);
+                let (sin1, sin2) = sin.split_at(half);
+                for (out, x) in out
+                    .chunks_exact_mut(head_dim)
+                    .zip(input.chunks_exact(head_dim))
+                {
+                    let (x1, x2) = x.split_at(half);
+                    let (out1, out2) = out.split_at_mut(half);
+                    if transpose {
+                        for i in 0..half {
+                            out1[i] = x1[i] * cos1[i] + x2[i] * sin2[i];
+                            out2[i] = x2[i] * cos2[i] - x1[i] * sin1[i];
+                        }
+                    } else {
+                        for i in 0..half {
+                            out1[i] = x1[i] * cos1[i] - x2[i] * sin1[i];
+                            out2[i] = x2[i] * cos2[i] + x1[i] * sin2[i];
+                        }
+                    }
+                }
+            }
+        });
+}
+
 /// Sums of a cross-entropy over rows of logits.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CrossEntropySums {

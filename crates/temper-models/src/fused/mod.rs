@@ -1,5 +1,5 @@
 //! Fused operations with hand-written backwards: masked attention softmax, tanh-GELU,
-//! LayerNorm and the rows of a cross-entropy.
+//! LayerNorm, RMSNorm, SwiGLU, rotary embedding and the rows of a cross-entropy.
 //!
 //! Each function computes what a short chain of burn tensor ops computes (that chain is its
 //! fallback, and its definition), but on the default CPU backend (burn-flex, with or without
@@ -79,6 +79,59 @@ pub fn layer_norm<B: Backend>(
     composite::layer_norm(input, weight, bias, epsilon)
 }
 
+/// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + epsilon) * weight` (Llama).
+///
+/// # Shapes
+/// input: `[batch, seq_len, d_model]`, weight: `[d_model]` -> `[batch, seq_len, d_model]`
+pub fn rms_norm<B: Backend>(
+    input: Tensor<B, 3>,
+    weight: Tensor<B, 1>,
+    epsilon: f64,
+) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    if let Some(route) = flex::Route::of::<B>()
+        && flex::is_f32(&input)
+        && flex::is_f32(&weight)
+    {
+        return flex::rms_norm(route, input, weight, epsilon as f32);
+    }
+    composite::rms_norm(input, weight, epsilon)
+}
+
+/// `silu(gate) * up`, the gated activation of Llama's MLP.
+///
+/// # Shapes
+/// gate, up: `[batch, seq_len, intermediate]` -> `[batch, seq_len, intermediate]`
+pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    if let Some(route) = flex::Route::of::<B>()
+        && flex::is_f32(&gate)
+        && flex::is_f32(&up)
+    {
+        return flex::swiglu(route, gate, up);
+    }
+    composite::swiglu(gate, up)
+}
+
+/// Rotary position embedding in HF's rotate-half form, `x * cos + rotate_half(x) * sin` with
+/// `rotate_half([a, b]) = [-b, a]` over each head's last dimension. `cos` and `sin` are
+/// constants (no gradient reaches them).
+///
+/// # Shapes
+/// x: `[batch, seq_len, heads, head_dim]`, cos/sin: `[batch, seq_len, head_dim]`
+/// -> `[batch, seq_len, heads, head_dim]`
+pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 3>, sin: Tensor<B, 3>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    if let Some(route) = flex::Route::of::<B>()
+        && flex::is_f32(&x)
+        && flex::is_f32(&cos)
+        && flex::is_f32(&sin)
+    {
+        return flex::rope(route, x, cos, sin);
+    }
+    composite::rope(x, cos, sin)
+}
+
 /// Cross-entropy of each row of `logits` against its label, without autodiff: the summed
 /// negative log-likelihood, how many rows' argmax is the label, and (with `grad_scale`) the
 /// gradient of `grad_scale * sum(nll)` with respect to the logits,
@@ -109,7 +162,7 @@ pub fn cross_entropy<B: Backend>(
 /// The definitions: burn tensor ops, differentiated by burn's autodiff.
 mod composite {
     use burn::prelude::*;
-    use burn::tensor::activation::{log_softmax, sigmoid, softmax};
+    use burn::tensor::activation::{log_softmax, sigmoid, silu, softmax};
     use burn::tensor::{Bool, Int, TensorData};
 
     use super::CrossEntropySums;
@@ -146,6 +199,32 @@ mod composite {
         let (variance, mean) = input.clone().var_mean_bias(2);
         let normalized = (input - mean) / (variance + epsilon).sqrt();
         normalized * weight.unsqueeze::<3>() + bias.unsqueeze::<3>()
+    }
+
+    pub(super) fn rms_norm<B: Backend>(
+        input: Tensor<B, 3>,
+        weight: Tensor<B, 1>,
+        epsilon: f64,
+    ) -> Tensor<B, 3> {
+        let mean_square = input.clone().square().mean_dim(2);
+        input * (mean_square + epsilon).sqrt().recip() * weight.unsqueeze::<3>()
+    }
+
+    pub(super) fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+        silu(gate) * up
+    }
+
+    pub(super) fn rope<B: Backend>(
+        x: Tensor<B, 4>,
+        cos: Tensor<B, 3>,
+        sin: Tensor<B, 3>,
+    ) -> Tensor<B, 4> {
+        let half = x.dims()[3] / 2;
+        let (cos, sin) = (cos.unsqueeze_dim::<4>(2), sin.unsqueeze_dim::<4>(2));
+        let first = x.clone().narrow(3, 0, half);
+        let second = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![second.neg(), first], 3);
+        x * cos + rotated * sin
     }
 
     pub(super) fn cross_entropy<B: Backend>(
@@ -190,7 +269,7 @@ mod composite {
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use burn::backend::{Autodiff, Flex};
-    use burn::tensor::{Distribution, TensorData};
+    use burn::tensor::{Distribution, Int, TensorData};
 
     use super::*;
 
@@ -344,6 +423,91 @@ mod tests {
                 assert_close(db, expected_db, "layer norm bias gradient");
             }
         }
+    }
+
+    #[test]
+    fn rms_norm_matches_its_definition_values_and_gradients() {
+        let input = random([2, 3, 40], 2.0) + 1.0;
+        let weight = random([40], 1.0);
+        let upstream = random([2, 3, 40], 1.0);
+        let run = |fused: bool| {
+            let (x, w) = (leaf(&input), leaf(&weight));
+            let out = if fused {
+                rms_norm(x.clone(), w.clone(), 1e-6)
+            } else {
+                composite::rms_norm(x.clone(), w.clone(), 1e-6)
+            };
+            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
+                .sum()
+                .backward();
+            (
+                out.inner(),
+                x.grad(&grads).expect("input is tracked"),
+                w.grad(&grads).expect("weight is tracked"),
+            )
+        };
+        let ((out, dx, dw), (expected_out, expected_dx, expected_dw)) = (run(true), run(false));
+        assert_close(out, expected_out, "rms norm");
+        assert_close(dx, expected_dx, "rms norm input gradient");
+        assert_close(dw, expected_dw, "rms norm weight gradient");
+    }
+
+    #[test]
+    fn swiglu_matches_its_definition_values_and_gradients() {
+        let (gate, up) = (random([2, 3, 50], 4.0), random([2, 3, 50], 1.0));
+        let upstream = random([2, 3, 50], 1.0);
+        let run = |fused: bool| {
+            let (g, u) = (leaf(&gate), leaf(&up));
+            let out = if fused {
+                swiglu(g.clone(), u.clone())
+            } else {
+                composite::swiglu(g.clone(), u.clone())
+            };
+            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
+                .sum()
+                .backward();
+            (
+                out.inner(),
+                g.grad(&grads).expect("gate is tracked"),
+                u.grad(&grads).expect("up is tracked"),
+            )
+        };
+        let ((out, dg, du), (expected_out, expected_dg, expected_du)) = (run(true), run(false));
+        assert_close(out, expected_out, "swiglu");
+        assert_close(dg, expected_dg, "swiglu gate gradient");
+        assert_close(du, expected_du, "swiglu up gradient");
+    }
+
+    #[test]
+    fn rope_matches_its_definition_values_and_gradients() {
+        let device = Default::default();
+        let positions = Tensor::<Flex, 2, Int>::from_data(
+            TensorData::new(vec![0i64, 1, 2, 3, 4, 0, 1, 2, 0, 1], [2, 5]),
+            &device,
+        );
+        let inv_freq = crate::layers::rope_inv_freq(8, 10_000.0, None);
+        let (cos, sin) = crate::layers::rope_cos_sin(positions, &inv_freq);
+        let x = random([2, 5, 3, 8], 1.0);
+        let upstream = random([2, 5, 3, 8], 1.0);
+        let run = |fused: bool| {
+            let x = leaf(&x);
+            let (cos, sin) = (
+                Tensor::from_inner(cos.clone()),
+                Tensor::from_inner(sin.clone()),
+            );
+            let out = if fused {
+                rope(x.clone(), cos, sin)
+            } else {
+                composite::rope(x.clone(), cos, sin)
+            };
+            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
+                .sum()
+                .backward();
+            (out.inner(), x.grad(&grads).expect("x is tracked"))
+        };
+        let ((out, grad), (expected_out, expected_grad)) = (run(true), run(false));
+        assert_close(out, expected_out, "rope");
+        assert_close(grad, expected_grad, "rope gradient");
     }
 
     #[test]
