@@ -66,6 +66,11 @@ const CASES: &[Case] = &[
 
 const MATMUL: &str = "2048";
 
+/// Untimed steps before the timed ones. The first step after the first one is still slow in
+/// both implementations (allocator pools and page tables still growing): two warm-up steps
+/// measure the steady state.
+const WARMUP: &str = "2";
+
 pub fn train(args: &[&str]) -> Result<()> {
     let mut steps = "3";
     let mut device = "cpu";
@@ -112,6 +117,8 @@ pub fn train(args: &[&str]) -> Result<()> {
                     &config,
                     "--steps",
                     steps,
+                    "--warmup",
+                    WARMUP,
                 ])
                 .args(["--device", device])
                 .args(case.args)
@@ -131,6 +138,8 @@ pub fn train(args: &[&str]) -> Result<()> {
             .args([
                 "--steps",
                 steps,
+                "--warmup",
+                WARMUP,
                 "--threads",
                 &threads,
                 "--device",
@@ -206,7 +215,7 @@ pub fn train(args: &[&str]) -> Result<()> {
     let section = format!(
         "## Training step\n\n\
          One optimizer step (forward, cross-entropy over every position, backward, gradient clipping at 1.0, AdamW) \
-         on random tokens with random weights, median of {steps} timed steps after one warm-up step. \
+         on random tokens with random weights, median of {steps} timed steps after {WARMUP} warm-up steps. \
          Tokens/s counts every token of the batch; GFLOP/s counts model FLOPs (6N per token for full fine-tuning, \
          4N for LoRA, plus 12 x layers x width x sequence for attention). Peak memory is the process's peak RSS \
          on CPU (device memory on GPU). Each measurement is its own process; temper and PyTorch ran one after the \
