@@ -63,7 +63,8 @@ fn from_float_primitive<B: Backend, const D: usize>(primitive: FloatTensor<B>) -
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
-/// The `f32` values of a tensor in row-major order (copied only when it is a strided view).
+/// The tensor with its own row-major buffer (copied only when it is a strided view or a
+/// slice of a larger buffer), so that `storage()` is exactly its values.
 fn contiguous(tensor: &FlexTensor) -> FlexTensor {
     tensor.to_contiguous()
 }
