@@ -428,6 +428,17 @@ pub fn block_causal_mask<B: Backend>(segment_ids: Tensor<B, 2, Int>) -> Tensor<B
 
 /// Scaled dot-product attention with grouped-query heads.
 ///
+/// Query heads `g * n_rep .. (g + 1) * n_rep` share key/value head `g`. Instead of repeating
+/// the keys and values `n_rep` times, each group's queries are stacked along the sequence
+/// (`[batch, n_kv_heads, n_rep * seq_q, head_dim]`, a reshape of consecutive heads) and
+/// multiplied with their shared head once:
+///
+/// ```text
+/// query heads   q0 q1 q2 | q3 q4 q5       n_heads = 6, n_kv_heads = 2, n_rep = 3
+/// stacked       [q0;q1;q2] [q3;q4;q5]     -> scores [batch, 2, 3 * seq_q, seq_k]
+/// key heads        k0         k1          seen as [batch, 6, seq_q, seq_k] for the mask
+/// ```
+///
 /// # Shapes
 /// query: `[batch, n_heads, seq_q, head_dim]`, key/value: `[batch, n_kv_heads, seq_k, head_dim]`,
 /// mask: `[batch, 1, seq_q, seq_k]` (true = masked) -> `[batch, n_heads, seq_q, head_dim]`
@@ -437,25 +448,18 @@ pub fn attention<B: Backend>(
     value: Tensor<B, 4>,
     mask: Option<Tensor<B, 4, Bool>>,
 ) -> Tensor<B, 4> {
-    let [_, n_heads, _, head_dim] = query.dims();
-    let n_kv_heads = key.dims()[1];
-    let (key, value) = (
-        repeat_kv(key, n_heads / n_kv_heads),
-        repeat_kv(value, n_heads / n_kv_heads),
-    );
-    let scores = query.matmul(key.swap_dims(2, 3));
-    masked_softmax(scores, mask, 1.0 / (head_dim as f64).sqrt()).matmul(value)
-}
-
-/// Repeats each key/value head `n_rep` times: kv head `g` serves query heads `g*n_rep..`.
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n_rep: usize) -> Tensor<B, 4> {
-    if n_rep == 1 {
-        return x;
-    }
-    let [batch, n_kv_heads, seq_len, head_dim] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([batch, n_kv_heads, n_rep, seq_len, head_dim])
-        .reshape([batch, n_kv_heads * n_rep, seq_len, head_dim])
+    let [batch, n_heads, seq_q, head_dim] = query.dims();
+    let [_, n_kv_heads, seq_k, _] = key.dims();
+    let n_rep = n_heads / n_kv_heads;
+    let stacked = query.reshape([batch, n_kv_heads, n_rep * seq_q, head_dim]);
+    let scores = stacked
+        .matmul(key.swap_dims(2, 3))
+        .reshape([batch, n_heads, seq_q, seq_k]);
+    let probs = masked_softmax(scores, mask, 1.0 / (head_dim as f64).sqrt());
+    probs
+        .reshape([batch, n_kv_heads, n_rep * seq_q, seq_k])
+        .matmul(value)
+        .reshape([batch, n_heads, seq_q, head_dim])
 }
 
 /// A weight tensor for saving (helper for modules that store raw params).
