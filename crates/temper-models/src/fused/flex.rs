@@ -73,15 +73,16 @@ fn new_tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// Runs `forward` on the flex primitive of `input` and, under autodiff, registers
-/// `Op`'s backward with the state `forward` returned.
+/// Calls `$inference` (on `Flex`) or `$tracked` (on `Autodiff<Flex, C>`, which also registers
+/// the backward) with the tensors cast to the route's primitive type and the other arguments
+/// as they are, and casts the result back.
 macro_rules! dispatch {
-    ($route:expr, $input:expr, $inference:expr, $tracked:ident ( $($arg:expr),* )) => {
+    ($route:expr, $inference:ident, $tracked:ident, [$($tensor:expr),+] $(, $arg:expr)*) => {
         match $route {
-            Route::Inference => cast($inference(cast($input), $($arg),*)),
-            Route::Autodiff => cast($tracked::<NoCheckpointing>(cast($input), $($arg),*)),
+            Route::Inference => cast($inference($(cast($tensor)),+ $(, $arg)*)),
+            Route::Autodiff => cast($tracked::<NoCheckpointing>($(cast($tensor)),+ $(, $arg)*)),
             Route::AutodiffBalanced => {
-                cast($tracked::<BalancedCheckpointing>(cast($input), $($arg),*))
+                cast($tracked::<BalancedCheckpointing>($(cast($tensor)),+ $(, $arg)*))
             }
         }
     };
@@ -100,9 +101,11 @@ pub(super) fn masked_softmax<B: Backend>(
     let mask: Option<FlexTensor> = mask.map(|mask| cast(mask.into_primitive()));
     let probs: FloatTensor<B> = dispatch!(
         route,
-        float_primitive(scores),
         softmax_forward,
-        tracked_softmax(mask, scale)
+        tracked_softmax,
+        [float_primitive(scores)],
+        mask,
+        scale
     );
     from_float_primitive(probs)
 }
@@ -168,7 +171,7 @@ fn tracked_softmax<C: CheckpointStrategy>(
 // Tanh-approximated GELU
 
 pub(super) fn gelu_tanh<B: Backend, const D: usize>(route: Route, x: Tensor<B, D>) -> Tensor<B, D> {
-    let out: FloatTensor<B> = dispatch!(route, float_primitive(x), gelu_forward, tracked_gelu());
+    let out: FloatTensor<B> = dispatch!(route, gelu_forward, tracked_gelu, [float_primitive(x)]);
     from_float_primitive(out)
 }
 
@@ -221,31 +224,27 @@ pub(super) fn layer_norm<B: Backend>(
     bias: Tensor<B, 1>,
     epsilon: f32,
 ) -> Tensor<B, 3> {
-    let (weight, bias) = (float_primitive(weight), float_primitive(bias));
-    let out: FloatTensor<B> = match route {
-        Route::Inference => cast(
-            layer_norm_forward(
-                cast(float_primitive(input)),
-                &cast(weight),
-                &cast(bias),
-                epsilon,
-            )
-            .0,
-        ),
-        Route::Autodiff => cast(tracked_layer_norm::<NoCheckpointing>(
-            cast(float_primitive(input)),
-            cast(weight),
-            cast(bias),
-            epsilon,
-        )),
-        Route::AutodiffBalanced => cast(tracked_layer_norm::<BalancedCheckpointing>(
-            cast(float_primitive(input)),
-            cast(weight),
-            cast(bias),
-            epsilon,
-        )),
-    };
+    let out: FloatTensor<B> = dispatch!(
+        route,
+        layer_norm_inference,
+        tracked_layer_norm,
+        [
+            float_primitive(input),
+            float_primitive(weight),
+            float_primitive(bias)
+        ],
+        epsilon
+    );
     from_float_primitive(out)
+}
+
+fn layer_norm_inference(
+    input: FlexTensor,
+    weight: FlexTensor,
+    bias: FlexTensor,
+    epsilon: f32,
+) -> FlexTensor {
+    layer_norm_forward(input, &weight, &bias, epsilon).0
 }
 
 /// The output, and each row's mean and reciprocal standard deviation.
@@ -339,21 +338,18 @@ pub(super) fn rms_norm<B: Backend>(
     weight: Tensor<B, 1>,
     epsilon: f32,
 ) -> Tensor<B, 3> {
-    let (input, weight) = (float_primitive(input), float_primitive(weight));
-    let out: FloatTensor<B> = match route {
-        Route::Inference => cast(rms_norm_forward(cast(input), &cast(weight), epsilon).0),
-        Route::Autodiff => cast(tracked_rms_norm::<NoCheckpointing>(
-            cast(input),
-            cast(weight),
-            epsilon,
-        )),
-        Route::AutodiffBalanced => cast(tracked_rms_norm::<BalancedCheckpointing>(
-            cast(input),
-            cast(weight),
-            epsilon,
-        )),
-    };
+    let out: FloatTensor<B> = dispatch!(
+        route,
+        rms_norm_inference,
+        tracked_rms_norm,
+        [float_primitive(input), float_primitive(weight)],
+        epsilon
+    );
     from_float_primitive(out)
+}
+
+fn rms_norm_inference(input: FlexTensor, weight: FlexTensor, epsilon: f32) -> FlexTensor {
+    rms_norm_forward(input, &weight, epsilon).0
 }
 
 /// The output and each row's reciprocal root mean square.
@@ -426,16 +422,17 @@ pub(super) fn swiglu<B: Backend>(
     gate: Tensor<B, 3>,
     up: Tensor<B, 3>,
 ) -> Tensor<B, 3> {
-    let (gate, up) = (float_primitive(gate), float_primitive(up));
-    let out: FloatTensor<B> = match route {
-        Route::Inference => cast(swiglu_forward(&cast(gate), &cast(up))),
-        Route::Autodiff => cast(tracked_swiglu::<NoCheckpointing>(cast(gate), cast(up))),
-        Route::AutodiffBalanced => cast(tracked_swiglu::<BalancedCheckpointing>(
-            cast(gate),
-            cast(up),
-        )),
-    };
+    let out: FloatTensor<B> = dispatch!(
+        route,
+        swiglu_inference,
+        tracked_swiglu,
+        [float_primitive(gate), float_primitive(up)]
+    );
     from_float_primitive(out)
+}
+
+fn swiglu_inference(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+    swiglu_forward(&gate, &up)
 }
 
 fn swiglu_forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
@@ -503,9 +500,11 @@ pub(super) fn rope<B: Backend>(
     let (cos, sin) = (untracked(route, cos), untracked(route, sin));
     let out: FloatTensor<B> = dispatch!(
         route,
-        float_primitive(x),
         rope_forward,
-        tracked_rope(&cos, &sin)
+        tracked_rope,
+        [float_primitive(x)],
+        &cos,
+        &sin
     );
     from_float_primitive(out)
 }
