@@ -284,6 +284,16 @@ mod tests {
         Tensor::from_inner(values.clone()).require_grad()
     }
 
+    /// The gradients of `sum(out * upstream)`: `upstream` is the output's incoming gradient.
+    fn backward_against<const D: usize>(
+        out: &Tensor<A, D>,
+        upstream: &Tensor<Flex, D>,
+    ) -> <A as burn::tensor::backend::AutodiffBackend>::Gradients {
+        (out.clone() * Tensor::from_inner(upstream.clone()))
+            .sum()
+            .backward()
+    }
+
     fn assert_close<const D: usize>(
         fused: Tensor<Flex, D>,
         reference: Tensor<Flex, D>,
@@ -335,9 +345,7 @@ mod tests {
                 } else {
                     composite::masked_softmax(scores.clone(), mask.clone(), 0.3)
                 };
-                let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
-                    .sum()
-                    .backward();
+                let grads = backward_against(&out, &upstream);
                 (
                     out.inner(),
                     scores.grad(&grads).expect("scores are tracked"),
@@ -364,9 +372,7 @@ mod tests {
             } else {
                 composite::gelu_tanh(x.clone())
             };
-            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
-                .sum()
-                .backward();
+            let grads = backward_against(&out, &upstream);
             (out.inner(), x.grad(&grads).expect("x is tracked"))
         };
         let ((out, grad), (expected_out, expected_grad)) = (run(true), run(false));
@@ -399,9 +405,7 @@ mod tests {
                 } else {
                     composite::layer_norm(x.clone(), w.clone(), b.clone(), 1e-5)
                 };
-                let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
-                    .sum()
-                    .backward();
+                let grads = backward_against(&out, &upstream);
                 let affine = (!frozen_affine).then(|| {
                     (
                         w.grad(&grads).expect("weight is tracked"),
@@ -437,9 +441,7 @@ mod tests {
             } else {
                 composite::rms_norm(x.clone(), w.clone(), 1e-6)
             };
-            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
-                .sum()
-                .backward();
+            let grads = backward_against(&out, &upstream);
             (
                 out.inner(),
                 x.grad(&grads).expect("input is tracked"),
@@ -463,9 +465,7 @@ mod tests {
             } else {
                 composite::swiglu(g.clone(), u.clone())
             };
-            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
-                .sum()
-                .backward();
+            let grads = backward_against(&out, &upstream);
             (
                 out.inner(),
                 g.grad(&grads).expect("gate is tracked"),
@@ -500,9 +500,7 @@ mod tests {
             } else {
                 composite::rope(x.clone(), cos, sin)
             };
-            let grads = (out.clone() * Tensor::from_inner(upstream.clone()))
-                .sum()
-                .backward();
+            let grads = backward_against(&out, &upstream);
             (out.inner(), x.grad(&grads).expect("x is tracked"))
         };
         let ((out, grad), (expected_out, expected_grad)) = (run(true), run(false));
