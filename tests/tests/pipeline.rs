@@ -356,7 +356,8 @@ fn fast_path_matches_tokenizers() {
         };
         let read = temper_data::read_file(&root().join(file), &Default::default()).unwrap();
         let template =
-            temper_data::pipeline::resolve_template(&config, &tokenizer, &read.records).unwrap();
+            temper_data::pipeline::resolve_template(&config, &tokenizer, &read.records, None)
+                .unwrap();
         for record in &read.records {
             texts.push(
                 render_record(record, template.as_ref(), TrainOn::Assistant)

@@ -112,7 +112,7 @@ fn the_tiny_recipe_trains_resumes_bit_identically_and_exports() {
         let name = checkpoint::checkpoint_name(step);
         copy_dir(&uninterrupted.join(&name), &killed.join(&name));
     }
-    let partial = killed.join(format!(".{}.tmp", checkpoint::checkpoint_name(6)));
+    let partial = temper_store::partial_path(&killed.join(checkpoint::checkpoint_name(6)));
     std::fs::create_dir_all(&partial).unwrap();
     std::fs::write(partial.join(checkpoint::OPTIMIZER_FILE), b"half").unwrap();
     let latest = checkpoint::list_checkpoints(&killed).pop().unwrap().1;
@@ -260,5 +260,172 @@ fn a_diverging_run_stops_at_the_step_and_names_the_last_checkpoint() {
     assert!(error.starts_with("step "), "{error}");
     assert!(error.contains("the loss is"), "{error}");
     assert!(error.contains("last good checkpoint is"), "{error}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The metrics of a run without the fields that measure time.
+fn trajectory(dir: &Path) -> Vec<Value> {
+    metrics(dir)
+        .into_iter()
+        .map(|mut line| {
+            for timing in ["tokens_per_second", "elapsed_seconds"] {
+                line.as_object_mut().unwrap().remove(timing);
+            }
+            line
+        })
+        .collect()
+}
+
+#[test]
+fn two_identical_runs_write_identical_metrics() {
+    let _serial = serial();
+    let longer = [
+        "train.max_steps=16".to_owned(),
+        "train.save_steps=0".to_owned(),
+    ];
+    let (first, second) = (scratch("same-1"), scratch("same-2"));
+    for dir in [&first, &second] {
+        temper_train::run::<A>(&tiny(dir, &longer), None, &Default::default(), &mut |_| {})
+            .unwrap();
+    }
+    assert_eq!(trajectory(&first), trajectory(&second));
+    for dir in [first, second] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn one_epoch_sees_every_row_once() {
+    let _serial = serial();
+    let dir = scratch("one-epoch");
+    std::fs::create_dir_all(&dir).unwrap();
+    // 10 one-row examples in steps of 2 x 2 rows: 4 + 4 + 2, the last step short.
+    let train = dir.join("train.jsonl");
+    let records: String = std::fs::read_to_string(root().join("datasets/tasks/train.alpaca.jsonl"))
+        .unwrap()
+        .lines()
+        .take(10)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&train, records).unwrap();
+    let mut config = tiny(
+        &dir.join("run"),
+        &[
+            "train.max_steps=0".into(),
+            "train.num_train_epochs=1".into(),
+            "data.packing=false".into(),
+        ],
+    );
+    config.dataset.train = train.clone();
+    config.dataset.eval = None;
+    let summary = temper_train::run::<A>(&config, None, &Default::default(), &mut |_| {}).unwrap();
+    assert_eq!(summary.steps, 3);
+    let steps: Vec<Value> = metrics(&dir.join("run"))
+        .into_iter()
+        .filter(|m| m["kind"] == "train")
+        .collect();
+    assert!(steps.iter().all(|m| m["epoch"] == 0), "{steps:?}");
+    let tokenizer =
+        temper_data::Tokenizer::from_file(&asset("gpt2/tokenizer.json"), &Default::default())
+            .unwrap();
+    let prepared = temper_data::prepare(&train, &tokenizer, &config.data).unwrap();
+    let trained: u64 = steps
+        .iter()
+        .map(|m| m["trained_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(trained as usize, prepared.trained_tokens());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A Hugging Face directory of the tiny GPT-2 shape (random weights) with the GPT-2 tokenizer
+/// and a ChatML chat template of its own.
+fn model_dir_with_template(dir: &Path) {
+    let config =
+        temper_models::ModelConfig::from_file(&root().join("configs/models/gpt2-tiny/config.json"))
+            .unwrap();
+    CausalLm::<Flex>::init(&config, &Default::default())
+        .save_hf_dir(dir)
+        .unwrap();
+    std::fs::copy(asset("gpt2/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let chatml =
+        std::fs::read_to_string(root().join("crates/temper-chat/templates/chatml.jinja")).unwrap();
+    let tokenizer_config =
+        serde_json::json!({"eos_token": "<|endoftext|>", "chat_template": chatml});
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        tokenizer_config.to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn generation_prompts_with_the_template_the_data_was_rendered_with() {
+    let _serial = serial();
+    let dir = scratch("template");
+    let model = dir.join("model");
+    model_dir_with_template(&model);
+    let mut config = tiny(
+        &dir.join("run"),
+        &[
+            "train.max_steps=1".into(),
+            "eval.generate_examples=2".into(),
+            "eval.max_new_tokens=2".into(),
+            "export.merged=true".into(),
+        ],
+    );
+    config.model.path = model.clone();
+    config.model.random_init = false;
+    config.model.tokenizer = None;
+    let mut prompts = Vec::new();
+    temper_train::run::<A>(&config, None, &Default::default(), &mut |event| {
+        if let temper_train::Event::Answer { prompt, .. } = event {
+            prompts.push(prompt);
+        }
+    })
+    .unwrap();
+    // The records are alpaca records, so the data is rendered with the `alpaca` template,
+    // not the model's ChatML; generation must ask the way training taught.
+    assert_eq!(prompts.len(), 2);
+    for prompt in &prompts {
+        assert!(prompt.starts_with("### Instruction:\n"), "{prompt:?}");
+        assert!(prompt.ends_with("### Response:\n"), "{prompt:?}");
+    }
+    let saved =
+        std::fs::read_to_string(dir.join("run").join(temper_train::run::TEMPLATE_FILE)).unwrap();
+    assert!(saved.contains("### Instruction"), "{saved}");
+    // The export carries that template too.
+    let exported: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("run/merged/tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(exported["chat_template"].as_str(), Some(saved.as_str()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_tokenizer_larger_than_the_model_is_refused_before_training() {
+    let _serial = serial();
+    let dir = scratch("vocab");
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("configs/models/gpt2-tiny/config.json")).unwrap(),
+    )
+    .unwrap();
+    config["vocab_size"] = 1000.into();
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let mut run = tiny(&dir.join("run"), &[]);
+    run.model.path = model;
+    let error = temper_train::run::<A>(&run, None, &Default::default(), &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.ends_with(
+            "tokenizer.json: the tokenizer has 50257 token ids but the model's vocabulary has 1000; use the model's own tokenizer or one that fits it"
+        ),
+        "{error}"
+    );
+    assert!(!dir.join("run").exists(), "nothing was written");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -25,7 +25,8 @@ pub enum Device {
 }
 
 impl Device {
-    /// Parses `cpu`, `ndarray`, `wgpu`, `wgpu:N`, `cuda`, `cuda:N`.
+    /// Parses `cpu`, `ndarray`, `wgpu`, `wgpu:N`, `cuda`, `cuda:N` (clap's value parser of
+    /// every `--device`, so a bad flag fails before anything is loaded).
     pub fn parse(flag: &str) -> Result<Self> {
         let (name, index) = match flag.split_once(':') {
             Some((name, index)) => match index.parse::<usize>() {
@@ -57,6 +58,19 @@ impl Device {
     }
 }
 
+impl std::fmt::Display for Device {
+    /// As the flag names it: `cpu`, `wgpu:1`, `cuda:0`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Ndarray => write!(f, "ndarray"),
+            Self::Wgpu(None) => write!(f, "wgpu"),
+            Self::Wgpu(Some(index)) => write!(f, "wgpu:{index}"),
+            Self::Cuda(index) => write!(f, "cuda:{index}"),
+        }
+    }
+}
+
 /// The backends compiled into this binary, as `--device` names them.
 pub fn compiled_in() -> Vec<&'static str> {
     let mut names = Vec::new();
@@ -82,9 +96,9 @@ pub trait OnDevice {
     fn run<B: Backend>(self, device: &B::Device, name: &str) -> Result<Self::Output>;
 }
 
-/// Runs `job` on the backend and device `flag` names.
-pub fn on_device<J: OnDevice>(flag: &str, job: J) -> Result<J::Output> {
-    let device = Device::parse(flag)?;
+/// Runs `job` on `device`'s backend.
+pub fn on_device<J: OnDevice>(device: Device, job: J) -> Result<J::Output> {
+    let flag = &device.to_string();
     match device {
         #[cfg(feature = "flex")]
         Device::Cpu => job.run::<burn::backend::Flex>(&Default::default(), flag),
@@ -148,13 +162,13 @@ mod tests {
             if compiled {
                 continue;
             }
-            let error = on_device(flag, Name).unwrap_err().to_string();
+            let error = on_device(device, Name).unwrap_err().to_string();
             assert!(
                 error.contains(&format!("--features {}", device.feature())),
                 "{error}"
             );
         }
         #[cfg(feature = "flex")]
-        assert!(on_device("cpu", Name).unwrap().contains("flex"));
+        assert!(on_device(Device::Cpu, Name).unwrap().contains("flex"));
     }
 }

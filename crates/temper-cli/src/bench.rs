@@ -20,7 +20,7 @@ use temper_lora::{LoraConfig, TargetModules};
 use temper_models::{CausalLm, ModelConfig};
 use temper_optim::{AdamW, AdamWConfig};
 
-use crate::backend::{DEVICE_HELP, OnDevice, on_device};
+use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,8 +60,8 @@ pub struct BenchArgs {
     /// Also time an N x N x N f32 matmul on the device (the machine's matmul rate, GFLOP/s).
     #[arg(long)]
     matmul: Option<usize>,
-    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
-    device: String,
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
+    device: Device,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -98,7 +98,7 @@ pub fn bench_command(args: &BenchArgs) -> Result<()> {
     if args.batch == 0 || args.seq < 2 || args.steps == 0 {
         bail!("--batch and --steps must be at least 1 and --seq at least 2");
     }
-    let report = on_device(&args.device, Bench(args))?;
+    let report = on_device(args.device, Bench(args))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

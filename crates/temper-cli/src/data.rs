@@ -144,9 +144,17 @@ struct ShownExample {
 
 fn inspect(input: &InputArgs, count: usize, json: bool) -> Result<()> {
     let (config, tokenizer) = input.load()?;
-    let prepared = prepare(&input.file, &tokenizer, &config)?;
+    let read = temper_data::pipeline::read_dataset(&input.file, &config)?;
+    let template =
+        temper_data::pipeline::resolve_template(&config, &tokenizer, &read.records, None)?;
+    let prepared = temper_data::pipeline::prepare_records(
+        &input.file,
+        read,
+        template.as_ref(),
+        &tokenizer,
+        &config,
+    )?;
     let report = QualityReport::build(&prepared);
-    let template = temper_data::pipeline::resolve_template(&config, &tokenizer, &prepared.records)?;
     let mut shown = Vec::new();
     for (record, example) in prepared
         .records

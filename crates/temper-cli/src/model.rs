@@ -14,14 +14,28 @@ use temper_chat::{ChatTemplate, Conversation, Message, RenderOptions};
 use temper_data::Tokenizer;
 use temper_models::{CausalLm, GenerationConfig, StopReason, generate, token_logprobs};
 
-use crate::backend::{DEVICE_HELP, OnDevice, on_device};
+use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device};
 
 /// A loaded model with everything needed to talk to it.
 pub struct Loaded<B: Backend> {
     pub model: CausalLm<B>,
-    pub tokenizer: Tokenizer,
+    /// `None` for a model directory without `tokenizer.json`: token ids still work.
+    tokenizer: Option<Tokenizer>,
     pub template: Option<ChatTemplate>,
     pub device: B::Device,
+    path: PathBuf,
+}
+
+impl<B: Backend> Loaded<B> {
+    /// The tokenizer, needed only to encode or decode text.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().with_context(|| {
+            format!(
+                "{}: the model directory has no tokenizer.json, so text cannot be encoded or decoded (`temper score --tokens` works without one)",
+                self.path.display()
+            )
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -30,8 +44,8 @@ pub struct ModelArgs {
     /// llama.cpp `.gguf` file.
     #[arg(long)]
     model: PathBuf,
-    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
-    device: String,
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
+    device: Device,
 }
 
 impl ModelArgs {
@@ -50,6 +64,7 @@ impl ModelArgs {
             tokenizer,
             template,
             device,
+            path: path.clone(),
         };
         eprintln!(
             "loaded {} in {:.2}s",
@@ -90,7 +105,7 @@ pub struct GenerateArgs {
 }
 
 pub fn generate_command(args: &GenerateArgs) -> Result<()> {
-    on_device(&args.model.device, Generate(args))
+    on_device(args.model.device, Generate(args))
 }
 
 struct Generate<'a>(&'a GenerateArgs);
@@ -123,9 +138,10 @@ fn generate_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()
         }
         _ => bail!("give --prompt TEXT or --messages FILE.json"),
     };
-    let (prompt, _) = loaded.tokenizer.encode(&prompt_text)?;
+    let tokenizer = loaded.tokenizer()?;
+    let (prompt, _) = tokenizer.encode(&prompt_text)?;
     // Chat models end a turn with their own token; stop there too.
-    let stop_token_ids = temper_train::stop_token_ids(&loaded.tokenizer);
+    let stop_token_ids = temper_train::stop_token_ids(tokenizer);
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -142,7 +158,7 @@ fn generate_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()
     let generation = generate(&loaded.model, &prompt, &config, &loaded.device, |token| {
         first_token_at.get_or_insert_with(Instant::now);
         generated.push(token);
-        let text = loaded.tokenizer.decode(&generated);
+        let text = tokenizer.decode(&generated);
         // Print only whole characters: a byte-level token may end inside one.
         let complete = text.trim_end_matches('\u{FFFD}');
         let stop_at = args
@@ -226,7 +242,7 @@ struct Score {
 }
 
 pub fn score_command(args: &ScoreArgs) -> Result<()> {
-    on_device(&args.model.device, ScoreJob(args))
+    on_device(args.model.device, ScoreJob(args))
 }
 
 struct ScoreJob<'a>(&'a ScoreArgs);
@@ -241,11 +257,11 @@ impl OnDevice for ScoreJob<'_> {
 fn score_on<B: Backend>(args: &ScoreArgs, device: &B::Device) -> Result<()> {
     let loaded = args.model.load::<B>(device)?;
     let mut tokens = match (&args.text, &args.file, &args.tokens) {
-        (Some(text), None, None) => loaded.tokenizer.encode(text)?.0,
+        (Some(text), None, None) => loaded.tokenizer()?.encode(text)?.0,
         (None, Some(path), None) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            loaded.tokenizer.encode(&text)?.0
+            loaded.tokenizer()?.encode(&text)?.0
         }
         (None, None, Some(tokens)) => {
             let vocab = loaded.model.config().vocab_size();

@@ -13,7 +13,7 @@ use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::tensor::backend::Backend;
 
-use crate::backend::{DEVICE_HELP, OnDevice, on_device};
+use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -27,12 +27,12 @@ pub struct TrainArgs {
     /// output directory.
     #[arg(long)]
     resume: Option<String>,
-    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
-    device: String,
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
+    device: Device,
 }
 
 pub fn train_command(args: &TrainArgs) -> Result<()> {
-    on_device(&args.device, Train(args))
+    on_device(args.device, Train(args))
 }
 
 struct Train<'a>(&'a TrainArgs);
@@ -138,6 +138,7 @@ fn train_on<B: Backend>(args: &TrainArgs, device: &B::Device, name: &str) -> Res
             when,
             expected,
             answer,
+            ..
         } => {
             let text = format!("  {when}: expected {expected:?}, generated {answer:?}");
             match &bar {
@@ -231,15 +232,15 @@ pub struct ExportArgs {
     /// Write the model, merged with its adapter, as a Hugging Face directory here.
     #[arg(long)]
     merged: Option<PathBuf>,
-    #[arg(long, default_value = "cpu", help = DEVICE_HELP)]
-    device: String,
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
+    device: Device,
 }
 
 pub fn export_command(args: &ExportArgs) -> Result<()> {
     if args.adapter.is_none() && args.merged.is_none() {
         anyhow::bail!("give --adapter DIR and/or --merged DIR");
     }
-    on_device(&args.device, Export(args))
+    on_device(args.device, Export(args))
 }
 
 struct Export<'a>(&'a ExportArgs);

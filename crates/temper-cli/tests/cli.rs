@@ -284,3 +284,24 @@ fn a_missing_or_foreign_model_is_a_clear_error() {
             .contains("expected a model directory or a .gguf file")
     );
 }
+
+#[test]
+fn token_ids_need_no_tokenizer() {
+    // A directory as `save_pretrained` of a model alone writes it: no tokenizer files.
+    let model = root().join("crates/temper-models/tests/fixtures/llama_gqa");
+    assert!(!model.join("tokenizer.json").exists());
+    let model = model.to_str().unwrap();
+    let scored = json_output(&temper(&[
+        "score", "--model", model, "--tokens", "1,17,42", "--json",
+    ]));
+    assert_eq!(scored["logprobs"].as_array().map(Vec::len), Some(2));
+    // Text does need one, and the error says so.
+    let output = temper(&["score", "--model", model, "--text", "hello"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("the model directory has no tokenizer.json"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -126,17 +126,22 @@ impl Prepared {
     }
 }
 
-/// Picks the chat template for a file (see [`DataConfig::template`]).
+/// Picks the chat template for `records` (see [`DataConfig::template`]): the configured
+/// one; else `alpaca` when every record is an alpaca record; else `own`, the model's own
+/// template (a GGUF's metadata, a model directory's `tokenizer_config.json`); else the
+/// `tokenizer_config.json` beside the tokenizer. `None` when no record needs one.
 pub fn resolve_template(
     config: &DataConfig,
     tokenizer: &Tokenizer,
     records: &[Record],
+    own: Option<ChatTemplate>,
 ) -> Result<Option<ChatTemplate>> {
     let needs_template = records.iter().any(|r| matches!(r.sample, Sample::Chat(_)));
     let spec = match &config.template {
         Some(spec) => spec.clone(),
         None if !needs_template => return Ok(None),
         None if records.iter().all(|r| r.format == Format::Alpaca) => "alpaca".to_owned(),
+        None if own.is_some() => return Ok(own),
         None => {
             // The tokenizer's own chat template, when its tokenizer_config.json has one.
             let beside = tokenizer
@@ -187,17 +192,36 @@ pub fn load_template(spec: &str, tokenizer: &Tokenizer) -> Result<ChatTemplate> 
     ))
 }
 
-/// Reads, renders, tokenizes (in parallel), truncates and packs one file.
+/// Reads, renders, tokenizes (in parallel), truncates and packs one file, with the template
+/// [`resolve_template`] picks for it (no model template).
 pub fn prepare(path: &Path, tokenizer: &Tokenizer, config: &DataConfig) -> Result<Prepared> {
+    let read = read_dataset(path, config)?;
+    let template = resolve_template(config, tokenizer, &read.records, None)?;
+    prepare_records(path, read, template.as_ref(), tokenizer, config)
+}
+
+/// Reads the records of one file (the first step of [`prepare`]).
+pub fn read_dataset(path: &Path, config: &DataConfig) -> Result<ReadOutcome> {
     config.validate()?;
-    let read = read_file(
+    read_file(
         path,
         &ReadOptions {
             format: config.format,
             fields: config.fields.clone(),
             on_error: config.on_error,
         },
-    )?;
+    )
+}
+
+/// Renders with `template`, tokenizes (in parallel), truncates and packs the records `read`
+/// from `path`.
+pub fn prepare_records(
+    path: &Path,
+    read: ReadOutcome,
+    template: Option<&ChatTemplate>,
+    tokenizer: &Tokenizer,
+    config: &DataConfig,
+) -> Result<Prepared> {
     let (read_records, mut outcome) = (
         read.records,
         ReadOutcome {
@@ -205,10 +229,9 @@ pub fn prepare(path: &Path, tokenizer: &Tokenizer, config: &DataConfig) -> Resul
             ..read
         },
     );
-    let template = resolve_template(config, tokenizer, &read_records)?;
     let encoded: Vec<Result<Example>> = read_records
         .par_iter()
-        .map(|record| encode_record(record, template.as_ref(), config.train_on, tokenizer, path))
+        .map(|record| encode_record(record, template, config.train_on, tokenizer, path))
         .collect();
 
     let mut records = Vec::with_capacity(encoded.len());

@@ -106,6 +106,21 @@ impl Sampler {
     pub fn next_batch(&mut self, count: usize) -> Vec<usize> {
         (0..count).map_while(|_| self.next_index()).collect()
     }
+
+    /// The next `count` items of one epoch: fewer at the epoch's end, so that no optimizer
+    /// step mixes two epochs and an epoch is exactly one pass.
+    ///
+    /// ```text
+    /// 5 items, count 2:   epoch 0: [a b] [c d] [e]   epoch 1: [. .] ...
+    /// ```
+    pub fn next_batch_in_epoch(&mut self, count: usize) -> Vec<usize> {
+        let left = if self.state.position == self.len {
+            self.len
+        } else {
+            self.len - self.state.position
+        };
+        self.next_batch(count.min(left))
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +142,18 @@ mod tests {
     fn the_shuffle_is_pinned() {
         // A changed shuffle silently changes every training run: keep this exact.
         assert_eq!(epoch_order(10, 42, 0), [8, 3, 6, 5, 4, 0, 9, 2, 1, 7]);
+    }
+
+    #[test]
+    fn batches_in_an_epoch_stop_at_its_end() {
+        let mut sampler = Sampler::new(5, 1);
+        let sizes: Vec<(usize, u64)> = (0..5)
+            .map(|_| {
+                let batch = sampler.next_batch_in_epoch(2);
+                (batch.len(), sampler.state().epoch)
+            })
+            .collect();
+        assert_eq!(sizes, [(2, 0), (2, 0), (1, 0), (2, 1), (2, 1)]);
     }
 
     #[test]

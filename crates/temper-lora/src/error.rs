@@ -10,12 +10,14 @@ pub enum Error {
     Config { key: String, reason: String },
     #[error("no module matches target_modules {targets}; linear layers are named like {example}")]
     NoTargets { targets: String, example: String },
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    /// Writing a file failed.
+    #[error(transparent)]
+    Store(#[from] temper_store::Error),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("adapter tensor {key}: expected shape {expected:?}, found {actual:?}")]

@@ -6,11 +6,11 @@
 //! Hugging Face model (`transformer.h.0.attn.c_attn`, `model.layers.0.self_attn.q_proj`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::Module;
 use burn::prelude::*;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde_json::{Value, json};
 
 use crate::config::{LoraConfig, TargetModules};
@@ -158,28 +158,18 @@ impl Adapter {
                 &weights.lora_b,
             ));
         }
-        let bytes: Vec<Vec<u8>> = tensors
-            .iter()
-            .map(|(_, _, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-            .iter()
-            .zip(&bytes)
-            .map(|((key, shape, _), bytes)| {
-                let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
-                    .expect("shape matches the number of values");
-                (key.clone(), view)
-            })
+        let tensors: Vec<(String, Vec<usize>, &[f32])> = tensors
+            .into_iter()
+            .map(|(key, shape, values)| (key, shape, values.as_slice()))
             .collect();
         let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
-        let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::File {
-            path: dir.join(WEIGHTS_FILE),
-            reason: e.to_string(),
-        })?;
-        write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+        temper_store::write_f32_safetensors(&dir.join(WEIGHTS_FILE), &tensors, Some(metadata))?;
         let config = self.peft_config(base_model_name_or_path);
         let text = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
-        write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+        Ok(temper_store::write_atomic(
+            &dir.join(CONFIG_FILE),
+            text.as_bytes(),
+        )?)
     }
 
     /// `adapter_config.json` as PEFT writes it for a LoRA adapter.
@@ -252,7 +242,12 @@ impl Adapter {
                     "{key}: expected a matrix, found shape {shape:?}"
                 )));
             }
-            let values = to_f32(&view).map_err(|reason| file_error(format!("{key}: {reason}")))?;
+            let values = temper_store::decode_f32(view.dtype(), view.data()).ok_or_else(|| {
+                file_error(format!(
+                    "{key}: dtype {:?} is not supported (F32, F16, BF16 are)",
+                    view.dtype()
+                ))
+            })?;
             let target = if factor == 'A' {
                 &mut a_factors
             } else {
@@ -391,42 +386,9 @@ fn lora_config_from_peft(json: &Value, path: &Path) -> Result<(LoraConfig, bool)
     Ok((config, flag("fan_in_fan_out")))
 }
 
-fn to_f32(view: &safetensors::tensor::TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
-    let bytes = view.data();
-    Ok(match view.dtype() {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        other => {
-            return Err(format!(
-                "dtype {other:?} is not supported (F32, F16, BF16 are)"
-            ));
-        }
-    })
-}
-
-fn io(path: &Path, source: std::io::Error) -> Error {
+fn io(path: &Path, error: std::io::Error) -> Error {
     Error::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temporary: PathBuf = path.with_extension("tmp");
-    std::fs::write(&temporary, bytes).map_err(|source| io(&temporary, source))?;
-    std::fs::rename(&temporary, path).map_err(|source| {
-        let _ = std::fs::remove_file(&temporary);
-        io(path, source)
-    })
 }

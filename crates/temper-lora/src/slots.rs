@@ -2,15 +2,17 @@
 //!
 //! A module takes part by holding, next to a projection's `weight` (`[d_input, d_output]`,
 //! burn's layout), two parameters named `lora.lora_a` (`[d_input, rank]`) and `lora.lora_b`
-//! (`[rank, d_output]`) whose product, scaled, is added to the projection's output. Enum
-//! variants are not part of a path (as a wrapper class is not part of a PEFT key), so the
-//! slot of `CausalLm::Gpt2(..).transformer.h.0.attn.c_attn` is `transformer.h.0.attn.c_attn`.
+//! (`[rank, d_output]`) whose product, scaled, is added to the projection's output. Paths
+//! are `temper-store`'s, so the slot of `CausalLm::Gpt2(..).transformer.h.0.attn.c_attn` is
+//! `transformer.h.0.attn.c_attn`, its PEFT key.
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+
+use temper_store::{ParamPath, PathMapper, PathVisitor};
 
 use crate::config::LoraConfig;
 
@@ -36,55 +38,21 @@ enum Factor {
     B,
 }
 
-/// Keeps the dotted path of the parameter being visited.
-#[derive(Default)]
-struct PathStack(Vec<String>);
-
-impl PathStack {
-    fn enter(&mut self, name: &str, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.0.push(name.to_owned());
-        }
-    }
-
-    fn exit(&mut self, container_type: &str) {
-        if !container_type.starts_with("Enum:") {
-            self.0.pop();
-        }
-    }
-
-    fn path(&self) -> String {
-        self.0.join(".")
-    }
-}
-
 /// Calls `visit(path, tensor)` for every float parameter (as a 2-D view when it is one).
 fn visit_params<B: Backend, M: Module<B>>(module: &M, visit: impl FnMut(&str, ParamView<B>)) {
-    struct Visitor<F> {
-        paths: PathStack,
-        visit: F,
-    }
-    impl<B: Backend, F: FnMut(&str, ParamView<B>)> ModuleVisitor<B> for Visitor<F> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.paths.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _: &str, container_type: &str) {
-            self.paths.exit(container_type);
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let value = param.val();
-            let elements = value.shape().num_elements();
+    struct Visitor<F>(F);
+    impl<B: Backend, F: FnMut(&str, ParamView<B>)> PathVisitor<B> for Visitor<F> {
+        fn visit_float<const D: usize>(&mut self, at: ParamPath<'_>, param: &Param<Tensor<B, D>>) {
+            let elements = param.lazy_shape().num_elements();
             let matrix = (D == 2).then(|| {
+                let value = param.val();
                 let dims = value.dims();
                 value.reshape([dims[0], dims[1]])
             });
-            (self.visit)(&self.paths.path(), ParamView { elements, matrix });
+            (self.0)(at.path, ParamView { elements, matrix });
         }
     }
-    module.visit(&mut Visitor {
-        paths: PathStack::default(),
-        visit,
-    });
+    temper_store::visit_params(module, &mut Visitor(visit));
 }
 
 struct ParamView<B: Backend> {
@@ -98,29 +66,21 @@ fn map_matrices<B: Backend, M: Module<B>>(
     module: M,
     map: impl FnMut(&str, Tensor<B, 2>) -> Option<Tensor<B, 2>>,
 ) -> M {
-    struct Mapper<F> {
-        paths: PathStack,
-        map: F,
-    }
-    impl<B: Backend, F: FnMut(&str, Tensor<B, 2>) -> Option<Tensor<B, 2>>> ModuleMapper<B>
-        for Mapper<F>
-    {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.paths.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _: &str, container_type: &str) {
-            self.paths.exit(container_type);
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+    struct Mapper<F>(F);
+    impl<B: Backend, F: FnMut(&str, Tensor<B, 2>) -> Option<Tensor<B, 2>>> PathMapper<B> for Mapper<F> {
+        fn map_float<const D: usize>(
+            &mut self,
+            at: ParamPath<'_>,
+            param: Param<Tensor<B, D>>,
+        ) -> Param<Tensor<B, D>> {
             if D != 2 {
                 return param;
             }
-            let path = self.paths.path();
             let (id, value, mapper) = param.consume();
             let require_grad = value.is_require_grad();
             let dims = value.dims();
             let matrix: Tensor<B, 2> = value.clone().reshape([dims[0], dims[1]]);
-            let value = match (self.map)(&path, matrix) {
+            let value = match (self.0)(at.path, matrix) {
                 Some(new) => new
                     .detach()
                     .reshape(value.shape())
@@ -130,10 +90,7 @@ fn map_matrices<B: Backend, M: Module<B>>(
             Param::from_mapped_value(id, value, mapper)
         }
     }
-    module.map(&mut Mapper {
-        paths: PathStack::default(),
-        map,
-    })
+    temper_store::map_params(module, &mut Mapper(map))
 }
 
 /// `A` and `B` of every slot, by module path.
@@ -172,20 +129,17 @@ pub fn init_peft<B: Backend, M: Module<B>>(module: M) -> M {
 /// Freezes everything but the LoRA factors: base weights get no gradient (so the optimizer
 /// never creates state for them), the factors do.
 pub fn freeze_base<B: Backend, M: Module<B>>(module: M) -> M {
-    struct Freezer(PathStack);
-    impl<B: Backend> ModuleMapper<B> for Freezer {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.0.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _: &str, container_type: &str) {
-            self.0.exit(container_type);
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            let trainable = slot_of(&self.0.path()).is_some();
-            param.set_require_grad(trainable)
+    struct Freezer;
+    impl<B: Backend> PathMapper<B> for Freezer {
+        fn map_float<const D: usize>(
+            &mut self,
+            at: ParamPath<'_>,
+            param: Param<Tensor<B, D>>,
+        ) -> Param<Tensor<B, D>> {
+            param.set_require_grad(slot_of(at.path).is_some())
         }
     }
-    module.map(&mut Freezer(PathStack::default()))
+    temper_store::map_params(module, &mut Freezer)
 }
 
 /// Parameter counts, as PEFT's `print_trainable_parameters` reports them.

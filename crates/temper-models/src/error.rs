@@ -50,9 +50,34 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Gguf { path: PathBuf, message: String },
 
-    /// Inputs to a model call are inconsistent.
-    #[error("{0}")]
-    Input(String),
+    /// Writing a file failed.
+    #[error(transparent)]
+    Store(#[from] temper_store::Error),
+
+    /// Token ids of a model call that do not fill `[batch, seq_len]`.
+    #[error("{name} has {len} values, expected batch {batch} x seq_len {seq_len}")]
+    InputShape {
+        name: &'static str,
+        len: usize,
+        batch: usize,
+        seq_len: usize,
+    },
+
+    /// Fewer tokens than a call needs (a prompt needs one, scoring two).
+    #[error("{what} needs at least {needed} token(s), got {got}")]
+    TooFewTokens {
+        what: &'static str,
+        needed: usize,
+        got: usize,
+    },
+
+    /// More tokens than the model's context holds.
+    #[error("{what} has {got} tokens; the model reads at most {limit}")]
+    TooManyTokens {
+        what: &'static str,
+        got: usize,
+        limit: usize,
+    },
 }
 
 /// Result type of temper-models.

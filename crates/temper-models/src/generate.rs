@@ -69,14 +69,19 @@ pub fn generate<B: Backend>(
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Generation> {
     if prompt.is_empty() {
-        return Err(Error::Input("the prompt has no tokens".into()));
+        return Err(Error::TooFewTokens {
+            what: "the prompt",
+            needed: 1,
+            got: 0,
+        });
     }
     let limit = model.max_positions();
     if prompt.len() >= limit {
-        return Err(Error::Input(format!(
-            "the prompt has {} tokens; the model reads at most {limit}",
-            prompt.len()
-        )));
+        return Err(Error::TooManyTokens {
+            what: "the prompt",
+            got: prompt.len(),
+            limit: limit - 1,
+        });
     }
     let mut cache = model.new_cache();
     let mut sampler = Sampler::new(config);
@@ -122,14 +127,19 @@ pub fn token_logprobs<B: Backend>(
     device: &B::Device,
 ) -> Result<Vec<f64>> {
     if tokens.len() < 2 {
-        return Err(Error::Input("scoring needs at least two tokens".into()));
+        return Err(Error::TooFewTokens {
+            what: "scoring",
+            needed: 2,
+            got: tokens.len(),
+        });
     }
     let limit = model.max_positions();
     if tokens.len() > limit {
-        return Err(Error::Input(format!(
-            "{} tokens is more than the model reads ({limit})",
-            tokens.len()
-        )));
+        return Err(Error::TooManyTokens {
+            what: "the scored text",
+            got: tokens.len(),
+            limit,
+        });
     }
     let n = tokens.len();
     let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();

@@ -260,7 +260,7 @@ impl GgufFile {
                     "tensor `{name}` has ggml type {type_id}, which is not supported (F32, F16, BF16, Q8_0, Q4_0 and Q4_1 are)"
                 ))
             })?;
-            let offset = reader.u64()? as usize;
+            let offset = usize::try_from(reader.u64()?).unwrap_or(usize::MAX);
             dims.reverse();
             tensors.push(GgufTensor {
                 name,
@@ -284,7 +284,18 @@ impl GgufFile {
             data_start,
         };
         for tensor in &file.tensors {
-            let end = file.data_start + tensor.offset + file.byte_len(tensor)?;
+            let len = file.byte_len(tensor)?;
+            let end = file
+                .data_start
+                .checked_add(tensor.offset)
+                .and_then(|start| start.checked_add(len))
+                .ok_or_else(|| Error::Gguf {
+                    path: path.to_owned(),
+                    message: format!(
+                        "tensor `{}` starts at offset {} of the data section, past the end of any file",
+                        tensor.name, tensor.offset
+                    ),
+                })?;
             if end > file.bytes.len() {
                 return Err(Error::Gguf {
                     path: path.to_owned(),
@@ -300,7 +311,17 @@ impl GgufFile {
     }
 
     fn byte_len(&self, tensor: &GgufTensor) -> Result<usize> {
-        let elements: usize = tensor.shape.iter().product();
+        let elements = tensor
+            .shape
+            .iter()
+            .try_fold(1usize, |product, &dim| product.checked_mul(dim))
+            .ok_or_else(|| Error::Gguf {
+                path: self.path.clone(),
+                message: format!(
+                    "tensor `{}` has shape {:?}: more elements than memory can address",
+                    tensor.name, tensor.shape
+                ),
+            })?;
         let (block, bytes) = tensor.ggml_type.block();
         if !elements.is_multiple_of(block) {
             return Err(Error::Gguf {
@@ -755,6 +776,34 @@ mod tests {
             .to_string();
         assert!(
             error.contains("tensor `blk.0.attn_q.weight` has ggml type 12, which is not supported"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn offsets_and_sizes_that_overflow_name_the_tensor() {
+        // The offset field of the only tensor: after the header, one string metadata entry
+        // and the tensor's name, dimension count, one dimension and type.
+        let name = "blk.0.attn_q.weight";
+        let offset_at = 4 + 4 + 8 + 8 + (8 + 20) + 4 + (8 + 5) + (8 + name.len()) + 4 + 8 + 4;
+        let mut bytes = gguf_bytes(&[(name, vec![2], 0, vec![0; 8])]);
+        bytes[offset_at..offset_at + 8].copy_from_slice(&(u64::MAX - 4).to_le_bytes());
+        let error = GgufFile::parse(Path::new("o.gguf"), bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tensor `blk.0.attn_q.weight` starts at offset"),
+            "{error}"
+        );
+
+        // Four dimensions of 65,536 (each within a file of that size) have 2^64 elements.
+        let mut bytes = gguf_bytes(&[(name, vec![65_536; 4], 0, vec![0; 65_536])]);
+        bytes.resize(70_000, 0);
+        let error = GgufFile::parse(Path::new("s.gguf"), bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tensor `blk.0.attn_q.weight` has shape [65536, 65536, 65536, 65536]"),
             "{error}"
         );
     }

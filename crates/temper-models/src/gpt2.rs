@@ -6,13 +6,13 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::{Bool, Int};
 
-use crate::config::Gpt2Config;
-use crate::error::Result;
+use crate::config::{Gpt2Config, ModelConfig};
 use crate::layers::{
-    Embedding, KvCache, LayerCache, LayerNorm, Linear, LinearConfig, WeightLayout, attention,
-    extend_cache, neftune, tied_logits,
+    Embedding, KvCache, LayerCache, LayerNorm, Linear, LinearConfig, attention, extend_cache,
+    neftune, tied_logits,
 };
-use crate::weights::{WeightWriter, Weights};
+use crate::layout::{Layout, WeightLayout};
+use crate::model::Architecture;
 
 #[derive(Module, Debug)]
 pub struct Gpt2<B: Backend> {
@@ -54,6 +54,19 @@ pub struct Gpt2Mlp<B: Backend> {
     pub c_proj: Linear<B>,
 }
 
+/// GPT-2's checkpoints: `Conv1D` weights stored `[in, out]`; files of `GPT2Model` lack the
+/// `transformer.` prefix; old files carry the causal-mask buffers; the output layer is tied
+/// to `wte`, so a saved copy is not a parameter.
+pub const LAYOUT: Layout = Layout {
+    linear: WeightLayout::Conv1d,
+    optional_prefix: Some("transformer."),
+    ignored: &[
+        "transformer.h.*.attn.bias",
+        "transformer.h.*.attn.masked_bias",
+        "lm_head.weight",
+    ],
+};
+
 impl Gpt2Config {
     fn linears(&self) -> [LinearConfig; 4] {
         let e = self.n_embd;
@@ -94,109 +107,18 @@ impl Gpt2Config {
             embedding_noise: None,
         }
     }
-
-    /// Builds the model from checkpoint tensors (keys with or without the `transformer.`
-    /// prefix, as GPT2LMHeadModel and GPT2Model save them).
-    pub fn load<B: Backend>(&self, weights: &mut Weights, device: &B::Device) -> Result<Gpt2<B>> {
-        let prefix = if weights.contains("transformer.wte.weight") {
-            "transformer."
-        } else {
-            ""
-        };
-        let [c_attn, c_proj, c_fc, mlp_proj] = self.linears();
-        let (e, eps) = (self.n_embd, self.layer_norm_epsilon);
-        let mut h = Vec::with_capacity(self.n_layer);
-        for i in 0..self.n_layer {
-            let p = format!("{prefix}h.{i}");
-            // Old checkpoints carry the causal-mask buffers; they are not parameters.
-            weights.ignore(&format!("{p}.attn.bias"));
-            weights.ignore(&format!("{p}.attn.masked_bias"));
-            h.push(Gpt2Block {
-                ln_1: LayerNorm::load(weights, &format!("{p}.ln_1"), e, eps, device)?,
-                attn: Gpt2Attention {
-                    c_attn: Linear::load(
-                        weights,
-                        &format!("{p}.attn.c_attn"),
-                        &c_attn,
-                        WeightLayout::Conv1d,
-                        device,
-                    )?,
-                    c_proj: Linear::load(
-                        weights,
-                        &format!("{p}.attn.c_proj"),
-                        &c_proj,
-                        WeightLayout::Conv1d,
-                        device,
-                    )?,
-                    n_head: self.n_head,
-                },
-                ln_2: LayerNorm::load(weights, &format!("{p}.ln_2"), e, eps, device)?,
-                mlp: Gpt2Mlp {
-                    c_fc: Linear::load(
-                        weights,
-                        &format!("{p}.mlp.c_fc"),
-                        &c_fc,
-                        WeightLayout::Conv1d,
-                        device,
-                    )?,
-                    c_proj: Linear::load(
-                        weights,
-                        &format!("{p}.mlp.c_proj"),
-                        &mlp_proj,
-                        WeightLayout::Conv1d,
-                        device,
-                    )?,
-                },
-            });
-        }
-        let transformer = Gpt2Transformer {
-            wte: Embedding::load(
-                weights,
-                &format!("{prefix}wte.weight"),
-                self.vocab_size,
-                e,
-                device,
-            )?,
-            wpe: Embedding::load(
-                weights,
-                &format!("{prefix}wpe.weight"),
-                self.n_positions,
-                e,
-                device,
-            )?,
-            h,
-            ln_f: LayerNorm::load(weights, &format!("{prefix}ln_f"), e, eps, device)?,
-        };
-        // The output layer is tied to `wte`; a saved copy is allowed and ignored.
-        weights.ignore("lm_head.weight");
-        Ok(Gpt2 {
-            transformer,
-            config: self.clone(),
-            embedding_noise: None,
-        })
-    }
 }
 
-impl<B: Backend> Gpt2<B> {
-    /// # Shapes
-    /// input_ids, position_ids: `[batch, seq_len]`, mask: `[batch, 1, seq_len, seq_len]`
-    /// -> logits `[batch, seq_len, vocab_size]`
-    pub fn forward(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        position_ids: Tensor<B, 2, Int>,
-        mask: Tensor<B, 4, Bool>,
-        cache: Option<&mut KvCache<B>>,
-    ) -> Tensor<B, 3> {
-        let hidden = self.hidden(input_ids, position_ids, mask, cache);
-        tied_logits(hidden, self.transformer.wte.weight.val())
+impl<B: Backend> Architecture<B> for Gpt2<B> {
+    fn layout(&self) -> &'static Layout {
+        &LAYOUT
     }
 
-    /// The final (normalised) hidden states, before the output layer.
-    ///
-    /// # Shapes
-    /// -> `[batch, seq_len, n_embd]`
-    pub fn hidden(
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Gpt2(self.config.clone())
+    }
+
+    fn hidden(
         &self,
         input_ids: Tensor<B, 2, Int>,
         position_ids: Tensor<B, 2, Int>,
@@ -217,51 +139,39 @@ impl<B: Backend> Gpt2<B> {
         t.ln_f.forward(x)
     }
 
-    /// See [`crate::CausalLm::map_linears`].
-    pub fn map_linears(mut self, map: &mut impl FnMut(&str, Linear<B>) -> Linear<B>) -> Self {
-        self.transformer.h = self
-            .transformer
-            .h
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut block)| {
-                let p = format!("transformer.h.{i}");
-                block.attn.c_attn = map(&format!("{p}.attn.c_attn"), block.attn.c_attn);
-                block.attn.c_proj = map(&format!("{p}.attn.c_proj"), block.attn.c_proj);
-                block.mlp.c_fc = map(&format!("{p}.mlp.c_fc"), block.mlp.c_fc);
-                block.mlp.c_proj = map(&format!("{p}.mlp.c_proj"), block.mlp.c_proj);
-                block
-            })
-            .collect();
-        self
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        tied_logits(hidden, self.transformer.wte.weight.val())
     }
 
-    pub fn save(&self, writer: &mut WeightWriter) {
-        let t = &self.transformer;
-        writer.push_tensor("transformer.wte.weight", t.wte.weight.val());
-        writer.push_tensor("transformer.wpe.weight", t.wpe.weight.val());
-        for (i, block) in t.h.iter().enumerate() {
-            let p = format!("transformer.h.{i}");
-            block.ln_1.save(writer, &format!("{p}.ln_1"));
-            block
-                .attn
-                .c_attn
-                .save(writer, &format!("{p}.attn.c_attn"), WeightLayout::Conv1d);
-            block
-                .attn
-                .c_proj
-                .save(writer, &format!("{p}.attn.c_proj"), WeightLayout::Conv1d);
-            block.ln_2.save(writer, &format!("{p}.ln_2"));
-            block
-                .mlp
-                .c_fc
-                .save(writer, &format!("{p}.mlp.c_fc"), WeightLayout::Conv1d);
-            block
-                .mlp
-                .c_proj
-                .save(writer, &format!("{p}.mlp.c_proj"), WeightLayout::Conv1d);
-        }
-        t.ln_f.save(writer, "transformer.ln_f");
+    fn output_weight(&self) -> Option<Tensor<B, 2>> {
+        Some(self.transformer.wte.weight.val())
+    }
+
+    fn n_layers(&self) -> usize {
+        self.transformer.h.len()
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config.n_positions
+    }
+
+    fn set_embedding_noise(&mut self, alpha: Option<f64>) {
+        self.embedding_noise = alpha;
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
+        self.transformer
+            .h
+            .iter_mut()
+            .flat_map(|block| {
+                [
+                    &mut block.attn.c_attn,
+                    &mut block.attn.c_proj,
+                    &mut block.mlp.c_fc,
+                    &mut block.mlp.c_proj,
+                ]
+            })
+            .collect()
     }
 }
 

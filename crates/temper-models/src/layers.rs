@@ -2,23 +2,12 @@
 //! embedding and masked multi-head attention.
 
 use burn::config::Config;
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::{Bool, Distribution, Int};
 
 use crate::config::RopeScaling;
-use crate::error::Result;
 use crate::fused::masked_softmax;
-use crate::weights::{RawTensor, WeightWriter, Weights, raw};
-
-/// How a checkpoint stores a projection's weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightLayout {
-    /// `torch.nn.Linear`: `[out, in]` (Llama, Mistral, Qwen2).
-    Torch,
-    /// HF `Conv1D`: `[in, out]` (GPT-2).
-    Conv1d,
-}
 
 /// A dense projection `y = x W + b`.
 #[derive(Config, Debug)]
@@ -106,20 +95,49 @@ impl<B: Backend> LowRank<B> {
 }
 
 impl LinearConfig {
-    /// Normal(0, 0.02) weights and zero biases, as HF initialises them.
+    /// Normal(0, 0.02) weights and zero biases, as HF initialises them (drawn when first
+    /// read, so a layer whose weights are then loaded never draws them).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Linear<B> {
         Linear {
-            weight: Param::from_tensor(Tensor::random(
-                [self.d_input, self.d_output],
-                Distribution::Normal(0.0, 0.02),
-                device,
-            )),
+            weight: lazy_param([self.d_input, self.d_output], Init::Normal(0.02), device),
             bias: self
                 .bias
-                .then(|| Param::from_tensor(Tensor::zeros([self.d_output], device))),
+                .then(|| lazy_param([self.d_output], Init::Zeros, device)),
             lora: None,
         }
     }
+}
+
+/// How a parameter's first value is drawn.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// Normal with mean 0 and this standard deviation.
+    Normal(f64),
+    Zeros,
+    Ones,
+}
+
+/// A trainable parameter of `shape` whose value is made by `init` when it is first read.
+/// Loading replaces it before that, so a loaded model never allocates random weights.
+pub fn lazy_param<B: Backend, const D: usize>(
+    shape: [usize; D],
+    init: Init,
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::uninitialized(
+        ParamId::new(),
+        move |device, require_grad| {
+            let tensor = match init {
+                Init::Normal(std) => Tensor::random(shape, Distribution::Normal(0.0, std), device),
+                Init::Zeros => Tensor::zeros(shape, device),
+                Init::Ones => Tensor::ones(shape, device),
+            };
+            tensor.set_require_grad(require_grad)
+        },
+        device.clone(),
+        true,
+        shape.into(),
+    )
 }
 
 impl<B: Backend> Linear<B> {
@@ -139,48 +157,7 @@ impl<B: Backend> Linear<B> {
 
     /// `[d_input, d_output]` of the weight.
     pub fn dims(&self) -> [usize; 2] {
-        self.weight.shape().dims()
-    }
-
-    /// Reads `{prefix}.weight` (and `{prefix}.bias`) stored in `layout`.
-    pub fn load(
-        weights: &mut Weights,
-        prefix: &str,
-        config: &LinearConfig,
-        layout: WeightLayout,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let (d_in, d_out) = (config.d_input, config.d_output);
-        let weight = match layout {
-            WeightLayout::Torch => weights
-                .take(&format!("{prefix}.weight"), &[d_out, d_in])?
-                .transposed(),
-            WeightLayout::Conv1d => weights.take(&format!("{prefix}.weight"), &[d_in, d_out])?,
-        };
-        let bias = if config.bias {
-            Some(weights.take(&format!("{prefix}.bias"), &[d_out])?)
-        } else {
-            None
-        };
-        Ok(Linear {
-            weight: Param::from_tensor(weight.to_tensor(device)),
-            bias: bias.map(|b| Param::from_tensor(b.to_tensor(device))),
-            lora: None,
-        })
-    }
-
-    pub fn save(&self, writer: &mut WeightWriter, prefix: &str, layout: WeightLayout) {
-        let weight = raw(self.weight.val());
-        writer.push(
-            format!("{prefix}.weight"),
-            match layout {
-                WeightLayout::Torch => weight.transposed(),
-                WeightLayout::Conv1d => weight,
-            },
-        );
-        if let Some(bias) = &self.bias {
-            writer.push_tensor(format!("{prefix}.bias"), bias.val());
-        }
+        self.weight.lazy_shape().dims()
     }
 }
 
@@ -216,24 +193,8 @@ pub struct Embedding<B: Backend> {
 impl<B: Backend> Embedding<B> {
     pub fn init(n: usize, d_model: usize, device: &B::Device) -> Self {
         Embedding {
-            weight: Param::from_tensor(Tensor::random(
-                [n, d_model],
-                Distribution::Normal(0.0, 0.02),
-                device,
-            )),
+            weight: lazy_param([n, d_model], Init::Normal(0.02), device),
         }
-    }
-
-    pub fn load(
-        weights: &mut Weights,
-        key: &str,
-        n: usize,
-        d_model: usize,
-        device: &B::Device,
-    ) -> Result<Self> {
-        Ok(Embedding {
-            weight: Param::from_tensor(weights.take(key, &[n, d_model])?.to_tensor(device)),
-        })
     }
 
     /// # Shapes
@@ -254,37 +215,10 @@ pub struct LayerNorm<B: Backend> {
 impl<B: Backend> LayerNorm<B> {
     pub fn init(d_model: usize, epsilon: f64, device: &B::Device) -> Self {
         LayerNorm {
-            weight: Param::from_tensor(Tensor::ones([d_model], device)),
-            bias: Param::from_tensor(Tensor::zeros([d_model], device)),
+            weight: lazy_param([d_model], Init::Ones, device),
+            bias: lazy_param([d_model], Init::Zeros, device),
             epsilon,
         }
-    }
-
-    pub fn load(
-        weights: &mut Weights,
-        prefix: &str,
-        d_model: usize,
-        epsilon: f64,
-        device: &B::Device,
-    ) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: Param::from_tensor(
-                weights
-                    .take(&format!("{prefix}.weight"), &[d_model])?
-                    .to_tensor(device),
-            ),
-            bias: Param::from_tensor(
-                weights
-                    .take(&format!("{prefix}.bias"), &[d_model])?
-                    .to_tensor(device),
-            ),
-            epsilon,
-        })
-    }
-
-    pub fn save(&self, writer: &mut WeightWriter, prefix: &str) {
-        writer.push_tensor(format!("{prefix}.weight"), self.weight.val());
-        writer.push_tensor(format!("{prefix}.bias"), self.bias.val());
     }
 
     /// # Shapes
@@ -304,22 +238,9 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     pub fn init(d_model: usize, epsilon: f64, device: &B::Device) -> Self {
         RmsNorm {
-            weight: Param::from_tensor(Tensor::ones([d_model], device)),
+            weight: lazy_param([d_model], Init::Ones, device),
             epsilon,
         }
-    }
-
-    pub fn load(
-        weights: &mut Weights,
-        key: &str,
-        d_model: usize,
-        epsilon: f64,
-        device: &B::Device,
-    ) -> Result<Self> {
-        Ok(RmsNorm {
-            weight: Param::from_tensor(weights.take(key, &[d_model])?.to_tensor(device)),
-            epsilon,
-        })
     }
 
     /// # Shapes
@@ -460,11 +381,6 @@ pub fn attention<B: Backend>(
         .reshape([batch, n_kv_heads, n_rep * seq_q, seq_k])
         .matmul(value)
         .reshape([batch, n_heads, seq_q, head_dim])
-}
-
-/// A weight tensor for saving (helper for modules that store raw params).
-pub fn raw_param<B: Backend, const D: usize>(param: &Param<Tensor<B, D>>) -> RawTensor {
-    raw(param.val())
 }
 
 /// The keys and values of one layer for the positions seen so far: `[batch, n_kv_heads, len, head_dim]`.

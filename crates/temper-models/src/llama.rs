@@ -6,14 +6,14 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::{Bool, Int};
 
-use crate::config::LlamaConfig;
-use crate::error::Result;
+use crate::config::{LlamaConfig, ModelConfig};
 use crate::fused::{rope, swiglu};
 use crate::layers::{
-    Embedding, KvCache, LayerCache, Linear, LinearConfig, RmsNorm, WeightLayout, attention,
-    extend_cache, neftune, rope_cos_sin, rope_inv_freq, tied_logits,
+    Embedding, KvCache, LayerCache, Linear, LinearConfig, RmsNorm, attention, extend_cache,
+    neftune, rope_cos_sin, rope_inv_freq, tied_logits,
 };
-use crate::weights::{WeightWriter, Weights};
+use crate::layout::{Layout, WeightLayout};
+use crate::model::Architecture;
 
 #[derive(Module, Debug)]
 pub struct Llama<B: Backend> {
@@ -61,6 +61,17 @@ pub struct LlamaMlp<B: Backend> {
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
 }
+
+/// Llama's checkpoints: `nn.Linear` weights stored `[out, in]`; some exports keep the
+/// rotary frequencies (derived here); a tied output layer's saved copy is not a parameter.
+pub const LAYOUT: Layout = Layout {
+    linear: WeightLayout::Torch,
+    optional_prefix: None,
+    ignored: &[
+        "model.layers.*.self_attn.rotary_emb.inv_freq",
+        "lm_head.weight",
+    ],
+};
 
 /// The projections of one layer: q, k, v, o, gate, up, down.
 struct Projections([LinearConfig; 7]);
@@ -121,136 +132,18 @@ impl LlamaConfig {
             embedding_noise: None,
         }
     }
-
-    /// Builds the model from checkpoint tensors with HF key names.
-    pub fn load<B: Backend>(&self, weights: &mut Weights, device: &B::Device) -> Result<Llama<B>> {
-        let Projections([q, k, v, o, gate, up, down]) = self.projections();
-        let (eps, h) = (self.rms_norm_eps, self.hidden_size);
-        let torch = WeightLayout::Torch;
-        let mut layers = Vec::with_capacity(self.num_hidden_layers);
-        for i in 0..self.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            // Some exports keep the precomputed rotary frequencies; they are derived here.
-            weights.ignore(&format!("{p}.self_attn.rotary_emb.inv_freq"));
-            layers.push(LlamaDecoderLayer {
-                self_attn: LlamaAttention {
-                    q_proj: Linear::load(
-                        weights,
-                        &format!("{p}.self_attn.q_proj"),
-                        &q,
-                        torch,
-                        device,
-                    )?,
-                    k_proj: Linear::load(
-                        weights,
-                        &format!("{p}.self_attn.k_proj"),
-                        &k,
-                        torch,
-                        device,
-                    )?,
-                    v_proj: Linear::load(
-                        weights,
-                        &format!("{p}.self_attn.v_proj"),
-                        &v,
-                        torch,
-                        device,
-                    )?,
-                    o_proj: Linear::load(
-                        weights,
-                        &format!("{p}.self_attn.o_proj"),
-                        &o,
-                        torch,
-                        device,
-                    )?,
-                    n_heads: self.num_attention_heads,
-                    n_kv_heads: self.num_key_value_heads,
-                    head_dim: self.head_dim,
-                },
-                mlp: LlamaMlp {
-                    gate_proj: Linear::load(
-                        weights,
-                        &format!("{p}.mlp.gate_proj"),
-                        &gate,
-                        torch,
-                        device,
-                    )?,
-                    up_proj: Linear::load(
-                        weights,
-                        &format!("{p}.mlp.up_proj"),
-                        &up,
-                        torch,
-                        device,
-                    )?,
-                    down_proj: Linear::load(
-                        weights,
-                        &format!("{p}.mlp.down_proj"),
-                        &down,
-                        torch,
-                        device,
-                    )?,
-                },
-                input_layernorm: RmsNorm::load(
-                    weights,
-                    &format!("{p}.input_layernorm.weight"),
-                    h,
-                    eps,
-                    device,
-                )?,
-                post_attention_layernorm: RmsNorm::load(
-                    weights,
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    h,
-                    eps,
-                    device,
-                )?,
-            });
-        }
-        let model = LlamaModel {
-            embed_tokens: Embedding::load(
-                weights,
-                "model.embed_tokens.weight",
-                self.vocab_size,
-                h,
-                device,
-            )?,
-            layers,
-            norm: RmsNorm::load(weights, "model.norm.weight", h, eps, device)?,
-        };
-        let lm_head = if self.tie_word_embeddings {
-            // Tied: a saved copy of the embedding is allowed and ignored.
-            weights.ignore("lm_head.weight");
-            None
-        } else {
-            let config = LinearConfig::new(h, self.vocab_size);
-            Some(Linear::load(weights, "lm_head", &config, torch, device)?)
-        };
-        Ok(Llama {
-            model,
-            lm_head,
-            config: self.clone(),
-            inv_freq: self.inv_freq(),
-            embedding_noise: None,
-        })
-    }
 }
 
-impl<B: Backend> Llama<B> {
-    /// # Shapes
-    /// input_ids, position_ids: `[batch, seq_len]`, mask: `[batch, 1, seq_len, seq_len]`
-    /// -> logits `[batch, seq_len, vocab_size]`
-    pub fn forward(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        position_ids: Tensor<B, 2, Int>,
-        mask: Tensor<B, 4, Bool>,
-        cache: Option<&mut KvCache<B>>,
-    ) -> Tensor<B, 3> {
-        let hidden = self.hidden(input_ids, position_ids, mask, cache);
-        self.logits(hidden)
+impl<B: Backend> Architecture<B> for Llama<B> {
+    fn layout(&self) -> &'static Layout {
+        &LAYOUT
     }
 
-    /// The final hidden states (after the last norm), before the output layer.
-    pub fn hidden(
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Llama(self.config.clone())
+    }
+
+    fn hidden(
         &self,
         input_ids: Tensor<B, 2, Int>,
         position_ids: Tensor<B, 2, Int>,
@@ -276,83 +169,51 @@ impl<B: Backend> Llama<B> {
         self.model.norm.forward(x)
     }
 
-    /// The output layer: `lm_head`, or the transposed embedding when tied.
-    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(lm_head) => lm_head.forward(hidden),
             None => tied_logits(hidden, self.model.embed_tokens.weight.val()),
         }
     }
 
-    /// See [`crate::CausalLm::map_linears`].
-    pub fn map_linears(mut self, map: &mut impl FnMut(&str, Linear<B>) -> Linear<B>) -> Self {
-        self.model.layers = self
-            .model
-            .layers
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut layer)| {
-                let p = format!("model.layers.{i}");
-                layer.self_attn.q_proj =
-                    map(&format!("{p}.self_attn.q_proj"), layer.self_attn.q_proj);
-                layer.self_attn.k_proj =
-                    map(&format!("{p}.self_attn.k_proj"), layer.self_attn.k_proj);
-                layer.self_attn.v_proj =
-                    map(&format!("{p}.self_attn.v_proj"), layer.self_attn.v_proj);
-                layer.self_attn.o_proj =
-                    map(&format!("{p}.self_attn.o_proj"), layer.self_attn.o_proj);
-                layer.mlp.gate_proj = map(&format!("{p}.mlp.gate_proj"), layer.mlp.gate_proj);
-                layer.mlp.up_proj = map(&format!("{p}.mlp.up_proj"), layer.mlp.up_proj);
-                layer.mlp.down_proj = map(&format!("{p}.mlp.down_proj"), layer.mlp.down_proj);
-                layer
-            })
-            .collect();
-        self.lm_head = self.lm_head.map(|l| map("lm_head", l));
-        self
+    fn output_weight(&self) -> Option<Tensor<B, 2>> {
+        match &self.lm_head {
+            None => Some(self.model.embed_tokens.weight.val()),
+            Some(head) if head.bias.is_none() && head.lora.is_none() => {
+                Some(head.weight.val().transpose())
+            }
+            Some(_) => None,
+        }
     }
 
-    pub fn save(&self, writer: &mut WeightWriter) {
-        let torch = WeightLayout::Torch;
-        writer.push_tensor(
-            "model.embed_tokens.weight",
-            self.model.embed_tokens.weight.val(),
-        );
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            let attn = &layer.self_attn;
-            attn.q_proj
-                .save(writer, &format!("{p}.self_attn.q_proj"), torch);
-            attn.k_proj
-                .save(writer, &format!("{p}.self_attn.k_proj"), torch);
-            attn.v_proj
-                .save(writer, &format!("{p}.self_attn.v_proj"), torch);
-            attn.o_proj
-                .save(writer, &format!("{p}.self_attn.o_proj"), torch);
-            layer
-                .mlp
-                .gate_proj
-                .save(writer, &format!("{p}.mlp.gate_proj"), torch);
-            layer
-                .mlp
-                .up_proj
-                .save(writer, &format!("{p}.mlp.up_proj"), torch);
-            layer
-                .mlp
-                .down_proj
-                .save(writer, &format!("{p}.mlp.down_proj"), torch);
-            writer.push_tensor(
-                format!("{p}.input_layernorm.weight"),
-                layer.input_layernorm.weight.val(),
-            );
-            writer.push_tensor(
-                format!("{p}.post_attention_layernorm.weight"),
-                layer.post_attention_layernorm.weight.val(),
-            );
+    fn n_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    fn set_embedding_noise(&mut self, alpha: Option<f64>) {
+        self.embedding_noise = alpha;
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
+        let mut linears: Vec<&mut Linear<B>> = Vec::new();
+        for layer in &mut self.model.layers {
+            let (attn, mlp) = (&mut layer.self_attn, &mut layer.mlp);
+            linears.extend([
+                &mut attn.q_proj,
+                &mut attn.k_proj,
+                &mut attn.v_proj,
+                &mut attn.o_proj,
+                &mut mlp.gate_proj,
+                &mut mlp.up_proj,
+                &mut mlp.down_proj,
+            ]);
         }
-        writer.push_tensor("model.norm.weight", self.model.norm.weight.val());
-        if let Some(lm_head) = &self.lm_head {
-            lm_head.save(writer, "lm_head", torch);
-        }
+        linears.extend(self.lm_head.as_mut());
+        linears
     }
 }
 

@@ -2,16 +2,18 @@
 
 use std::path::Path;
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::{Int, TensorData};
+use burn::tensor::{Bool, Int, TensorData};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gpt2::Gpt2;
 use crate::layers::{KvCache, Linear, block_causal_mask, decoding_mask};
+use crate::layout::Layout;
 use crate::llama::Llama;
 use crate::weights::{WeightWriter, Weights};
+use temper_store::{ParamPath, PathMapper, map_params, param_paths};
 
 /// What a forward pass reads: token ids, their positions, and which example each token
 /// belongs to (0 for padding), so that packed examples never attend to each other.
@@ -42,9 +44,12 @@ impl<B: Backend> ModelInput<B> {
             ("segment_ids", segment_ids.len()),
         ] {
             if len != expected {
-                return Err(Error::Input(format!(
-                    "{name} has {len} values, expected batch {batch} x seq_len {seq_len}"
-                )));
+                return Err(Error::InputShape {
+                    name,
+                    len,
+                    batch,
+                    seq_len,
+                });
             }
         }
         let tensor = |values: &[u32]| {
@@ -74,16 +79,40 @@ impl<B: Backend> ModelInput<B> {
     }
 }
 
-/// The files of a Hugging Face model directory that belong to its tokenizer.
-pub const TOKENIZER_FILES: [&str; 7] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-];
+/// What an architecture provides; [`CausalLm`] runs every architecture through it. Adding
+/// one is a file that implements this (with its module tree, whose parameter paths are its
+/// checkpoint keys, and its [`Layout`]), a variant of [`CausalLm`] and of [`ModelConfig`].
+pub trait Architecture<B: Backend> {
+    /// How its checkpoints store its parameters.
+    fn layout(&self) -> &'static Layout;
+    fn config(&self) -> ModelConfig;
+    /// The final hidden states (after the last norm), before the output layer.
+    ///
+    /// # Shapes
+    /// input_ids, position_ids: `[batch, seq_len]`, mask: `[batch, 1, seq_len, keys]`
+    /// -> `[batch, seq_len, d_model]`
+    fn hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3>;
+    /// The output layer.
+    ///
+    /// # Shapes
+    /// hidden: `[batch, seq_len, d_model]` -> `[batch, seq_len, vocab_size]`
+    fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3>;
+    /// See [`CausalLm::output_weight`].
+    fn output_weight(&self) -> Option<Tensor<B, 2>>;
+    fn n_layers(&self) -> usize;
+    /// See [`CausalLm::max_positions`].
+    fn max_positions(&self) -> usize;
+    /// NEFTune's alpha (see [`CausalLm::with_embedding_noise`]).
+    fn set_embedding_noise(&mut self, alpha: Option<f64>);
+    /// Every linear layer, in module order (see [`CausalLm::map_linears`]).
+    fn linears_mut(&mut self) -> Vec<&mut Linear<B>>;
+}
 
 /// A causal language model of any supported architecture.
 // One model lives per run; boxing the variants would only add indirection to every call.
@@ -95,12 +124,49 @@ pub enum CausalLm<B: Backend> {
 }
 
 impl<B: Backend> CausalLm<B> {
-    /// A randomly initialised model.
-    pub fn init(config: &ModelConfig, device: &B::Device) -> Self {
+    /// The model's module tree with parameters not yet drawn: [`CausalLm::init`] draws them,
+    /// loading replaces them.
+    fn skeleton(config: &ModelConfig, device: &B::Device) -> Self {
         match config {
             ModelConfig::Gpt2(config) => CausalLm::Gpt2(config.init(device)),
             ModelConfig::Llama(config) => CausalLm::Llama(config.init(device)),
         }
+    }
+
+    /// The architecture behind the model: every method below dispatches through this.
+    fn architecture(&self) -> &dyn Architecture<B> {
+        match self {
+            CausalLm::Gpt2(model) => model,
+            CausalLm::Llama(model) => model,
+        }
+    }
+
+    fn architecture_mut(&mut self) -> &mut dyn Architecture<B> {
+        match self {
+            CausalLm::Gpt2(model) => model,
+            CausalLm::Llama(model) => model,
+        }
+    }
+
+    /// How this architecture's checkpoints store its parameters.
+    pub fn layout(&self) -> &'static Layout {
+        self.architecture().layout()
+    }
+
+    /// A randomly initialised model (HF's initialisation: normal(0, 0.02) weights, unit
+    /// norms, zero biases), drawn in module order from the backend's seeded RNG.
+    pub fn init(config: &ModelConfig, device: &B::Device) -> Self {
+        struct Draw;
+        impl<B: Backend> PathMapper<B> for Draw {
+            fn map_float<const D: usize>(
+                &mut self,
+                _: ParamPath<'_>,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                param.map(|value| value)
+            }
+        }
+        map_params(Self::skeleton(config, device), &mut Draw)
     }
 
     /// Loads a Hugging Face model directory: `config.json` and `model.safetensors` (or a
@@ -119,55 +185,47 @@ impl<B: Backend> CausalLm<B> {
         device: &B::Device,
     ) -> Result<(Self, ModelConfig, crate::gguf::GgufFile)> {
         let file = crate::gguf::GgufFile::open(path)?;
-        let config = file.llama_config()?;
-        let mut weights = file.hf_weights(&config)?;
-        let model = CausalLm::Llama(config.load(&mut weights, device)?);
+        let llama = file.llama_config()?;
+        let mut weights = file.hf_weights(&llama)?;
+        let config = ModelConfig::Llama(llama);
+        let model = CausalLm::from_weights(&config, &mut weights, device)?;
         weights.finish()?;
-        Ok((model, ModelConfig::Llama(config), file))
+        Ok((model, config, file))
     }
 
-    /// Builds a model from tensors with HF names (see [`Weights`]).
+    /// Builds a model from tensors with HF names (see [`Weights`] and [`Layout`]); call
+    /// [`Weights::finish`] afterwards to refuse tensors the model did not use.
     pub fn from_weights(
         config: &ModelConfig,
         weights: &mut Weights,
         device: &B::Device,
     ) -> Result<Self> {
-        Ok(match config {
-            ModelConfig::Gpt2(config) => CausalLm::Gpt2(config.load(weights, device)?),
-            ModelConfig::Llama(config) => CausalLm::Llama(config.load(weights, device)?),
-        })
+        let skeleton = Self::skeleton(config, device);
+        skeleton.layout().load(skeleton, weights, device)
     }
 
     /// Rebuilds every linear layer through `map`, which receives the layer's Hugging Face
     /// module path (`transformer.h.0.attn.c_attn`, `model.layers.0.self_attn.q_proj`,
     /// `lm_head`). This is how adapters are attached to a model.
-    pub fn map_linears(self, map: &mut impl FnMut(&str, Linear<B>) -> Linear<B>) -> Self {
-        match self {
-            CausalLm::Gpt2(model) => CausalLm::Gpt2(model.map_linears(map)),
-            CausalLm::Llama(model) => CausalLm::Llama(model.map_linears(map)),
+    pub fn map_linears(mut self, map: &mut impl FnMut(&str, Linear<B>) -> Linear<B>) -> Self {
+        let paths = param_paths(&self);
+        for linear in self.architecture_mut().linears_mut() {
+            let (weight_path, _) = &paths[&linear.weight.id];
+            let path = weight_path.strip_suffix(".weight").unwrap_or(weight_path);
+            *linear = map(path, linear.clone());
         }
+        self
     }
 
     /// Turns NEFTune on (`Some(alpha)`) or off: uniform noise on the token embeddings in
     /// forward passes under autodiff (training), none in inference.
-    pub fn with_embedding_noise(self, alpha: Option<f64>) -> Self {
-        match self {
-            CausalLm::Gpt2(mut model) => {
-                model.embedding_noise = alpha;
-                CausalLm::Gpt2(model)
-            }
-            CausalLm::Llama(mut model) => {
-                model.embedding_noise = alpha;
-                CausalLm::Llama(model)
-            }
-        }
+    pub fn with_embedding_noise(mut self, alpha: Option<f64>) -> Self {
+        self.architecture_mut().set_embedding_noise(alpha);
+        self
     }
 
     pub fn config(&self) -> ModelConfig {
-        match self {
-            CausalLm::Gpt2(model) => ModelConfig::Gpt2(model.config.clone()),
-            CausalLm::Llama(model) => ModelConfig::Llama(model.config.clone()),
-        }
+        self.architecture().config()
     }
 
     /// Logits for every position.
@@ -175,13 +233,13 @@ impl<B: Backend> CausalLm<B> {
     /// # Shapes
     /// input: `[batch, seq_len]` each -> `[batch, seq_len, vocab_size]`
     pub fn forward(&self, input: ModelInput<B>) -> Tensor<B, 3> {
-        let mask = block_causal_mask(input.segment_ids);
-        match self {
-            CausalLm::Gpt2(model) => model.forward(input.input_ids, input.position_ids, mask, None),
-            CausalLm::Llama(model) => {
-                model.forward(input.input_ids, input.position_ids, mask, None)
-            }
-        }
+        let model = self.architecture();
+        model.logits(model.hidden(
+            input.input_ids,
+            input.position_ids,
+            block_causal_mask(input.segment_ids),
+            None,
+        ))
     }
 
     /// The final hidden states (after the last norm), for losses that apply the output layer
@@ -190,35 +248,24 @@ impl<B: Backend> CausalLm<B> {
     /// # Shapes
     /// input: `[batch, seq_len]` each -> `[batch, seq_len, d_model]`
     pub fn hidden_states(&self, input: ModelInput<B>) -> Tensor<B, 3> {
-        let mask = block_causal_mask(input.segment_ids);
-        match self {
-            CausalLm::Gpt2(model) => model.hidden(input.input_ids, input.position_ids, mask, None),
-            CausalLm::Llama(model) => model.hidden(input.input_ids, input.position_ids, mask, None),
-        }
+        self.architecture().hidden(
+            input.input_ids,
+            input.position_ids,
+            block_causal_mask(input.segment_ids),
+            None,
+        )
     }
 
     /// The output layer as one `[vocab_size, d_model]` matrix (`logits = hidden W^T`): the
     /// token embedding when tied, else `lm_head`'s weight. `None` when `lm_head` has a bias or
     /// an adapter, so it is not a plain matrix.
     pub fn output_weight(&self) -> Option<Tensor<B, 2>> {
-        match self {
-            CausalLm::Gpt2(model) => Some(model.transformer.wte.weight.val()),
-            CausalLm::Llama(model) => match &model.lm_head {
-                None => Some(model.model.embed_tokens.weight.val()),
-                Some(head) if head.bias.is_none() && head.lora.is_none() => {
-                    Some(head.weight.val().transpose())
-                }
-                Some(_) => None,
-            },
-        }
+        self.architecture().output_weight()
     }
 
     /// An empty key/value cache for [`CausalLm::forward_cached`].
     pub fn new_cache(&self) -> KvCache<B> {
-        KvCache::new(match self {
-            CausalLm::Gpt2(model) => model.transformer.h.len(),
-            CausalLm::Llama(model) => model.model.layers.len(),
-        })
+        KvCache::new(self.architecture().n_layers())
     }
 
     /// Incremental decoding of one sequence: logits of `input_ids` (the positions after
@@ -239,64 +286,32 @@ impl<B: Backend> CausalLm<B> {
             .expand([batch, new]);
         let mask = decoding_mask::<B>(past, new, &device).expand([batch, 1, new, past + new]);
         cache.len += new;
-        match self {
-            CausalLm::Gpt2(model) => model.forward(input_ids, position_ids, mask, Some(cache)),
-            CausalLm::Llama(model) => model.forward(input_ids, position_ids, mask, Some(cache)),
-        }
+        let model = self.architecture();
+        model.logits(model.hidden(input_ids, position_ids, mask, Some(cache)))
     }
 
     /// The longest sequence the model can read (GPT-2's learned positions; the trained
     /// context for RoPE models).
     pub fn max_positions(&self) -> usize {
-        match self {
-            CausalLm::Gpt2(model) => model.config.n_positions,
-            CausalLm::Llama(model) => model.config.max_position_embeddings,
-        }
+        self.architecture().max_positions()
     }
 
-    /// The tensors in HF names and layouts.
+    /// The tensors in HF names and layouts (adapters excepted: merge them first).
     pub fn to_weights(&self) -> WeightWriter {
-        let mut writer = WeightWriter::default();
-        match self {
-            CausalLm::Gpt2(model) => model.save(&mut writer),
-            CausalLm::Llama(model) => model.save(&mut writer),
-        }
-        writer
-    }
-
-    /// Like [`CausalLm::save_hf_dir`], and copies the tokenizer files of the model directory
-    /// `source` (tokenizer.json, tokenizer_config.json, special_tokens_map.json, ...) so
-    /// that `dir` is a complete model directory.
-    pub fn save_hf_dir_with_tokenizer(&self, dir: &Path, source: &Path) -> Result<()> {
-        self.save_hf_dir(dir)?;
-        for name in TOKENIZER_FILES {
-            let from = source.join(name);
-            if from.is_file() {
-                let to = dir.join(name);
-                std::fs::copy(&from, &to).map_err(|error| Error::Io { path: to, error })?;
-            }
-        }
-        Ok(())
+        self.layout().save(self)
     }
 
     /// Writes `config.json` and `model.safetensors` (f32) into `dir`, in the layout
-    /// `transformers` loads. Files are written through temporary names.
+    /// `transformers` loads, each through a temporary file.
     pub fn save_hf_dir(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|error| Error::Io {
             path: dir.to_owned(),
             error,
         })?;
-        let config = serde_json::to_string_pretty(&self.config().to_hf_json()).unwrap_or_default();
-        let config_path = dir.join("config.json");
-        let temporary = dir.join("config.json.partial");
-        std::fs::write(&temporary, config).map_err(|error| Error::Io {
-            path: temporary.clone(),
-            error,
-        })?;
         self.to_weights().write(&dir.join("model.safetensors"))?;
-        std::fs::rename(&temporary, &config_path).map_err(|error| Error::Io {
-            path: config_path,
-            error,
-        })
+        let config = serde_json::to_string_pretty(&self.config().to_hf_json())
+            .expect("a model config serialises");
+        temper_store::write_atomic(&dir.join("config.json"), config.as_bytes())?;
+        Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
 
@@ -113,13 +113,16 @@ impl Weights {
                     ),
                 })?;
             for (name, view) in safetensors.tensors() {
-                let data = to_f32(view.dtype(), view.data()).ok_or_else(|| Error::Safetensors {
-                    path: file.clone(),
-                    message: format!(
-                        "tensor `{name}` has dtype {:?}; supported: F32, F16, BF16",
-                        view.dtype()
-                    ),
-                })?;
+                let data =
+                    temper_store::decode_f32(view.dtype(), view.data()).ok_or_else(|| {
+                        Error::Safetensors {
+                            path: file.clone(),
+                            message: format!(
+                                "tensor `{name}` has dtype {:?}; supported: F32, F16, BF16",
+                                view.dtype()
+                            ),
+                        }
+                    })?;
                 tensors.insert(
                     name,
                     RawTensor {
@@ -159,11 +162,26 @@ impl Weights {
         Ok(tensor.clone())
     }
 
-    /// Marks a tensor as deliberately unused (a buffer, or a tied copy).
-    pub fn ignore(&mut self, key: &str) {
-        if self.tensors.contains_key(key) {
-            self.used.insert(key.to_owned());
+    /// Marks every tensor whose key satisfies `ignored` as deliberately unused (buffers,
+    /// tied copies).
+    pub fn ignore_matching(&mut self, ignored: impl Fn(&str) -> bool) {
+        for key in self.tensors.keys() {
+            if ignored(key) {
+                self.used.insert(key.clone());
+            }
         }
+    }
+
+    /// Puts `prefix` before every key when no key starts with it (a file saved without the
+    /// prefix, such as GPT-2's `GPT2Model`).
+    pub fn add_prefix_if_absent(&mut self, prefix: &str) {
+        if self.tensors.is_empty() || self.tensors.keys().any(|key| key.starts_with(prefix)) {
+            return;
+        }
+        self.tensors = std::mem::take(&mut self.tensors)
+            .into_iter()
+            .map(|(key, tensor)| (format!("{prefix}{key}"), tensor))
+            .collect();
     }
 
     /// Fails when tensors were left unused.
@@ -183,23 +201,6 @@ impl Weights {
             })
         }
     }
-}
-
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    let pairs = || bytes.chunks_exact(2).map(|b| [b[0], b[1]]);
-    Some(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => pairs()
-            .map(|b| half::f16::from_le_bytes(b).to_f32())
-            .collect(),
-        Dtype::BF16 => pairs()
-            .map(|b| half::bf16::from_le_bytes(b).to_f32())
-            .collect(),
-        _ => return None,
-    })
 }
 
 /// Tensors to write, in HF names and layouts.
@@ -234,37 +235,17 @@ impl WeightWriter {
     /// Writes an f32 `model.safetensors` through a temporary file, so that a failure leaves
     /// no half-written checkpoint.
     pub fn write(self, path: &Path) -> Result<()> {
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+        let tensors: Vec<(String, Vec<usize>, &[f32])> = self
             .tensors
-            .into_iter()
-            .map(|(name, tensor)| {
-                let bytes = tensor.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (name, tensor.shape, bytes)
-            })
-            .collect();
-        let views = bytes
             .iter()
-            .map(|(name, shape, data)| {
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
-                    .map(|view| (name.clone(), view))
-                    .map_err(|error| Error::Safetensors {
-                        path: path.to_owned(),
-                        message: error.to_string(),
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let temporary = path.with_extension("safetensors.partial");
+            .map(|(key, tensor)| (key.clone(), tensor.shape.clone(), tensor.data.as_slice()))
+            .collect();
         let metadata: HashMap<String, String> = [("format".to_owned(), "pt".to_owned())].into();
-        safetensors::tensor::serialize_to_file(views, Some(metadata), &temporary).map_err(
-            |error| Error::Safetensors {
-                path: temporary.clone(),
-                message: error.to_string(),
-            },
-        )?;
-        std::fs::rename(&temporary, path).map_err(|error| Error::Io {
-            path: path.to_owned(),
-            error,
-        })
+        Ok(temper_store::write_f32_safetensors(
+            path,
+            &tensors,
+            Some(metadata),
+        )?)
     }
 }
 

@@ -106,31 +106,6 @@ fn a_saved_model_reloads_with_the_same_logits_and_the_same_keys() {
 }
 
 #[test]
-fn tokenizer_files_travel_with_a_saved_model() {
-    let device = Default::default();
-    let source = scratch("with-tokenizer-source");
-    for name in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("gpt2").join(name), source.join(name)).unwrap();
-    }
-    std::fs::write(source.join("tokenizer.json"), "{}").unwrap();
-    std::fs::write(
-        source.join("tokenizer_config.json"),
-        "{\"eos_token\": \"</s>\"}",
-    )
-    .unwrap();
-    let (model, _) = CausalLm::<B>::from_hf_dir(&source, &device).unwrap();
-    let out = scratch("with-tokenizer-out");
-    model.save_hf_dir_with_tokenizer(&out, &source).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap(),
-        "{\"eos_token\": \"</s>\"}"
-    );
-    assert!(out.join("tokenizer.json").is_file() && !out.join("vocab.json").exists());
-    std::fs::remove_dir_all(&source).unwrap();
-    std::fs::remove_dir_all(&out).unwrap();
-}
-
-#[test]
 fn half_precision_checkpoints_load() {
     let device = Default::default();
     let (model, _) = CausalLm::<B>::from_hf_dir(&fixture("llama_gqa"), &device).unwrap();

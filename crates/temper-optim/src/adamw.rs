@@ -3,12 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
+
+use temper_store::{ParamPath, PathMapper, map_params, param_paths};
 
 use crate::error::{Error, Result};
 
@@ -16,8 +18,11 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdamWConfig {
+    /// Decay rate of the first moment (the mean of the gradients).
     pub adam_beta1: f64,
+    /// Decay rate of the second moment (the mean of the squared gradients).
     pub adam_beta2: f64,
+    /// Added to the second moment's square root, against division by zero.
     pub adam_epsilon: f64,
     /// Decoupled weight decay for the parameters not matched by `no_decay`.
     pub weight_decay: f64,
@@ -73,26 +78,6 @@ pub struct ParamMoments {
     pub second: Vec<f32>,
 }
 
-/// Visits a module's float parameters with their dotted paths.
-struct PathVisitor<F> {
-    path: Vec<String>,
-    visit: F,
-}
-
-impl<B: Backend, F: FnMut(&str, ParamId, usize)> ModuleVisitor<B> for PathVisitor<F> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_owned());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        (self.visit)(&self.path.join("."), param.id, param.shape().num_elements());
-    }
-}
-
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
@@ -124,31 +109,27 @@ impl<B: AutodiffBackend> AdamW<B> {
         &self.config
     }
 
-    /// The moments of every parameter of `module` that has been updated, by module path.
+    /// The moments of every parameter of `module` that has been updated, by parameter path
+    /// (`temper-store`'s: the Hugging Face keys of a model).
     pub fn export_state<M: AutodiffModule<B>>(&self, module: &M) -> AdamWState {
-        let mut params = BTreeMap::new();
-        let visit = |path: &str, id: ParamId, _: usize| {
-            if let Some(moments) = self.state.get(&id) {
-                let host = |t: &Tensor<B::InnerBackend, 1>| {
-                    t.to_data()
-                        .convert::<f32>()
-                        .to_vec::<f32>()
-                        .unwrap_or_default()
-                };
-                params.insert(
-                    path.to_owned(),
-                    ParamMoments {
-                        step: moments.step,
-                        first: host(&moments.first),
-                        second: host(&moments.second),
-                    },
-                );
-            }
+        let host = |t: &Tensor<B::InnerBackend, 1>| {
+            t.to_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default()
         };
-        module.visit(&mut PathVisitor {
-            path: Vec::new(),
-            visit,
-        });
+        let params = param_paths(module)
+            .into_iter()
+            .filter_map(|(id, (path, _))| {
+                let moments = self.state.get(&id)?;
+                let saved = ParamMoments {
+                    step: moments.step,
+                    first: host(&moments.first),
+                    second: host(&moments.second),
+                };
+                Some((path, saved))
+            })
+            .collect();
         AdamWState { params }
     }
 
@@ -160,21 +141,21 @@ impl<B: AutodiffBackend> AdamW<B> {
         state: &AdamWState,
         device: &B::Device,
     ) -> Result<()> {
+        let by_path: HashMap<String, (ParamId, usize)> = param_paths(module)
+            .into_iter()
+            .map(|(id, (path, elements))| (path, (id, elements)))
+            .collect();
         let mut restored = HashMap::new();
-        let mut error = None;
-        let mut seen = 0;
-        let visit = |path: &str, id: ParamId, elements: usize| {
-            let Some(saved) = state.params.get(path) else {
-                return;
-            };
-            seen += 1;
+        for (path, saved) in &state.params {
+            let &(id, elements) = by_path
+                .get(path)
+                .ok_or_else(|| Error::UnknownParameter { path: path.clone() })?;
             if saved.first.len() != elements || saved.second.len() != elements {
-                error.get_or_insert(Error::SizeMismatch {
-                    path: path.to_owned(),
+                return Err(Error::SizeMismatch {
+                    path: path.clone(),
                     expected: elements,
-                    actual: saved.first.len(),
+                    actual: saved.first.len().min(saved.second.len()),
                 });
-                return;
             }
             let tensor = |values: &Vec<f32>| {
                 Tensor::<B::InnerBackend, 1>::from_data(
@@ -182,35 +163,12 @@ impl<B: AutodiffBackend> AdamW<B> {
                     device,
                 )
             };
-            restored.insert(
-                id,
-                Moments {
-                    first: tensor(&saved.first),
-                    second: tensor(&saved.second),
-                    step: saved.step,
-                },
-            );
-        };
-        module.visit(&mut PathVisitor {
-            path: Vec::new(),
-            visit,
-        });
-        if let Some(error) = error {
-            return Err(error);
-        }
-        if seen != state.params.len() {
-            let mut known = Vec::new();
-            module.visit(&mut PathVisitor {
-                path: Vec::new(),
-                visit: |path: &str, _: ParamId, _: usize| known.push(path.to_owned()),
-            });
-            let unknown = state
-                .params
-                .keys()
-                .find(|path| !known.contains(path))
-                .cloned()
-                .unwrap_or_default();
-            return Err(Error::UnknownParameter { path: unknown });
+            let moments = Moments {
+                first: tensor(&saved.first),
+                second: tensor(&saved.second),
+                step: saved.step,
+            };
+            restored.insert(id, moments);
         }
         self.state = restored;
         Ok(())
@@ -236,11 +194,10 @@ impl<B: AutodiffBackend> AdamW<B> {
             grads: &mut grads,
             lr,
             clip_factor,
-            path: Vec::new(),
             updated: 0,
             decayed: 0,
         };
-        let module = module.map(&mut mapper);
+        let module = map_params(module, &mut mapper);
         let (updated, decayed) = (mapper.updated, mapper.decayed);
         (
             module,
@@ -254,25 +211,39 @@ impl<B: AutodiffBackend> AdamW<B> {
     }
 }
 
-/// sqrt of the sum of squares of every gradient of `module`'s parameters.
+/// sqrt of the sum of squares of every gradient of `module`'s parameters, summed on the
+/// device and read back once (one synchronisation per step on a GPU).
 pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &GradientsParams,
 ) -> f64 {
-    struct Norm<'a> {
+    struct Norm<'a, B: Backend> {
         grads: &'a GradientsParams,
-        sum: f64,
+        squares: Vec<Tensor<B, 1>>,
     }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_> {
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_, B::InnerBackend> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(grad) = self.grads.get::<B::InnerBackend, D>(param.id) {
-                self.sum += f64::from(grad.square().sum().into_scalar().elem::<f32>());
+                self.squares.push(grad.square().sum());
             }
         }
     }
-    let mut visitor = Norm { grads, sum: 0.0 };
+    let mut visitor = Norm::<B::InnerBackend> {
+        grads,
+        squares: Vec::new(),
+    };
     module.visit(&mut visitor);
-    visitor.sum.sqrt()
+    if visitor.squares.is_empty() {
+        return 0.0;
+    }
+    // Each parameter's sum of squares is f32 on the device; they are added in f64 on the host,
+    // in parameter order.
+    let sums: Vec<f32> = Tensor::cat(visitor.squares, 0)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap_or_default();
+    sums.iter().map(|&s| f64::from(s)).sum::<f64>().sqrt()
 }
 
 struct StepMapper<'a, B: AutodiffBackend> {
@@ -280,7 +251,6 @@ struct StepMapper<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     lr: f64,
     clip_factor: f64,
-    path: Vec<String>,
     updated: usize,
     decayed: usize,
 }
@@ -327,21 +297,17 @@ impl<B: AutodiffBackend> StepMapper<'_, B> {
     }
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_owned());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+impl<B: AutodiffBackend> PathMapper<B> for StepMapper<'_, B> {
+    fn map_float<const D: usize>(
+        &mut self,
+        at: ParamPath<'_>,
+        param: Param<Tensor<B, D>>,
+    ) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
         let Some(grad) = self.grads.remove::<B::InnerBackend, D>(id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let decay = self.optimizer.config.decays(&self.path.join("."));
+        let decay = self.optimizer.config.decays(at.path);
         let require_grad = tensor.is_require_grad();
         let previous = self.optimizer.state.remove(&id);
         let shape = tensor.shape();

@@ -2,8 +2,8 @@
 //! and the adapter configuration).
 
 use burn::prelude::*;
-use temper_lora::LoraConfig;
-use temper_models::{CausalLm, LowRank};
+use temper_lora::{Adapter, LoraConfig};
+use temper_models::{CausalLm, LowRank, WeightLayout};
 
 use crate::error::Result;
 
@@ -48,4 +48,13 @@ pub fn attach_lora<B: Backend>(
 /// Whether `model` carries any LoRA slot.
 pub fn has_adapters<B: Backend>(model: &CausalLm<B>) -> bool {
     !temper_lora::slots(model).is_empty()
+}
+
+/// The adapter in `model`'s LoRA slots, in PEFT's terms: `fan_in_fan_out` is set when the
+/// architecture stores its projections as `Conv1D` (`[in, out]`, GPT-2), as PEFT sets it.
+/// Every PEFT file temper writes comes from here.
+pub fn extract_adapter<B: Backend>(model: &CausalLm<B>, config: &LoraConfig) -> Adapter {
+    let mut adapter = temper_lora::extract(model, config);
+    adapter.fan_in_fan_out = model.layout().linear == WeightLayout::Conv1d;
+    adapter
 }

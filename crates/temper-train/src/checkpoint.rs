@@ -5,21 +5,31 @@
 //!   adapter/                 LoRA runs: the adapter in PEFT's format
 //!   model/                   full fine-tuning: config.json + model.safetensors
 //!   optimizer.safetensors    AdamW moments by parameter path (`{path}.exp_avg(_sq)`)
-//!   trainer_state.json       step, data-loader position, per-parameter update counts
+//!   trainer_state.json       format version, step, data-loader position, per-parameter
+//!                            update counts
 //! ```
+//!
+//! Parameters are named by their Hugging Face keys (`temper-store`'s paths), in the
+//! optimizer file as in the adapter and model files.
 //!
 //! A checkpoint is written into a temporary directory and renamed into place, so a kill
 //! leaves either the whole checkpoint or none; only the newest `save_total_limit` are kept.
 //! Random state needs no saving: the backend is reseeded from `(seed, step)` before every
 //! step.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors};
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use temper_data::SamplerState;
-use temper_optim::{AdamWState, ParamMoments};
+use temper_lora::LoraConfig;
+use temper_models::CausalLm;
+use temper_optim::{AdamW, AdamWState, ParamMoments};
+use temper_store::AtomicDir;
 
 use crate::error::{Error, Result, io};
 
@@ -28,9 +38,17 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const ADAPTER_DIR: &str = "adapter";
 pub const MODEL_DIR: &str = "model";
 
+/// The checkpoint layout this version writes and reads. Version 2 keys the optimizer's
+/// moments by Hugging Face parameter path (`model.layers.0...`); version 1 (no `format` in
+/// `trainer_state.json`) keyed them by burn's module path (`Llama.model.layers.0...`).
+pub const FORMAT_VERSION: u32 = 2;
+
 /// The small part of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
+    /// The checkpoint layout ([`FORMAT_VERSION`]); absent in checkpoints of version 1.
+    #[serde(default)]
+    pub format: u32,
     /// Optimizer steps done.
     pub step: u64,
     /// Steps the run was planned for.
@@ -48,62 +66,109 @@ pub fn checkpoint_name(step: u64) -> String {
     format!("checkpoint-{step:06}")
 }
 
-/// Writes the optimizer state and trainer state into `dir` (the model or adapter is
-/// written by the caller into the same directory first).
-pub fn write_state(
-    dir: &Path,
+/// What a checkpoint holds besides the trainer state.
+#[derive(Debug)]
+pub struct Saved<'a, B: AutodiffBackend> {
+    pub model: &'a CausalLm<B>,
+    /// The run's LoRA configuration; `None` for full fine-tuning.
+    pub lora: Option<&'a LoraConfig>,
+    /// The base model's name or path, recorded in the adapter's configuration.
+    pub base_model: &'a str,
+    pub optimizer: &'a AdamW<B>,
+}
+
+/// Writes the checkpoint after `state.step` into `output_dir` (whole or not at all) and
+/// keeps only the newest `keep`.
+pub fn save<B: AutodiffBackend>(
+    output_dir: &Path,
+    saved: &Saved<'_, B>,
     state: &TrainerState,
-    optimizer: &AdamWState,
-) -> Result<TrainerState> {
+    keep: usize,
+) -> Result<PathBuf> {
+    let writing = AtomicDir::new(&output_dir.join(checkpoint_name(state.step)))?;
+    match saved.lora {
+        Some(lora) => crate::adapters::extract_adapter(saved.model, lora)
+            .save_peft(&writing.path().join(ADAPTER_DIR), saved.base_model)?,
+        None => saved
+            .model
+            .valid()
+            .save_hf_dir(&writing.path().join(MODEL_DIR))?,
+    }
+    write_state(
+        writing.path(),
+        state,
+        &saved.optimizer.export_state(saved.model),
+    )?;
+    let target = writing.commit()?;
+    let checkpoints = list_checkpoints(output_dir);
+    for (_, old) in checkpoints
+        .iter()
+        .take(checkpoints.len().saturating_sub(keep))
+    {
+        std::fs::remove_dir_all(old).map_err(|e| io(old, e))?;
+    }
+    Ok(target)
+}
+
+/// The model a checkpoint holds: for a LoRA run, `base` with LoRA slots and the
+/// checkpoint's adapter in them; for full fine-tuning, the checkpoint's own model. Resuming
+/// and exporting both load a checkpoint through this.
+pub fn load_model<B: Backend>(
+    dir: &Path,
+    base: CausalLm<B>,
+    lora: Option<&LoraConfig>,
+    device: &B::Device,
+) -> Result<CausalLm<B>> {
+    Ok(match lora {
+        Some(lora) => {
+            let adapter = temper_lora::Adapter::load_peft(&dir.join(ADAPTER_DIR))?;
+            temper_lora::apply(crate::attach_lora(base, lora, device)?, &adapter)?
+        }
+        None => CausalLm::from_hf_dir(&dir.join(MODEL_DIR), device)?.0,
+    })
+}
+
+/// Writes the optimizer state and trainer state into `dir`.
+fn write_state(dir: &Path, state: &TrainerState, optimizer: &AdamWState) -> Result<()> {
     let mut state = state.clone();
+    state.format = FORMAT_VERSION;
     state.param_steps = optimizer
         .params
         .iter()
         .map(|(path, moments)| (path.clone(), moments.step))
         .collect();
-    let mut tensors = Vec::new();
+    let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
     for (path, moments) in &optimizer.params {
-        tensors.push((format!("{path}.exp_avg"), &moments.first));
-        tensors.push((format!("{path}.exp_avg_sq"), &moments.second));
+        let shape = vec![moments.first.len()];
+        tensors.push((format!("{path}.exp_avg"), shape.clone(), &moments.first));
+        tensors.push((format!("{path}.exp_avg_sq"), shape, &moments.second));
     }
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((key, values), bytes)| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![values.len()], bytes)
-                .expect("length matches");
-            (key.clone(), view)
-        })
-        .collect();
-    let path = dir.join(OPTIMIZER_FILE);
-    let serialized =
-        safetensors::serialize(views, None::<HashMap<String, String>>).map_err(|e| {
-            Error::Checkpoint {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-    write_atomic(&path, &serialized)?;
+    temper_store::write_f32_safetensors(&dir.join(OPTIMIZER_FILE), &tensors, None)?;
     let text = serde_json::to_string_pretty(&state).expect("trainer state serialises");
-    write_atomic(&dir.join(STATE_FILE), text.as_bytes())?;
-    Ok(state)
+    temper_store::write_atomic(&dir.join(STATE_FILE), text.as_bytes())?;
+    Ok(())
 }
 
-/// Reads what [`write_state`] wrote.
+/// Reads what [`save`] wrote besides the model: the trainer state and the optimizer's.
 pub fn read_state(dir: &Path) -> Result<(TrainerState, AdamWState)> {
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::File {
         path: state_path.clone(),
         reason: format!("not a trainer state: {e}"),
     })?;
+    if state.format != FORMAT_VERSION {
+        return Err(Error::File {
+            path: state_path,
+            reason: format!(
+                "written by an older temper (checkpoint format {}, this version reads {FORMAT_VERSION}: optimizer state is now keyed by Hugging Face parameter names); it cannot be resumed. Its adapter or model can still be used, or start a new run",
+                state.format.max(1)
+            ),
+        });
+    }
     let path = dir.join(OPTIMIZER_FILE);
     let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-    let bad = |reason: String| Error::Checkpoint {
+    let bad = |reason: String| Error::File {
         path: path.clone(),
         reason,
     };
@@ -112,14 +177,12 @@ pub fn read_state(dir: &Path) -> Result<(TrainerState, AdamWState)> {
         let view = file
             .tensor(key)
             .map_err(|_| bad(format!("{key} is missing")))?;
-        if view.dtype() != Dtype::F32 {
-            return Err(bad(format!("{key}: expected F32")));
+        match view.dtype() {
+            safetensors::Dtype::F32 => {
+                Ok(temper_store::decode_f32(view.dtype(), view.data()).unwrap_or_default())
+            }
+            other => Err(bad(format!("{key}: expected F32, found {other:?}"))),
         }
-        Ok(view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
     };
     let mut params = BTreeMap::new();
     for (param, step) in &state.param_steps {
@@ -155,31 +218,27 @@ pub fn list_checkpoints(output_dir: &Path) -> Vec<(u64, PathBuf)> {
     found
 }
 
-/// Moves a fully written temporary checkpoint into place and prunes old ones.
-pub fn commit(temporary: &Path, output_dir: &Path, step: u64, keep: usize) -> Result<PathBuf> {
-    let target = output_dir.join(checkpoint_name(step));
-    if target.exists() {
-        std::fs::remove_dir_all(&target).map_err(|e| io(&target, e))?;
-    }
-    std::fs::rename(temporary, &target).map_err(|e| io(&target, e))?;
-    let checkpoints = list_checkpoints(output_dir);
-    for (_, old) in checkpoints
-        .iter()
-        .take(checkpoints.len().saturating_sub(keep))
-    {
-        std::fs::remove_dir_all(old).map_err(|e| io(old, e))?;
-    }
-    Ok(target)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let temporary = path.with_file_name(name);
-    std::fs::write(&temporary, bytes).map_err(|e| io(&temporary, e))?;
-    std::fs::rename(&temporary, path).map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        io(path, e)
-    })
+    #[test]
+    fn a_checkpoint_of_the_old_format_is_refused_with_the_reason() {
+        let dir =
+            std::env::temp_dir().join(format!("temper-old-checkpoint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        // What temper wrote before optimizer state was keyed by Hugging Face names.
+        let old = r#"{"step": 4, "total_steps": 8, "sampler": {"seed": 7, "epoch": 0, "position": 16},
+            "param_steps": {"Gpt2.transformer.h.0.attn.c_attn.lora.lora_a": 4}, "loss": 9.5}"#;
+        std::fs::write(dir.join(STATE_FILE), old).unwrap_or_else(|e| panic!("{e}"));
+        let error = read_state(&dir)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("trainer_state.json: written by an older temper (checkpoint format 1"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    }
 }

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use temper_data::DataConfig;
 use temper_lora::LoraConfig;
-use temper_optim::ScheduleKind;
+use temper_optim::{AdamWConfig, ScheduleKind};
 
 use crate::error::{Error, Result};
 
@@ -41,6 +41,8 @@ pub struct RunConfig {
     /// LoRA adapters; full fine-tuning when absent.
     pub lora: Option<LoraConfig>,
     pub train: TrainSection,
+    /// AdamW's hyper-parameters (the learning rate and its schedule are in `train`).
+    pub optimizer: AdamWConfig,
     pub eval: EvalSection,
     pub export: ExportSection,
 }
@@ -80,10 +82,6 @@ pub struct TrainSection {
     /// Fraction of the steps used for warmup, when `warmup_steps` is 0.
     pub warmup_ratio: f64,
     pub min_lr_ratio: f64,
-    pub weight_decay: f64,
-    pub adam_beta1: f64,
-    pub adam_beta2: f64,
-    pub adam_epsilon: f64,
     /// Clip the global gradient norm to this; 0 disables clipping.
     pub max_grad_norm: f64,
     /// Rows per micro-batch.
@@ -117,10 +115,6 @@ impl Default for TrainSection {
             warmup_steps: 0,
             warmup_ratio: 0.0,
             min_lr_ratio: 0.0,
-            weight_decay: 0.0,
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_epsilon: 1e-8,
             max_grad_norm: 1.0,
             batch_size: 8,
             gradient_accumulation_steps: 1,

@@ -1,3 +1,5 @@
+//! Errors of temper-train.
+
 use std::path::PathBuf;
 
 /// Everything a training run can fail on, with the file, key or step it concerns.
@@ -13,39 +15,73 @@ pub enum Error {
     Lora(#[from] temper_lora::Error),
     #[error(transparent)]
     Optim(#[from] temper_optim::Error),
+    #[error(transparent)]
+    Store(#[from] temper_store::Error),
     #[error("{file}: {key}: {reason}")]
     Config {
         file: String,
         key: String,
         reason: String,
     },
-    #[error("{path}: {source}")]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: {reason}")]
-    Checkpoint { path: PathBuf, reason: String },
+    /// A file of a run (checkpoint, metrics, tokenizer configuration) that is not what it
+    /// should be.
+    #[error("{}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+    /// A model path that is neither a model directory nor a GGUF file.
+    #[error(
+        "{}: expected a model directory or a .gguf file (a directory holds config.json, model.safetensors and tokenizer.json)",
+        path.display()
+    )]
+    NotAModel { path: PathBuf },
+    /// A model directory without the tokenizer a run needs.
+    #[error("{}: the model directory has no tokenizer.json (set [model] tokenizer)", dir.display())]
+    MissingTokenizer { dir: PathBuf },
+    /// The tokenizer makes ids the model has no embedding for.
+    #[error(
+        "{}: the tokenizer has {tokenizer_size} token ids but the model's vocabulary has {model_size}; use the model's own tokenizer or one that fits it",
+        tokenizer.display()
+    )]
+    VocabularyMismatch {
+        tokenizer: PathBuf,
+        tokenizer_size: usize,
+        model_size: usize,
+    },
+    /// Every example of the training file was dropped.
+    #[error("{}: no trainable examples ({records} record(s) read, {skipped})", path.display())]
+    NoTrainableExamples {
+        path: PathBuf,
+        records: usize,
+        skipped: String,
+    },
+    #[error("{}: the run has no checkpoint", run_dir.display())]
+    NoCheckpoint { run_dir: PathBuf },
+    #[error("{}: a full fine-tuning run has no adapter; export --merged instead", run_dir.display())]
+    NoAdapter { run_dir: PathBuf },
+    #[error("{}: cannot write the tokenizer: {reason}", path.display())]
+    Tokenizer { path: PathBuf, reason: String },
     #[error(
         "step {step}: the loss is {loss} (gradient norm {grad_norm}); stopping. The last good \
-         checkpoint is {last_checkpoint}"
+         checkpoint is {}",
+        last_checkpoint.as_ref().map_or_else(|| "none (no checkpoint was written yet)".to_owned(), |p| p.display().to_string())
     )]
     NonFinite {
         step: u64,
         loss: f64,
         grad_norm: f64,
-        last_checkpoint: String,
+        last_checkpoint: Option<PathBuf>,
     },
-    #[error("{0}")]
-    Other(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Error {
+pub(crate) fn io(path: &std::path::Path, error: std::io::Error) -> Error {
     Error::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }

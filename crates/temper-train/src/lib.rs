@@ -15,10 +15,10 @@ pub mod metrics;
 pub mod run;
 pub mod step;
 
-pub use adapters::{attach_lora, has_adapters};
+pub use adapters::{attach_lora, extract_adapter, has_adapters};
 pub use config::RunConfig;
 pub use error::{Error, Result};
-pub use load::{Loaded, load_for_run, load_model, stop_token_ids};
+pub use load::{Loaded, RunModel, load_for_run, load_model, stop_token_ids};
 pub use loss::{LossSums, Targets, targets};
 pub use metrics::{Metric, loss_plot_svg};
 pub use run::{Event, Exported, RunSummary, export_checkpoint, run};

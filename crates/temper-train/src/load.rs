@@ -1,7 +1,7 @@
 //! A model with its tokenizer and chat template, from a Hugging Face directory or a GGUF
 //! file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use temper_chat::ChatTemplate;
@@ -10,53 +10,99 @@ use temper_models::CausalLm;
 
 use crate::error::{Error, Result};
 
-/// A loaded model with everything needed to train it and talk to it.
+/// A loaded model with what it brings along to be trained and talked to.
 #[allow(missing_debug_implementations)]
 pub struct Loaded<B: Backend> {
     pub model: CausalLm<B>,
-    pub tokenizer: Tokenizer,
+    /// The model's tokenizer; `None` for a model directory without `tokenizer.json` (which
+    /// token ids alone can still use).
+    pub tokenizer: Option<Tokenizer>,
     /// The model's own chat template (GGUF metadata or `tokenizer_config.json`), if any.
     pub template: Option<ChatTemplate>,
-    /// The template's source, to save beside a run.
-    pub template_source: Option<String>,
 }
 
-/// Loads the model a run configuration names (see [`crate::config::ModelSection`]).
+/// A model loaded for a run: its tokenizer is required, and checked against the model.
+#[allow(missing_debug_implementations)]
+pub struct RunModel<B: Backend> {
+    pub model: CausalLm<B>,
+    pub tokenizer: Tokenizer,
+    /// The model's own chat template, if any (the run may render its data with another).
+    pub template: Option<ChatTemplate>,
+}
+
+/// Loads the model a run configuration names (see [`crate::config::ModelSection`]): its
+/// weights (or, with `random_init`, fresh ones drawn from `seed`), its tokenizer (or the
+/// configured one) and its chat template. A tokenizer that makes ids the model has no
+/// embedding for is refused here, before any data is read.
 pub fn load_for_run<B: Backend>(
     section: &crate::config::ModelSection,
     seed: u64,
     device: &B::Device,
-) -> Result<Loaded<B>> {
+) -> Result<RunModel<B>> {
     let loaded = if section.random_init {
-        let config_path = section.path.join("config.json");
-        let config = temper_models::ModelConfig::from_file(&config_path)?;
+        let config = temper_models::ModelConfig::from_file(&section.path.join("config.json"))?;
         B::seed(device, seed);
-        let model = CausalLm::init(&config, device);
-        let tokenizer_path = section
-            .tokenizer
-            .clone()
-            .unwrap_or_else(|| section.path.join("tokenizer.json"));
-        let tokenizer = Tokenizer::from_file(&tokenizer_path, &SpecialTokenNames::default())?;
-        return Ok(Loaded {
-            model,
-            tokenizer,
+        Loaded {
+            model: CausalLm::init(&config, device),
+            tokenizer: None,
             template: None,
-            template_source: None,
-        });
+        }
     } else {
         load_model(&section.path, device)?
     };
-    Ok(match &section.tokenizer {
-        Some(path) => Loaded {
-            tokenizer: Tokenizer::from_file(path, &SpecialTokenNames::default())?,
-            ..loaded
-        },
-        None => loaded,
+    let (tokenizer, tokenizer_path) = match (&section.tokenizer, loaded.tokenizer) {
+        (Some(path), _) => (
+            Tokenizer::from_file(path, &SpecialTokenNames::default())?,
+            path.clone(),
+        ),
+        (None, Some(tokenizer)) => (tokenizer, section.path.clone()),
+        (None, None) if section.random_init => {
+            let path = section.path.join("tokenizer.json");
+            (
+                Tokenizer::from_file(&path, &SpecialTokenNames::default())?,
+                path,
+            )
+        }
+        (None, None) => {
+            return Err(Error::MissingTokenizer {
+                dir: section.path.clone(),
+            });
+        }
+    };
+    check_vocabulary(&tokenizer, &tokenizer_path, &loaded.model)?;
+    Ok(RunModel {
+        model: loaded.model,
+        tokenizer,
+        template: loaded.template,
     })
 }
 
-/// Loads `path`: a directory with `config.json`, `model.safetensors` and `tokenizer.json`,
-/// or a llama.cpp `.gguf` file (whose tokenizer and template come from its metadata).
+/// Refuses a tokenizer whose largest id has no row in the model's embedding.
+fn check_vocabulary<B: Backend>(
+    tokenizer: &Tokenizer,
+    path: &Path,
+    model: &CausalLm<B>,
+) -> Result<()> {
+    let tokenizer_size = tokenizer
+        .inner()
+        .get_vocab(true)
+        .values()
+        .max()
+        .map_or(0, |&id| id as usize + 1);
+    let model_size = model.config().vocab_size();
+    if tokenizer_size > model_size {
+        return Err(Error::VocabularyMismatch {
+            tokenizer: path.to_owned(),
+            tokenizer_size,
+            model_size,
+        });
+    }
+    Ok(())
+}
+
+/// Loads `path`: a directory with `config.json`, `model.safetensors` and (optionally)
+/// `tokenizer.json` and `tokenizer_config.json`, or a llama.cpp `.gguf` file (whose tokenizer
+/// and template come from its metadata). A template that does not compile is an error.
 pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Loaded<B>> {
     if path.extension().is_some_and(|ext| ext == "gguf") {
         let (model, _, file) = CausalLm::from_gguf(path, device)?;
@@ -68,36 +114,28 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Loaded<
             pad: None,
         };
         let tokenizer = Tokenizer::from_json(&json.to_string(), path, &names)?;
-        let template_source = file.chat_template().map(str::to_owned);
-        let template = template_source
-            .as_ref()
+        let template = file
+            .chat_template()
             .map(|source| {
-                ChatTemplate::from_source(
-                    format!("{}#chat_template", path.display()),
-                    source.clone(),
-                )
+                ChatTemplate::from_source(format!("{}#chat_template", path.display()), source)
             })
             .transpose()?
             .map(|t| t.with_special_tokens(bos, eos));
         Ok(Loaded {
             model,
-            tokenizer,
+            tokenizer: Some(tokenizer),
             template,
-            template_source,
         })
     } else if path.is_dir() {
         let (model, _) = CausalLm::from_hf_dir(path, device)?;
         let tokenizer_path = path.join("tokenizer.json");
-        if !tokenizer_path.is_file() {
-            return Err(Error::Other(format!(
-                "{}: the model directory has no tokenizer.json",
-                path.display()
-            )));
-        }
-        let tokenizer = Tokenizer::from_file(&tokenizer_path, &SpecialTokenNames::default())?;
-        let config = path.join("tokenizer_config.json");
-        let template = if config.is_file() {
-            ChatTemplate::from_tokenizer_config(&config, None).ok()
+        let tokenizer = tokenizer_path
+            .is_file()
+            .then(|| Tokenizer::from_file(&tokenizer_path, &SpecialTokenNames::default()))
+            .transpose()?;
+        let config: PathBuf = path.join("tokenizer_config.json");
+        let template = if has_chat_template(&config)? {
+            Some(ChatTemplate::from_tokenizer_config(&config, None)?)
         } else {
             None
         };
@@ -105,14 +143,25 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Loaded<
             model,
             tokenizer,
             template,
-            template_source: None,
         })
     } else {
-        Err(Error::Other(format!(
-            "{}: expected a model directory or a .gguf file (a directory holds config.json, model.safetensors and tokenizer.json)",
-            path.display()
-        )))
+        Err(Error::NotAModel {
+            path: path.to_owned(),
+        })
     }
+}
+
+/// Whether `tokenizer_config.json` exists and carries a `chat_template`.
+fn has_chat_template(path: &Path) -> Result<bool> {
+    if !path.is_file() {
+        return Ok(false);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| crate::error::io(path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::File {
+        path: path.to_owned(),
+        reason: format!("invalid JSON: {e}"),
+    })?;
+    Ok(json.get("chat_template").is_some_and(|t| !t.is_null()))
 }
 
 /// The token ids a chat answer ends with: EOS and the end-of-turn tokens of the common

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, io};
+use crate::error::{Error, Result, io};
 
 /// One line of `metrics.jsonl`: a training step or an evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,16 +49,35 @@ pub struct MetricsLog {
 
 impl MetricsLog {
     /// Opens `path`, keeping the lines of steps up to `keep_through` (what a resumed run has
-    /// already done) and dropping later ones (written after the checkpoint it resumes).
+    /// already done) and dropping later ones (written after the checkpoint it resumes). A
+    /// missing file starts an empty log; a file that cannot be read, or a line that is not a
+    /// metric, is an error naming the file and line, and the file is left as it was. The one
+    /// exception is a last line without its newline: an append a kill cut short.
     pub fn open(path: &Path, keep_through: u64) -> Result<MetricsLog> {
-        let lines: Vec<Metric> = match std::fs::read_to_string(path) {
-            Ok(text) => text
-                .lines()
-                .filter_map(|line| serde_json::from_str::<Metric>(line).ok())
-                .filter(|m| m.step() <= keep_through)
-                .collect(),
-            Err(_) => Vec::new(),
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => return Err(io(path, error)),
         };
+        let torn = !text.is_empty() && !text.ends_with('\n');
+        let count = text.lines().count();
+        let mut lines = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parsed = serde_json::from_str::<Metric>(line);
+            if parsed.is_err() && torn && index + 1 == count {
+                break;
+            }
+            let metric = parsed.map_err(|e| Error::File {
+                path: path.to_owned(),
+                reason: format!("line {}: not a metrics line: {e}", index + 1),
+            })?;
+            if metric.step() <= keep_through {
+                lines.push(metric);
+            }
+        }
         let log = MetricsLog {
             path: path.to_owned(),
             lines,
@@ -73,7 +92,7 @@ impl MetricsLog {
             text.push_str(&serde_json::to_string(line).expect("metrics serialise"));
             text.push('\n');
         }
-        crate::checkpoint::write_atomic(&self.path, text.as_bytes())
+        Ok(temper_store::write_atomic(&self.path, text.as_bytes())?)
     }
 
     pub fn push(&mut self, metric: Metric) -> Result<()> {
@@ -217,6 +236,28 @@ mod tests {
             tokens_per_second: 100.0,
             elapsed_seconds: 1.0,
         }
+    }
+
+    #[test]
+    fn a_damaged_metrics_file_is_an_error_and_stays_as_it_was() {
+        let dir = std::env::temp_dir().join(format!("temper-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        let line = serde_json::to_string(&train(1, 2.0)).unwrap();
+        let damaged = format!("{line}\nnot json\n{line}\n");
+        std::fs::write(&path, &damaged).unwrap();
+        let error = MetricsLog::open(&path, 10).unwrap_err().to_string();
+        assert!(
+            error.contains("metrics.jsonl: line 2: not a metrics line"),
+            "{error}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), damaged);
+
+        // A last line cut short by a kill is dropped; the rest is kept.
+        std::fs::write(&path, format!("{line}\n{{\"kind\": \"tr")).unwrap();
+        let log = MetricsLog::open(&path, 10).unwrap();
+        assert_eq!(log.lines(), [train(1, 2.0)]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! One optimizer step: forward and backward over the micro-batches of a step with a
 //! token-weighted loss, gradient accumulation, clipping and AdamW.
 
-use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -141,9 +140,4 @@ fn target_logits<B: Backend>(
     logits
         .reshape([batch_size * seq_len, vocab])
         .select(0, index)
-}
-
-/// The model without autodiff, for evaluation and generation.
-pub fn inference_model<B: AutodiffBackend>(model: &CausalLm<B>) -> CausalLm<B::InnerBackend> {
-    model.valid()
 }

@@ -289,38 +289,39 @@ pub fn layer_norm_backward(
         .par_chunks_mut(rows * d)
         .zip(input.par_chunks(rows * d).zip(grad.par_chunks(rows * d)))
         .zip(means.par_chunks(rows).zip(rstds.par_chunks(rows)))
-        .fold(
-            zeros,
-            |(mut dw, mut db), ((grad_input, (input, grad)), (means, rstds))| {
-                let mut xhat = vec![0.0f32; d];
-                for ((((dx, x), g), &mean), &rstd) in grad_input
-                    .chunks_exact_mut(d)
-                    .zip(input.chunks_exact(d))
-                    .zip(grad.chunks_exact(d))
-                    .zip(means)
-                    .zip(rstds)
-                {
-                    for (h, &x) in xhat.iter_mut().zip(x) {
-                        *h = (x - mean) * rstd;
-                    }
-                    for (((dw, db), &g), &h) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&xhat) {
-                        *dw += g * h;
-                        *db += g;
-                    }
-                    // dx temporarily holds gx = grad * weight.
-                    for ((dx, &g), &w) in dx.iter_mut().zip(g).zip(weight) {
-                        *dx = g * w;
-                    }
-                    let mean_gx = sum(dx) / d as f32;
-                    let mean_gx_xhat = dot(dx, &xhat) / d as f32;
-                    for (dx, &h) in dx.iter_mut().zip(&xhat) {
-                        *dx = rstd * (*dx - mean_gx - h * mean_gx_xhat);
-                    }
+        .map(|((grad_input, (input, grad)), (means, rstds))| {
+            let (mut dw, mut db) = zeros();
+            let mut xhat = vec![0.0f32; d];
+            for ((((dx, x), g), &mean), &rstd) in grad_input
+                .chunks_exact_mut(d)
+                .zip(input.chunks_exact(d))
+                .zip(grad.chunks_exact(d))
+                .zip(means)
+                .zip(rstds)
+            {
+                for (h, &x) in xhat.iter_mut().zip(x) {
+                    *h = (x - mean) * rstd;
                 }
-                (dw, db)
-            },
-        )
-        .reduce(zeros, |(mut dw, mut db), (dw2, db2)| {
+                for (((dw, db), &g), &h) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(&xhat) {
+                    *dw += g * h;
+                    *db += g;
+                }
+                // dx temporarily holds gx = grad * weight.
+                for ((dx, &g), &w) in dx.iter_mut().zip(g).zip(weight) {
+                    *dx = g * w;
+                }
+                let mean_gx = sum(dx) / d as f32;
+                let mean_gx_xhat = dot(dx, &xhat) / d as f32;
+                for (dx, &h) in dx.iter_mut().zip(&xhat) {
+                    *dx = rstd * (*dx - mean_gx - h * mean_gx_xhat);
+                }
+            }
+            (dw, db)
+        })
+        // Tasks' partial sums are added in row order, so the gradient is the same every run.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(zeros(), |(mut dw, mut db), (dw2, db2)| {
             for (a, b) in dw.iter_mut().zip(dw2) {
                 *a += b;
             }
@@ -372,39 +373,37 @@ pub fn rms_norm_backward(
         .par_chunks_mut(rows * d)
         .zip(input.par_chunks(rows * d).zip(grad.par_chunks(rows * d)))
         .zip(rstds.par_chunks(rows))
-        .fold(
-            || vec![0.0f32; d],
-            |mut dw, ((grad_input, (input, grad)), rstds)| {
-                for (((dx, x), g), &rstd) in grad_input
-                    .chunks_exact_mut(d)
-                    .zip(input.chunks_exact(d))
-                    .zip(grad.chunks_exact(d))
-                    .zip(rstds)
-                {
-                    for ((dw, &g), &x) in dw.iter_mut().zip(g).zip(x) {
-                        *dw += g * x * rstd;
-                    }
-                    // dx temporarily holds gx = grad * weight.
-                    for ((dx, &g), &w) in dx.iter_mut().zip(g).zip(weight) {
-                        *dx = g * w;
-                    }
-                    let mean_gx_xhat = dot(dx, x) * rstd / d as f32;
-                    for (dx, &x) in dx.iter_mut().zip(x) {
-                        *dx = rstd * (*dx - x * rstd * mean_gx_xhat);
-                    }
+        .map(|((grad_input, (input, grad)), rstds)| {
+            let mut dw = vec![0.0f32; d];
+            for (((dx, x), g), &rstd) in grad_input
+                .chunks_exact_mut(d)
+                .zip(input.chunks_exact(d))
+                .zip(grad.chunks_exact(d))
+                .zip(rstds)
+            {
+                for ((dw, &g), &x) in dw.iter_mut().zip(g).zip(x) {
+                    *dw += g * x * rstd;
                 }
-                dw
-            },
-        )
-        .reduce(
-            || vec![0.0f32; d],
-            |mut dw, dw2| {
-                for (a, b) in dw.iter_mut().zip(dw2) {
-                    *a += b;
+                // dx temporarily holds gx = grad * weight.
+                for ((dx, &g), &w) in dx.iter_mut().zip(g).zip(weight) {
+                    *dx = g * w;
                 }
-                dw
-            },
-        )
+                let mean_gx_xhat = dot(dx, x) * rstd / d as f32;
+                for (dx, &x) in dx.iter_mut().zip(x) {
+                    *dx = rstd * (*dx - x * rstd * mean_gx_xhat);
+                }
+            }
+            dw
+        })
+        // Tasks' partial sums are added in row order, so the gradient is the same every run.
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0f32; d], |mut dw, dw2| {
+            for (a, b) in dw.iter_mut().zip(dw2) {
+                *a += b;
+            }
+            dw
+        })
 }
 
 /// `silu(gate) * up` (Llama's MLP), with `silu(g) = g sigmoid(g)`.
@@ -508,7 +507,8 @@ pub fn rope(
         });
 }
 
-/// Sums of a cross-entropy over rows of logits.
+/// Sums of a cross-entropy over rows of logits. The kernels add the sums of their tasks in
+/// row order, not in the order rayon finishes them, so a sum is the same on every run.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CrossEntropySums {
     /// Sum of `-log softmax(logits)[label]`.
@@ -536,7 +536,9 @@ pub fn cross_entropy(logits: &[f32], labels: &[usize], vocab: usize) -> CrossEnt
                 })
                 .fold(CrossEntropySums::default(), CrossEntropySums::add)
         })
-        .reduce(CrossEntropySums::default, CrossEntropySums::add)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(CrossEntropySums::default(), CrossEntropySums::add)
 }
 
 /// [`cross_entropy`], overwriting each row of `logits` with the gradient of
@@ -559,7 +561,9 @@ pub fn cross_entropy_backward_in_place(
                 .map(|(row, &label)| cross_entropy_row(row, label, Some(scale)))
                 .fold(CrossEntropySums::default(), CrossEntropySums::add)
         })
-        .reduce(CrossEntropySums::default, CrossEntropySums::add)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(CrossEntropySums::default(), CrossEntropySums::add)
 }
 
 /// One row's sums; leaves `scale * (softmax - onehot)` in `row` with a scale, and
@@ -600,6 +604,45 @@ mod tests {
 
     fn close(a: f32, b: f32, tolerance: f32) -> bool {
         (a - b).abs() <= tolerance * (1.0 + b.abs())
+    }
+
+    #[test]
+    fn reductions_are_the_same_on_every_run() {
+        // Many tasks on many threads, so that rayon's work stealing varies between runs; the
+        // sums must not depend on it.
+        let (rows, vocab, d) = (512, 1024, 256);
+        let logits: Vec<f32> = (0..rows * vocab)
+            .map(|i| ((i * 7919) % 1000) as f32 / 97.0 - 5.0)
+            .collect();
+        let labels: Vec<usize> = (0..rows).map(|i| (i * 31) % vocab).collect();
+        let input: Vec<f32> = (0..rows * d)
+            .map(|i| ((i * 13) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let weight = vec![1.5f32; d];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(8)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let run = || {
+            let sums = cross_entropy(&logits, &labels, vocab);
+            let mut grad = logits.clone();
+            let in_place = cross_entropy_backward_in_place(&mut grad, &labels, vocab, 0.5);
+            let mut out = vec![0.0; rows * d];
+            let rstds = rms_norm(&input, &weight, 1e-5, &mut out);
+            let mut grad_input = vec![0.0; rows * d];
+            let dw = rms_norm_backward(&input, &weight, &rstds, &input, &mut grad_input);
+            let (means, rstds) = layer_norm(&input, &weight, &weight, 1e-5, &mut out);
+            let (dw2, db) =
+                layer_norm_backward(&input, &weight, &means, &rstds, &input, &mut grad_input);
+            (sums.nll.to_bits(), in_place.nll.to_bits(), dw, dw2, db)
+        };
+        let first = pool.install(run);
+        for _ in 0..20 {
+            assert!(
+                pool.install(run) == first,
+                "a reduction changed between runs"
+            );
+        }
     }
 
     #[test]
