@@ -100,6 +100,16 @@ fn the_tiny_recipe_trains_resumes_bit_identically_and_exports() {
         saved.train.max_steps, 8,
         "the resolved config is saved with the run"
     );
+    // GPT-2 stores its projections as Conv1D, and every adapter file says so, as PEFT's do.
+    let checkpoint = checkpoint::checkpoint_name(8);
+    for adapter in [format!("{checkpoint}/adapter"), "adapter".to_owned()] {
+        let config: Value = serde_json::from_str(
+            &std::fs::read_to_string(uninterrupted.join(adapter).join(temper_lora::CONFIG_FILE))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config["fan_in_fan_out"], true);
+    }
 
     // What a kill during the checkpoint after step 6 leaves behind: the config, metrics up
     // to step 6, checkpoints 2 and 4, and a half-written temporary checkpoint directory.

@@ -46,9 +46,9 @@ impl std::fmt::Display for Role {
 /// `extra` keeps every other key of the source message (`tool_calls`, `name`,
 /// `reasoning_content`, an alpaca record's `instruction` and `input`, ...) so that templates
 /// which read them see them exactly as `transformers` would pass them.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Message {
-    pub role: Option<Role>,
+    pub role: Role,
     /// The text of the message. `None` for an assistant message that only carries tool calls.
     pub content: Option<String>,
     /// Overrides the training policy for this message: `Some(true)` always trains it,
@@ -61,7 +61,7 @@ impl Message {
     /// A message with a role and text and nothing else.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
         Message {
-            role: Some(role),
+            role,
             content: Some(content.into()),
             train: None,
             extra: Map::new(),
@@ -78,11 +78,6 @@ impl Message {
 
     pub fn assistant(content: impl Into<String>) -> Self {
         Message::new(Role::Assistant, content)
-    }
-
-    /// The role; every message built by this crate has one.
-    pub fn role(&self) -> Role {
-        self.role.unwrap_or(Role::User)
     }
 
     /// Sets the per-message training override.
@@ -107,7 +102,7 @@ impl Message {
                 json_kind(value)
             ),
         })?;
-        let mut message = Message::default();
+        let (mut role, mut content, mut train, mut extra) = (None, None, None, Map::new());
         for (key, field) in object {
             match key.as_str() {
                 "role" => {
@@ -115,7 +110,7 @@ impl Message {
                         context: context.to_owned(),
                         message: format!("`role` must be a string, found {}", json_kind(field)),
                     })?;
-                    message.role = Some(Role::parse(name).ok_or_else(|| Error::Message {
+                    role = Some(Role::parse(name).ok_or_else(|| Error::Message {
                         context: context.to_owned(),
                         message: format!(
                             "unknown role `{name}`: expected one of system, user, assistant, tool"
@@ -123,8 +118,8 @@ impl Message {
                     })?);
                 }
                 "content" => match field {
-                    Value::String(text) => message.content = Some(text.clone()),
-                    Value::Null => message.content = None,
+                    Value::String(text) => content = Some(text.clone()),
+                    Value::Null => content = None,
                     other => {
                         return Err(Error::Message {
                             context: context.to_owned(),
@@ -136,7 +131,7 @@ impl Message {
                     }
                 },
                 "train" => match field {
-                    Value::Bool(train) => message.train = Some(*train),
+                    Value::Bool(value) => train = Some(*value),
                     Value::Null => {}
                     other => {
                         return Err(Error::Message {
@@ -151,23 +146,26 @@ impl Message {
                 // transformers drops keys whose value is None before rendering.
                 _ if field.is_null() => {}
                 _ => {
-                    message.extra.insert(key.clone(), field.clone());
+                    extra.insert(key.clone(), field.clone());
                 }
             }
         }
-        if message.role.is_none() {
-            return Err(Error::Message {
-                context: context.to_owned(),
-                message: "missing field `role`".to_owned(),
-            });
-        }
-        Ok(message)
+        let role = role.ok_or_else(|| Error::Message {
+            context: context.to_owned(),
+            message: "missing field `role`".to_owned(),
+        })?;
+        Ok(Message {
+            role,
+            content,
+            train,
+            extra,
+        })
     }
 
     /// The message as the JSON object a template sees, shaped as `transformers` shapes it.
     pub fn to_template_json(&self) -> Value {
         let mut object = Map::new();
-        object.insert("role".to_owned(), Value::from(self.role().as_str()));
+        object.insert("role".to_owned(), Value::from(self.role.as_str()));
         if let Some(content) = &self.content {
             object.insert("content".to_owned(), Value::from(content.as_str()));
         }
@@ -291,13 +289,13 @@ pub enum TrainOn {
 impl TrainOn {
     /// Whether each message of `messages` is trained under this policy.
     pub fn trained(self, messages: &[Message]) -> Vec<bool> {
-        let last_assistant = messages.iter().rposition(|m| m.role() == Role::Assistant);
+        let last_assistant = messages.iter().rposition(|m| m.role == Role::Assistant);
         messages
             .iter()
             .enumerate()
             .map(|(index, message)| {
                 message.train.unwrap_or(match self {
-                    TrainOn::Assistant => message.role() == Role::Assistant,
+                    TrainOn::Assistant => message.role == Role::Assistant,
                     TrainOn::All => true,
                     TrainOn::LastAssistant => Some(index) == last_assistant,
                 })

@@ -164,7 +164,7 @@ pub(crate) fn render_with_spans(
     // Each costs a render, so with `exact_untrained_spans == false` only the ones that decide a
     // trained range are computed; the others let untrained messages merge into the next span.
     let is_trained_answer =
-        |i: usize| trained[i] && conversation.messages[i].role() == Role::Assistant;
+        |i: usize| trained[i] && conversation.messages[i].role == Role::Assistant;
     let needs_end = |i: usize| {
         exact_untrained_spans
             || template.has_generation_blocks()
@@ -202,7 +202,7 @@ pub(crate) fn render_with_spans(
         // Each `{% generation %}` range belongs to the last assistant message that starts before it.
         for &(g_start, g_end) in &full.generation {
             let owner = (0..n)
-                .filter(|&i| conversation.messages[i].role() == Role::Assistant)
+                .filter(|&i| conversation.messages[i].role == Role::Assistant)
                 .take_while(|&i| i == 0 || agreed_ends[i - 1] <= g_start)
                 .last();
             if let Some(owner) = owner.filter(|&i| trained[i]) {
@@ -245,7 +245,7 @@ pub(crate) fn render_with_spans(
     };
     let mut cursor = 0;
     for (i, message) in conversation.messages.iter().enumerate() {
-        let role = message.role();
+        let role = message.role;
         let answer_end = answers[i].iter().map(|&(_, end)| end).max().unwrap_or(0);
         let end = agreed_ends[i].max(answer_end).max(cursor);
         if !is_trained_answer(i) {

@@ -314,7 +314,7 @@ fn incremental_spans_hold_each_answer() {
             // Reasoning templates re-render `<think>` blocks found in the content.
             let rewritten =
                 content.contains("<think>") || !case.text.as_ref().unwrap().contains(content);
-            if message.role() != Role::Assistant || content.is_empty() || rewritten {
+            if message.role != Role::Assistant || content.is_empty() || rewritten {
                 continue;
             }
             checked += 1;

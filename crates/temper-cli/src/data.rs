@@ -1,11 +1,12 @@
 //! `temper data ...`
 
 use std::io::IsTerminal;
+use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use temper_chat::TrainOn;
@@ -438,23 +439,12 @@ fn prepare_command(input: &InputArgs, output: Option<&Path>, json: bool) -> Resu
 
 /// Writes rows as JSON lines through a temporary file, so a failure leaves nothing behind.
 fn write_rows(path: &Path, prepared: &Prepared) -> Result<()> {
-    use std::io::Write;
-    let temporary = path.with_extension("partial");
-    let result = (|| -> Result<()> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
+    temper_store::write_atomic_with(path, |out| {
         for row in &prepared.rows {
-            serde_json::to_writer(&mut out, row)?;
+            serde_json::to_writer(&mut *out, row)?;
             out.write_all(b"\n")?;
         }
-        out.flush()?;
         Ok(())
-    })();
-    match result {
-        Ok(()) => std::fs::rename(&temporary, path)
-            .with_context(|| format!("cannot write {}", path.display())),
-        Err(error) => {
-            let _ = std::fs::remove_file(&temporary);
-            Err(error.context(format!("cannot write {}", path.display())))
-        }
-    }
+    })?;
+    Ok(())
 }

@@ -184,7 +184,7 @@ fn prepare_writes_rows_and_reports_throughput() {
         written.lines().count() as u64,
         stats["packs"].as_u64().unwrap()
     );
-    assert!(!dir.join("rows.partial").exists());
+    assert!(!temper_store::partial_path(&rows).exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -734,7 +734,7 @@ impl RecordReader<'_> {
                 .map(|(key, value)| (key.clone(), value.clone()))
                 .collect();
             messages.push(Message {
-                role: Some(role),
+                role,
                 content,
                 train,
                 extra,
@@ -751,7 +751,7 @@ impl RecordReader<'_> {
                 "the conversation has no messages",
             ));
         }
-        if !messages.iter().any(|m| m.role() == Role::Assistant) {
+        if !messages.iter().any(|m| m.role == Role::Assistant) {
             return Err(self.error(
                 Problem::NoAssistantTurn,
                 "the conversation has no assistant message to train on",
@@ -762,9 +762,7 @@ impl RecordReader<'_> {
                 .content
                 .as_deref()
                 .is_none_or(|c| c.trim().is_empty());
-            if message.role() == Role::Assistant
-                && empty
-                && !message.extra.contains_key("tool_calls")
+            if message.role == Role::Assistant && empty && !message.extra.contains_key("tool_calls")
             {
                 return Err(self.error(
                     Problem::EmptyResponse,
@@ -838,7 +836,7 @@ mod tests {
         let Sample::Chat(conversation) = &outcome.records[1].sample else {
             panic!()
         };
-        assert_eq!(conversation.messages[0].role(), Role::System);
+        assert_eq!(conversation.messages[0].role, Role::System);
     }
 
     #[test]
@@ -854,7 +852,7 @@ mod tests {
         let Sample::Chat(conversation) = &outcome.records[0].sample else {
             panic!()
         };
-        assert_eq!(conversation.messages[1].role(), Role::Assistant);
+        assert_eq!(conversation.messages[1].role, Role::Assistant);
     }
 
     #[test]

@@ -99,7 +99,7 @@ fn instruction_and_output(sample: &Sample) -> (String, String) {
     match sample {
         Sample::Chat(conversation) => {
             let text = |role: Role, last: bool| {
-                let mut matching = conversation.messages.iter().filter(|m| m.role() == role);
+                let mut matching = conversation.messages.iter().filter(|m| m.role == role);
                 let message = if last {
                     matching.next_back()
                 } else {
@@ -119,7 +119,7 @@ fn full_text(sample: &Sample) -> String {
         Sample::Chat(conversation) => conversation
             .messages
             .iter()
-            .map(|m| format!("{}: {}", m.role(), m.content.as_deref().unwrap_or_default()))
+            .map(|m| format!("{}: {}", m.role, m.content.as_deref().unwrap_or_default()))
             .collect::<Vec<_>>()
             .join("\n"),
         Sample::Completion { prompt, completion } => format!("{prompt}{completion}"),

@@ -9,11 +9,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
+use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, TensorData};
 use safetensors::{Dtype, SafeTensors};
-use temper_models::{CausalLm, ModelConfig, ModelInput};
+use temper_models::{CausalLm, ModelConfig, ModelInput, WeightLayout};
+use temper_store::{ParamPath, PathVisitor, visit_params};
 
 type B = Autodiff<Flex>;
 
@@ -105,66 +107,44 @@ fn masked_loss(
     (picked * weight).sum().neg() / count
 }
 
-/// The gradient of a parameter named as in the HF checkpoint, in HF layout.
+/// The gradient of a parameter named as in the HF checkpoint, in HF layout: found by its
+/// parameter path, transposed where the layout stores it transposed.
 fn gradient(
     model: &CausalLm<B>,
     name: &str,
     grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients,
 ) -> Vec<f64> {
-    let host = |grad: Option<Tensor<Flex, 2>>| -> Vec<f64> {
-        let grad = grad.unwrap_or_else(|| panic!("{name} has no gradient"));
-        grad.into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f64::from)
-            .collect()
-    };
-    let matrix = |tensor: Tensor<B, 2>, transpose: bool| {
-        host(
-            tensor
-                .grad(grads)
-                .map(|g| if transpose { g.transpose() } else { g }),
-        )
-    };
-    let vector = |tensor: Tensor<B, 1>| host(tensor.grad(grads).map(|g| g.unsqueeze()));
-    match model {
-        CausalLm::Gpt2(m) => {
-            let t = &m.transformer;
-            match name {
-                "transformer.h.0.attn.c_attn.weight" => {
-                    matrix(t.h[0].attn.c_attn.weight.val(), false)
-                }
-                "transformer.wte.weight" => matrix(t.wte.weight.val(), false),
-                "transformer.wpe.weight" => matrix(t.wpe.weight.val(), false),
-                "transformer.h.1.mlp.c_proj.bias" => {
-                    vector(t.h[1].mlp.c_proj.bias.as_ref().unwrap().val())
-                }
-                other => panic!("no accessor for {other}"),
+    struct Find<'a> {
+        name: &'a str,
+        torch_linears: bool,
+        grads: &'a <B as burn::tensor::backend::AutodiffBackend>::Gradients,
+        found: Option<Vec<f64>>,
+    }
+    impl PathVisitor<B> for Find<'_> {
+        fn visit_float<const D: usize>(&mut self, at: ParamPath<'_>, param: &Param<Tensor<B, D>>) {
+            if at.path != self.name {
+                return;
             }
-        }
-        CausalLm::Llama(m) => {
-            let layers = &m.model.layers;
-            match name {
-                "model.layers.0.self_attn.q_proj.weight" => {
-                    matrix(layers[0].self_attn.q_proj.weight.val(), true)
-                }
-                "model.layers.1.self_attn.k_proj.weight" => {
-                    matrix(layers[1].self_attn.k_proj.weight.val(), true)
-                }
-                "model.layers.1.mlp.down_proj.weight" => {
-                    matrix(layers[1].mlp.down_proj.weight.val(), true)
-                }
-                "model.embed_tokens.weight" => matrix(m.model.embed_tokens.weight.val(), false),
-                "model.norm.weight" => vector(m.model.norm.weight.val()),
-                "model.layers.0.self_attn.k_proj.bias" => {
-                    vector(layers[0].self_attn.k_proj.bias.as_ref().unwrap().val())
-                }
-                other => panic!("no accessor for {other}"),
-            }
+            let grad = param.val().grad(self.grads);
+            let grad = grad.unwrap_or_else(|| panic!("{} has no gradient", self.name));
+            let grad = if D == 2 && at.owner == "Linear" && self.torch_linears {
+                grad.swap_dims(0, 1)
+            } else {
+                grad
+            };
+            let values = grad.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            self.found = Some(values.into_iter().map(f64::from).collect());
         }
     }
+    let mut find = Find {
+        name,
+        torch_linears: model.layout().linear == WeightLayout::Torch,
+        grads,
+        found: None,
+    };
+    visit_params(model, &mut find);
+    find.found
+        .unwrap_or_else(|| panic!("the model has no parameter {name}"))
 }
 
 fn check_gradients(

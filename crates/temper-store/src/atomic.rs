@@ -1,6 +1,8 @@
 //! Files and directories that appear whole or not at all: written under a temporary name in
 //! the same directory, then renamed into place.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, io};
@@ -17,8 +19,22 @@ pub fn partial_path(path: &Path) -> PathBuf {
 /// Writes `bytes` to `path` through a temporary file and a rename; on failure the temporary
 /// file is removed and `path` keeps what it had.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |out| out.write_all(bytes))
+}
+
+/// [`write_atomic`] for content written piece by piece (JSON lines, say) into a buffered
+/// writer.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
     let temporary = partial_path(path);
-    let written = std::fs::write(&temporary, bytes)
+    let written = File::create(&temporary)
+        .and_then(|file| {
+            let mut out = BufWriter::new(file);
+            write(&mut out)?;
+            out.flush()
+        })
         .map_err(|e| io(&temporary, e))
         .and_then(|()| std::fs::rename(&temporary, path).map_err(|e| io(path, e)));
     if written.is_err() {

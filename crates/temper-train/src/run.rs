@@ -612,7 +612,7 @@ fn generation_cases(
         let Some((last, before)) = conversation.messages.split_last() else {
             continue;
         };
-        if last.role != Some(Role::Assistant) {
+        if last.role != Role::Assistant {
             continue;
         }
         let prompt = Conversation {
