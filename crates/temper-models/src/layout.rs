@@ -48,14 +48,23 @@ impl Layout {
         self.linear == WeightLayout::Torch && at.owner == "Linear" && at.path.ends_with(".weight")
     }
 
+    /// Whether `key` is one of the `ignored` keys (with or without the optional prefix, which
+    /// loading may have added to a file that lacked it).
     fn ignores(&self, key: &str) -> bool {
-        self.ignored.iter().any(|pattern| {
-            let mut segments = key.split('.');
-            pattern
-                .split('.')
-                .all(|p| segments.next().is_some_and(|s| p == "*" || p == s))
-                && segments.next().is_none()
-        })
+        let matches = |key: &str| {
+            self.ignored.iter().any(|pattern| {
+                let mut segments = key.split('.');
+                pattern
+                    .split('.')
+                    .all(|p| segments.next().is_some_and(|s| p == "*" || p == s))
+                    && segments.next().is_none()
+            })
+        };
+        matches(key)
+            || self
+                .optional_prefix
+                .and_then(|prefix| key.strip_prefix(prefix))
+                .is_some_and(matches)
     }
 
     /// Replaces every parameter of `module` (adapters excepted) by the tensor of `weights`

@@ -10,7 +10,7 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Int;
 use safetensors::{Dtype, SafeTensors};
-use temper_models::{CausalLm, Error, ModelInput};
+use temper_models::{CausalLm, Error, ModelInput, RawTensor, Weights};
 
 type B = Flex;
 
@@ -103,6 +103,64 @@ fn a_saved_model_reloads_with_the_same_logits_and_the_same_keys() {
         assert!(!dir.join("model.safetensors.partial").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// The tensors of `model` under keys renamed by `rename`, plus `extra` keys.
+fn renamed_weights(
+    model: &CausalLm<B>,
+    rename: impl Fn(&str) -> String,
+    extra: &[&str],
+) -> Weights {
+    let writer = model.to_weights();
+    let mut tensors: std::collections::BTreeMap<String, RawTensor> = writer
+        .keys()
+        .map(|key| (rename(key), writer.get(key).unwrap().clone()))
+        .collect();
+    for key in extra {
+        let buffer = RawTensor {
+            shape: vec![2],
+            data: vec![0.0; 2],
+        };
+        tensors.insert((*key).to_owned(), buffer);
+    }
+    Weights::new(PathBuf::from("renamed.safetensors"), tensors)
+}
+
+#[test]
+fn files_without_the_optional_prefix_and_with_known_buffers_load() {
+    let device = Default::default();
+    // GPT2Model's files: no `transformer.` prefix; old ones carry the causal-mask buffers.
+    let (gpt2, config) = CausalLm::<B>::from_hf_dir(&fixture("gpt2"), &device).unwrap();
+    let mut weights = renamed_weights(
+        &gpt2,
+        |key| key.strip_prefix("transformer.").unwrap().to_owned(),
+        &["h.0.attn.bias", "h.1.attn.masked_bias"],
+    );
+    let reloaded = CausalLm::<B>::from_weights(&config, &mut weights, &device).unwrap();
+    weights.finish().unwrap();
+    assert_eq!(logits(&gpt2, &device), logits(&reloaded, &device));
+
+    // Llama exports that keep the rotary frequencies; an unknown key is still refused.
+    let (llama, config) = CausalLm::<B>::from_hf_dir(&fixture("llama_gqa"), &device).unwrap();
+    let mut weights = renamed_weights(
+        &llama,
+        str::to_owned,
+        &["model.layers.1.self_attn.rotary_emb.inv_freq"],
+    );
+    let reloaded = CausalLm::<B>::from_weights(&config, &mut weights, &device).unwrap();
+    weights.finish().unwrap();
+    assert_eq!(logits(&llama, &device), logits(&reloaded, &device));
+    let mut weights = renamed_weights(
+        &llama,
+        str::to_owned,
+        &["model.layers.1.rotary_emb.inv_freq"],
+    );
+    CausalLm::<B>::from_weights(&config, &mut weights, &device).unwrap();
+    let error = weights.finish().unwrap_err().to_string();
+    assert!(
+        error.contains("model.layers.1.rotary_emb.inv_freq"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -1,26 +1,27 @@
-//! A training run, as a recipe that reads top to bottom: [`setup`] (model, tokenizer, chat
-//! template, data, optimizer, resume state), [`train`] (the step loop with evaluation and
-//! checkpoints), [`exact_matches`] on held-out chats, and [`export`].
+//! A training run, as a recipe that reads top to bottom: [`run`] calls [`setup`] (model,
+//! tokenizer, chat template, data, optimizer, resume state), [`train`] (the step loop with
+//! evaluation and checkpoints), exact match on held-out chats (`evaluate.rs`) and the
+//! export (`export.rs`).
 
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use temper_chat::{ChatTemplate, Conversation, RenderOptions, Role};
-use temper_data::{Batch, Pack, Prepared, Sample, Sampler, Tokenizer, collate};
-use temper_lora::{LoraConfig, ParamCount};
-use temper_models::{CausalLm, GenerationConfig, generate};
+use temper_chat::ChatTemplate;
+use temper_data::{Batch, Pack, Prepared, Sampler, Tokenizer, collate};
+use temper_lora::ParamCount;
+use temper_models::CausalLm;
 use temper_optim::{AdamW, LrSchedule, lr_at};
 
 use crate::checkpoint::{self, Saved, TrainerState};
 use crate::config::RunConfig;
 use crate::error::{Error, Result, io};
-use crate::load::{RunModel, load_for_run, stop_token_ids};
+use crate::evaluate::{HeldOut, eval_loss, exact_matches, held_out};
+use crate::export::{Export, export};
+use crate::load::{RunModel, load_for_run};
 use crate::metrics::{Metric, MetricsLog, loss_plot_svg};
-use crate::step::{evaluate, train_step};
+use crate::step::train_step;
 
 /// The run's chat template, saved beside its checkpoints so that an export writes the template
 /// the model was trained with.
@@ -112,16 +113,7 @@ pub fn run<B: AutodiffBackend>(
             on_event,
         )?;
     }
-    let parameters = temper_lora::count_parameters(&model);
-    let trainable_parameters = match config.lora {
-        Some(_) => parameters.adapter,
-        None => parameters.total,
-    };
-    on_event(Event::Message(format!(
-        "trainable params: {trainable_parameters} || all params: {} || trainable%: {:.4}",
-        parameters.total,
-        100.0 * trainable_parameters as f64 / parameters.total.max(1) as f64
-    )));
+    let (parameters, trainable_parameters) = count_parameters(&model, config, on_event);
 
     let mut run = Training {
         config,
@@ -154,7 +146,7 @@ pub fn run<B: AutodiffBackend>(
     let svg = loss_plot_svg(metrics.lines(), &title);
     temper_store::write_atomic(&loss_plot, svg.as_bytes())?;
 
-    let exported = export(
+    let (adapter, merged) = export(
         &model.valid(),
         &Export {
             lora: config.lora.as_ref(),
@@ -166,7 +158,6 @@ pub fn run<B: AutodiffBackend>(
             .export
             .adapter
             .then(|| output_dir.join("adapter"))
-            .filter(|_| config.lora.is_some())
             .as_deref(),
         config
             .export
@@ -183,12 +174,32 @@ pub fn run<B: AutodiffBackend>(
         exact_match_after,
         metrics: metrics_path,
         loss_plot,
-        adapter: exported.0,
-        merged: exported.1,
+        adapter,
+        merged,
         parameters,
         trainable_parameters,
         tokens_per_second: trained.tokens_per_second,
     })
+}
+
+/// Counts the model's parameters and reports them as PEFT does; returns them with the
+/// number trained.
+fn count_parameters<B: AutodiffBackend>(
+    model: &CausalLm<B>,
+    config: &RunConfig,
+    on_event: &mut dyn FnMut(Event),
+) -> (ParamCount, usize) {
+    let parameters = temper_lora::count_parameters(model);
+    let trainable = match config.lora {
+        Some(_) => parameters.adapter,
+        None => parameters.total,
+    };
+    on_event(Event::Message(format!(
+        "trainable params: {trainable} || all params: {} || trainable%: {:.4}",
+        parameters.total,
+        100.0 * trainable as f64 / parameters.total.max(1) as f64
+    )));
+    (parameters, trainable)
 }
 
 /// Everything the step loop needs, set up once.
@@ -204,20 +215,6 @@ struct Setup<B: AutodiffBackend> {
     sampler: Sampler,
     /// The checkpoint a resumed run continues from, and its step.
     resumed: Option<(PathBuf, u64)>,
-}
-
-/// The held-out data, prepared once: batches for the loss, chats for exact match.
-struct HeldOut {
-    batches: Vec<Batch>,
-    cases: Vec<GenerationCase>,
-    generation: GenerationConfig,
-}
-
-/// One held-out chat: the prompt as rendered, its token ids, and the expected answer.
-struct GenerationCase {
-    text: String,
-    prompt: Vec<u32>,
-    expected: String,
 }
 
 /// Loads the model and tokenizer, resolves the chat template once, prepares the data with
@@ -329,50 +326,6 @@ fn describe_skips(prepared: &Prepared) -> String {
         })
         .collect();
     reasons.join("; ")
-}
-
-/// The held-out file's batches and generation cases, rendered with the training template.
-fn held_out(
-    config: &RunConfig,
-    tokenizer: &Tokenizer,
-    template: Option<&ChatTemplate>,
-) -> Result<HeldOut> {
-    let generation = GenerationConfig {
-        max_new_tokens: config.eval.max_new_tokens,
-        temperature: 0.0,
-        top_k: None,
-        top_p: None,
-        seed: config.train.seed,
-        stop_token_ids: stop_token_ids(tokenizer),
-    };
-    let Some(path) = &config.dataset.eval else {
-        return Ok(HeldOut {
-            batches: Vec::new(),
-            cases: Vec::new(),
-            generation,
-        });
-    };
-    let read = temper_data::pipeline::read_dataset(path, &config.data)?;
-    let eval =
-        temper_data::pipeline::prepare_records(path, read, template, tokenizer, &config.data)?;
-    let batches = batches_of(
-        &eval.rows,
-        config.eval.max_rows,
-        config.train.batch_size,
-        tokenizer.pad_id,
-        config.data.pad_to_multiple_of,
-    );
-    let cases = match template {
-        Some(template) if config.eval.generate_examples > 0 => {
-            generation_cases(&eval, template, tokenizer, config.eval.generate_examples)?
-        }
-        _ => Vec::new(),
-    };
-    Ok(HeldOut {
-        batches,
-        cases,
-        generation,
-    })
 }
 
 /// The learning-rate schedule over the run's steps: `max_steps`, or whole epochs of
@@ -542,281 +495,4 @@ fn train<B: AutodiffBackend>(
     }
     trained.tokens_per_second = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
     Ok((model, trained))
-}
-
-/// The held-out loss after `step`, when there is held-out data.
-fn eval_loss<B: Backend>(
-    model: &CausalLm<B>,
-    eval: &HeldOut,
-    step: u64,
-    device: &B::Device,
-) -> Result<Option<Metric>> {
-    if eval.batches.is_empty() {
-        return Ok(None);
-    }
-    let sums = evaluate(model, &eval.batches, device)?;
-    Ok(Some(Metric::Eval {
-        step,
-        loss: sums.mean(),
-        perplexity: sums.mean().exp(),
-        token_accuracy: sums.correct as f64 / sums.tokens.max(1) as f64,
-        exact_match: None,
-    }))
-}
-
-/// Padded micro-batches of (at most `max_rows` of) `rows`, in order.
-fn batches_of(
-    rows: &[Pack],
-    max_rows: usize,
-    batch_size: usize,
-    pad_id: u32,
-    pad_to_multiple_of: Option<usize>,
-) -> Vec<Batch> {
-    let take = if max_rows == 0 {
-        rows.len()
-    } else {
-        max_rows.min(rows.len())
-    };
-    rows[..take]
-        .chunks(batch_size)
-        .map(|chunk| {
-            collate(
-                &chunk.iter().collect::<Vec<_>>(),
-                pad_id,
-                pad_to_multiple_of,
-            )
-        })
-        .collect()
-}
-
-/// The first `count` chat examples of `eval` whose last message is the assistant's: their
-/// prompt (everything before it, with the generation prompt) and the expected answer.
-fn generation_cases(
-    eval: &Prepared,
-    template: &ChatTemplate,
-    tokenizer: &Tokenizer,
-    count: usize,
-) -> Result<Vec<GenerationCase>> {
-    let options = RenderOptions {
-        add_generation_prompt: true,
-        ..Default::default()
-    };
-    let mut cases = Vec::new();
-    for record in &eval.records {
-        if cases.len() == count {
-            break;
-        }
-        let Sample::Chat(conversation) = &record.sample else {
-            continue;
-        };
-        let Some((last, before)) = conversation.messages.split_last() else {
-            continue;
-        };
-        if last.role != Role::Assistant {
-            continue;
-        }
-        let prompt = Conversation {
-            messages: before.to_vec(),
-            ..conversation.clone()
-        };
-        let text = template.render_text(&prompt, &options)?;
-        let encoded = tokenizer.encode(&text)?;
-        cases.push(GenerationCase {
-            text,
-            prompt: encoded.0,
-            expected: last.content.clone().unwrap_or_default(),
-        });
-    }
-    Ok(cases)
-}
-
-/// How many greedy answers to the held-out chats equal the expected answer (both trimmed),
-/// out of how many; reports the first few answers and the count as events labelled `when`.
-/// `None` when there are no held-out chats to answer.
-fn exact_matches<B: Backend>(
-    model: &CausalLm<B>,
-    eval: &HeldOut,
-    tokenizer: &Tokenizer,
-    device: &B::Device,
-    when: &'static str,
-    on_event: &mut dyn FnMut(Event),
-) -> Result<Option<(usize, usize)>> {
-    const SHOWN: usize = 3;
-    if eval.cases.is_empty() {
-        return Ok(None);
-    }
-    let config = &eval.generation;
-    let mut correct = 0;
-    for (index, case) in eval.cases.iter().enumerate() {
-        let generation = generate(model, &case.prompt, config, device, |_| {
-            ControlFlow::Continue(())
-        })?;
-        let answer: Vec<u32> = generation
-            .tokens
-            .iter()
-            .copied()
-            .filter(|id| !config.stop_token_ids.contains(id))
-            .collect();
-        let answer = tokenizer.decode(&answer);
-        if answer.trim() == case.expected.trim() {
-            correct += 1;
-        }
-        if index < SHOWN {
-            on_event(Event::Answer {
-                when,
-                prompt: case.text.clone(),
-                expected: case.expected.clone(),
-                answer,
-            });
-        }
-    }
-    let total = eval.cases.len();
-    on_event(Event::ExactMatch {
-        when,
-        correct,
-        total,
-    });
-    Ok(Some((correct, total)))
-}
-
-/// What an export writes besides the model: how to name and complete it.
-struct Export<'a> {
-    /// The run's LoRA configuration; `None` for full fine-tuning.
-    lora: Option<&'a LoraConfig>,
-    /// The base model's path, recorded in the adapter's configuration and the source of its
-    /// `tokenizer_config.json`.
-    base_model: &'a Path,
-    tokenizer: &'a Tokenizer,
-    /// The template the run trained with.
-    template: Option<&'a ChatTemplate>,
-}
-
-/// Writes the adapter in PEFT's format to `adapter_out` and/or the model, merged with its
-/// adapter, as a Hugging Face directory with its tokenizer to `merged_out`. Used at the end
-/// of a run and by [`export_checkpoint`].
-fn export<B: Backend>(
-    model: &CausalLm<B>,
-    export: &Export<'_>,
-    adapter_out: Option<&Path>,
-    merged_out: Option<&Path>,
-) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
-    let base_model = export.base_model.display().to_string();
-    if let (Some(out), Some(lora)) = (adapter_out, export.lora) {
-        crate::adapters::extract_adapter(model, lora).save_peft(out, &base_model)?;
-    }
-    if let Some(out) = merged_out {
-        let merged = match export.lora {
-            Some(lora) => temper_lora::merge(model.clone(), lora),
-            None => model.clone(),
-        };
-        merged.save_hf_dir(out)?;
-        write_tokenizer_files(out, export)?;
-    }
-    Ok((
-        adapter_out
-            .filter(|_| export.lora.is_some())
-            .map(Path::to_owned),
-        merged_out.map(Path::to_owned),
-    ))
-}
-
-/// `tokenizer.json`, and a `tokenizer_config.json` (the base model's, when it has one)
-/// carrying the chat template the run trained with, so the exported directory is a complete
-/// chat model.
-fn write_tokenizer_files(dir: &Path, export: &Export<'_>) -> Result<()> {
-    let tokenizer = export.tokenizer;
-    let path = dir.join("tokenizer.json");
-    let json = tokenizer
-        .inner()
-        .to_string(false)
-        .map_err(|e| Error::Tokenizer {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-    temper_store::write_atomic(&path, json.as_bytes())?;
-
-    let source = export.base_model.join("tokenizer_config.json");
-    let mut config = if source.is_file() {
-        let text = std::fs::read_to_string(&source).map_err(|e| io(&source, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::File {
-            path: source.clone(),
-            reason: format!("invalid JSON: {e}"),
-        })?
-    } else {
-        serde_json::json!({
-            "bos_token": tokenizer.bos.as_ref().map(|t| t.text.clone()),
-            "eos_token": tokenizer.eos.text,
-        })
-    };
-    if let (Some(template), Some(object)) = (export.template, config.as_object_mut()) {
-        object.insert("chat_template".into(), template.source().into());
-    }
-    let text = serde_json::to_string_pretty(&config).expect("JSON serialises");
-    temper_store::write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())?;
-    Ok(())
-}
-
-/// What [`export_checkpoint`] wrote.
-#[derive(Debug, Clone)]
-pub struct Exported {
-    pub checkpoint: PathBuf,
-    pub adapter: Option<PathBuf>,
-    pub merged: Option<PathBuf>,
-}
-
-/// Exports a checkpoint of the run in `run_dir` (the newest one when `checkpoint` is
-/// `None`): the adapter in PEFT's format to `adapter_out` (LoRA runs) and/or the model,
-/// merged with its adapter, as a Hugging Face directory with its tokenizer to `merged_out`.
-pub fn export_checkpoint<B: Backend>(
-    run_dir: &Path,
-    checkpoint: Option<&Path>,
-    adapter_out: Option<&Path>,
-    merged_out: Option<&Path>,
-    device: &B::Device,
-) -> Result<Exported> {
-    let config = RunConfig::load(&run_dir.join("config.toml"), &[])?;
-    if adapter_out.is_some() && config.lora.is_none() {
-        return Err(Error::NoAdapter {
-            run_dir: run_dir.to_owned(),
-        });
-    }
-    let checkpoint = match checkpoint {
-        Some(dir) => dir.to_owned(),
-        None => checkpoint::list_checkpoints(run_dir)
-            .pop()
-            .map(|(_, dir)| dir)
-            .ok_or_else(|| Error::NoCheckpoint {
-                run_dir: run_dir.to_owned(),
-            })?,
-    };
-    let RunModel {
-        model, tokenizer, ..
-    } = load_for_run::<B>(&config.model, config.train.seed, device)?;
-    let model = checkpoint::load_model(&checkpoint, model, config.lora.as_ref(), device)?;
-    let template_path = run_dir.join(TEMPLATE_FILE);
-    let template = if template_path.is_file() {
-        let source = std::fs::read_to_string(&template_path).map_err(|e| io(&template_path, e))?;
-        Some(ChatTemplate::from_source(
-            template_path.display().to_string(),
-            source,
-        )?)
-    } else {
-        None
-    };
-    let (adapter, merged) = export(
-        &model,
-        &Export {
-            lora: config.lora.as_ref(),
-            base_model: &config.model.path,
-            tokenizer: &tokenizer,
-            template: template.as_ref(),
-        },
-        adapter_out,
-        merged_out,
-    )?;
-    Ok(Exported {
-        checkpoint,
-        adapter,
-        merged,
-    })
 }
