@@ -12,7 +12,7 @@ use burn::tensor::Int;
 use serde_json::Value;
 use temper_models::{CausalLm, ModelInput};
 use temper_tests::{asset, root};
-use temper_train::{RunConfig, checkpoint};
+use temper_train::{RunConfig, Start, checkpoint};
 
 type A = Autodiff<Flex>;
 
@@ -83,8 +83,13 @@ fn the_tiny_recipe_trains_resumes_bit_identically_and_exports() {
     let _serial = serial();
     let device = Default::default();
     let uninterrupted = scratch("uninterrupted");
-    let summary =
-        temper_train::run::<A>(&tiny(&uninterrupted, &[]), None, &device, &mut |_| {}).unwrap();
+    let summary = temper_train::run::<A>(
+        &tiny(&uninterrupted, &[]),
+        Start::Fresh,
+        &device,
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(summary.steps, 8);
     let expected = metrics(&uninterrupted);
     assert_eq!(expected.iter().filter(|m| m["kind"] == "train").count(), 8);
@@ -128,7 +133,13 @@ fn the_tiny_recipe_trains_resumes_bit_identically_and_exports() {
     let latest = checkpoint::list_checkpoints(&killed).pop().unwrap().1;
     assert!(latest.ends_with(checkpoint::checkpoint_name(4)));
 
-    temper_train::run::<A>(&tiny(&killed, &[]), Some(&latest), &device, &mut |_| {}).unwrap();
+    temper_train::run::<A>(
+        &tiny(&killed, &[]),
+        Start::Resume(&latest),
+        &device,
+        &mut |_| {},
+    )
+    .unwrap();
     // Every line after the resumed step is recomputed, bit for bit.
     assert_eq!(metrics(&killed).len(), expected.len());
     for (ours, theirs) in metrics(&killed).iter().zip(&expected) {
@@ -160,6 +171,7 @@ fn the_tiny_recipe_trains_resumes_bit_identically_and_exports() {
         None,
         Some(&adapter_out),
         Some(&merged_out),
+        false,
         &device,
     )
     .unwrap();
@@ -217,14 +229,14 @@ fn activation_checkpointing_and_neftune_are_options_of_the_same_step() {
     );
     temper_train::run::<A>(
         &tiny(&plain, &short),
-        None,
+        Start::Fresh,
         &Default::default(),
         &mut |_| {},
     )
     .unwrap();
     temper_train::run::<Checkpointed>(
         &tiny(&checkpointed, &short),
-        None,
+        Start::Fresh,
         &Default::default(),
         &mut |_| {},
     )
@@ -233,7 +245,7 @@ fn activation_checkpointing_and_neftune_are_options_of_the_same_step() {
     with_noise.push("train.neftune_noise_alpha=5.0".into());
     temper_train::run::<A>(
         &tiny(&noisy, &with_noise),
-        None,
+        Start::Fresh,
         &Default::default(),
         &mut |_| {},
     )
@@ -261,7 +273,7 @@ fn a_diverging_run_stops_at_the_step_and_names_the_last_checkpoint() {
                 "train.warmup_steps=0".into(),
             ],
         ),
-        None,
+        Start::Fresh,
         &Default::default(),
         &mut |_| {},
     )
@@ -295,8 +307,13 @@ fn two_identical_runs_write_identical_metrics() {
     ];
     let (first, second) = (scratch("same-1"), scratch("same-2"));
     for dir in [&first, &second] {
-        temper_train::run::<A>(&tiny(dir, &longer), None, &Default::default(), &mut |_| {})
-            .unwrap();
+        temper_train::run::<A>(
+            &tiny(dir, &longer),
+            Start::Fresh,
+            &Default::default(),
+            &mut |_| {},
+        )
+        .unwrap();
     }
     assert_eq!(trajectory(&first), trajectory(&second));
     for dir in [first, second] {
@@ -328,7 +345,8 @@ fn one_epoch_sees_every_row_once() {
     );
     config.dataset.train = train.clone();
     config.dataset.eval = None;
-    let summary = temper_train::run::<A>(&config, None, &Default::default(), &mut |_| {}).unwrap();
+    let summary =
+        temper_train::run::<A>(&config, Start::Fresh, &Default::default(), &mut |_| {}).unwrap();
     assert_eq!(summary.steps, 3);
     let steps: Vec<Value> = metrics(&dir.join("run"))
         .into_iter()
@@ -387,7 +405,7 @@ fn generation_prompts_with_the_template_the_data_was_rendered_with() {
     config.model.random_init = false;
     config.model.tokenizer = None;
     let mut prompts = Vec::new();
-    temper_train::run::<A>(&config, None, &Default::default(), &mut |event| {
+    temper_train::run::<A>(&config, Start::Fresh, &Default::default(), &mut |event| {
         if let temper_train::Event::Answer { prompt, .. } = event {
             prompts.push(prompt);
         }
@@ -426,7 +444,7 @@ fn a_tokenizer_larger_than_the_model_is_refused_before_training() {
     std::fs::write(model.join("config.json"), config.to_string()).unwrap();
     let mut run = tiny(&dir.join("run"), &[]);
     run.model.path = model;
-    let error = temper_train::run::<A>(&run, None, &Default::default(), &mut |_| {})
+    let error = temper_train::run::<A>(&run, Start::Fresh, &Default::default(), &mut |_| {})
         .err()
         .unwrap()
         .to_string();
@@ -437,5 +455,103 @@ fn a_tokenizer_larger_than_the_model_is_refused_before_training() {
         "{error}"
     );
     assert!(!dir.join("run").exists(), "nothing was written");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(snapshot(&path));
+        } else {
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn refused_starts_and_resumes_name_the_reason_and_change_nothing() {
+    let _serial = serial();
+    let dir = scratch("refused");
+    let short = ["train.max_steps=4".to_owned()];
+    temper_train::run::<A>(
+        &tiny(&dir, &short),
+        Start::Fresh,
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let before = snapshot(&dir);
+    let latest = checkpoint::list_checkpoints(&dir).pop().unwrap().1;
+    let attempt = |extra: &[&str], start: Start<'_>| -> String {
+        let mut overrides = short.to_vec();
+        overrides.extend(extra.iter().map(|s| s.to_string()));
+        let error = temper_train::run::<A>(
+            &tiny(&dir, &overrides),
+            start,
+            &Default::default(),
+            &mut |_| {},
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            snapshot(&dir),
+            before,
+            "a refused run changed files: {error}"
+        );
+        error
+    };
+    let error = attempt(&[], Start::Fresh);
+    assert!(error.contains("already holds files"), "{error}");
+    let error = attempt(&[], Start::Resume(&latest));
+    assert!(
+        error.contains("nothing is left to train; raise train.max_steps"),
+        "{error}"
+    );
+    let error = attempt(
+        &["train.max_steps=6", "lora.alpha=4.0", "data.max_length=96"],
+        Start::Resume(&latest),
+    );
+    assert!(
+        error.contains("data.max_length was 128, now 96")
+            && error.contains("lora.alpha was 8.0, now 4.0"),
+        "{error}"
+    );
+    // A run whose model fails to load changes nothing, even with --overwrite.
+    let error = attempt(&["model.path=/nonexistent/model"], Start::Overwrite);
+    assert!(error.contains("/nonexistent/model"), "{error}");
+
+    // Hand-edited trainer states: step 0, a data position past the data, no optimizer state.
+    let state_path = latest.join(checkpoint::STATE_FILE);
+    let original: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    for (edit, expected) in [
+        ("step", "at step 0"),
+        ("position", "is past the"),
+        ("param_steps", "the optimizer state is empty"),
+    ] {
+        let mut state = original.clone();
+        match edit {
+            "step" => state["step"] = 0.into(),
+            "position" => state["sampler"]["position"] = 1_000_000.into(),
+            _ => state["param_steps"] = serde_json::json!({}),
+        }
+        std::fs::write(&state_path, state.to_string()).unwrap();
+        let error = temper_train::run::<A>(
+            &tiny(&dir, &["train.max_steps=6".to_owned()]),
+            Start::Resume(&latest),
+            &Default::default(),
+            &mut |_| {},
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(error.contains(expected), "{edit}: {error}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

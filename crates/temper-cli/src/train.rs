@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use temper_train::{Event, Metric, RunConfig};
+use temper_train::{Event, Metric, RunConfig, Start};
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
@@ -25,8 +25,12 @@ pub struct TrainArgs {
     overrides: Vec<String>,
     /// Continue from a checkpoint directory, or `latest` for the newest one in the run's
     /// output directory.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: Option<String>,
+    /// Start a new run in an output directory that holds an earlier run, replacing that run's
+    /// checkpoints, metrics and exports (once the new run has loaded its model and data).
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
     device: Device,
 }
@@ -165,15 +169,20 @@ fn train_on<B: Backend>(args: &TrainArgs, device: &B::Device, name: &str) -> Res
         "device: {name} ({})",
         B::name(device)
     )));
+    let start = match (&resume, args.overwrite) {
+        (Some(checkpoint), _) => Start::Resume(checkpoint),
+        (None, true) => Start::Overwrite,
+        (None, false) => Start::Fresh,
+    };
     let summary = if config.train.gradient_checkpointing {
         temper_train::run::<Autodiff<B, BalancedCheckpointing>>(
             &config,
-            resume.as_deref(),
+            start,
             device,
             &mut on_event,
         )?
     } else {
-        temper_train::run::<Autodiff<B>>(&config, resume.as_deref(), device, &mut on_event)?
+        temper_train::run::<Autodiff<B>>(&config, start, device, &mut on_event)?
     };
     if let Some(bar) = &bar {
         bar.finish_and_clear();
@@ -232,6 +241,9 @@ pub struct ExportArgs {
     /// Write the model, merged with its adapter, as a Hugging Face directory here.
     #[arg(long)]
     merged: Option<PathBuf>,
+    /// Replace a target directory that already holds files (never the base model).
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
     device: Device,
 }
@@ -258,6 +270,7 @@ fn export_on<B: Backend>(args: &ExportArgs, device: &B::Device) -> Result<()> {
         args.checkpoint.as_deref(),
         args.adapter.as_deref(),
         args.merged.as_deref(),
+        args.overwrite,
         device,
     )?;
     println!("checkpoint: {}", exported.checkpoint.display());

@@ -31,6 +31,7 @@ use temper_models::CausalLm;
 use temper_optim::{AdamW, AdamWState, ParamMoments};
 use temper_store::AtomicDir;
 
+use crate::config::RunConfig;
 use crate::error::{Error, Result, io};
 
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -47,7 +48,6 @@ pub const FORMAT_VERSION: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
     /// The checkpoint layout ([`FORMAT_VERSION`]); absent in checkpoints of version 1.
-    #[serde(default)]
     pub format: u32,
     /// Optimizer steps done.
     pub step: u64,
@@ -59,6 +59,147 @@ pub struct TrainerState {
     pub param_steps: BTreeMap<String, u64>,
     /// Training loss of the last step.
     pub loss: f64,
+    /// What determines the run's trajectory (see [`fingerprint`]); a resume must match it.
+    pub fingerprint: Fingerprint,
+}
+
+/// What determines a run's trajectory, as `key -> value`: the configuration values that
+/// change what is computed (data, LoRA, optimizer, schedule, seed, batch sizes; not where
+/// files go, how often to log, evaluate or save, or how long to train), the model's
+/// identity and the training data's content.
+pub type Fingerprint = BTreeMap<String, String>;
+
+/// Configuration keys that do not change what a run computes, so a resume may change them.
+/// `max_steps` and `num_train_epochs` are among them: a longer (or shorter, but not
+/// finished) run continues the same steps, with the schedule stretched to the new end.
+const FREE_KEYS: [&str; 11] = [
+    "train.output_dir",
+    "train.max_steps",
+    "train.num_train_epochs",
+    "train.logging_steps",
+    "train.eval_steps",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.gradient_checkpointing",
+    "dataset.eval",
+    "eval",
+    "export",
+];
+
+/// The fingerprint of a run of `config` on `model` whose training file holds `train_bytes`.
+pub fn fingerprint<B: Backend>(
+    config: &RunConfig,
+    model: &CausalLm<B>,
+    train_bytes: &[u8],
+) -> Fingerprint {
+    let mut values = Fingerprint::new();
+    if let Ok(toml::Value::Table(table)) = toml::Value::try_from(config) {
+        flatten("", &toml::Value::Table(table), &mut values);
+    }
+    values.retain(|key, _| {
+        !FREE_KEYS
+            .iter()
+            .any(|free| key == free || key.starts_with(&format!("{free}.")))
+    });
+    let architecture = serde_json::to_string(&model.config().to_hf_json()).unwrap_or_default();
+    values.insert("model (config.json)".into(), architecture);
+    values.insert(
+        "dataset.train (content)".into(),
+        format!(
+            "{} bytes, FNV-1a {:016x}",
+            train_bytes.len(),
+            fnv1a(train_bytes)
+        ),
+    );
+    values
+}
+
+/// `key -> value` for every leaf of a TOML value, keys dotted.
+fn flatten(prefix: &str, value: &toml::Value, out: &mut Fingerprint) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&key, value, out);
+            }
+        }
+        leaf => {
+            out.insert(prefix.to_owned(), leaf.to_string());
+        }
+    }
+}
+
+/// FNV-1a, 64-bit: a content identity for the training file (not a cryptographic hash).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Why `state` cannot continue the run whose fingerprint is `current`, with `rows` training
+/// rows and `total_steps` steps, if it cannot: changed configuration or data, a finished run,
+/// or a state that is not a training state (step 0, counts past the step, a data position
+/// past the data, missing optimizer moments).
+pub fn resume_problem(
+    state: &TrainerState,
+    current: &Fingerprint,
+    rows: usize,
+    total_steps: u64,
+) -> Option<String> {
+    let changed: Vec<String> = current
+        .iter()
+        .filter(|(key, value)| state.fingerprint.get(*key) != Some(value))
+        .map(|(key, value)| match state.fingerprint.get(key) {
+            Some(was) => format!("{key} was {was}, now {value}"),
+            None => format!("{key} is new ({value})"),
+        })
+        .chain(
+            state
+                .fingerprint
+                .keys()
+                .filter(|key| !current.contains_key(*key))
+                .map(|key| format!("{key} was set, now it is not")),
+        )
+        .collect();
+    if !changed.is_empty() {
+        return Some(format!(
+            "the run has changed since this checkpoint: {}; resume with the configuration and data it was made with, or start a new run",
+            changed.join("; ")
+        ));
+    }
+    if state.step == 0 {
+        return Some("the checkpoint is at step 0; a checkpoint follows at least one step".into());
+    }
+    if state.step >= total_steps {
+        return Some(format!(
+            "the checkpoint is at step {} and the run ends at step {total_steps}: nothing is left to train; raise train.max_steps to continue",
+            state.step
+        ));
+    }
+    if state.sampler.position > rows {
+        return Some(format!(
+            "the data position {} is past the {rows} rows of the training data",
+            state.sampler.position
+        ));
+    }
+    if state.param_steps.is_empty() {
+        return Some("the optimizer state is empty: no parameter has its moments".into());
+    }
+    let bad_count = state
+        .param_steps
+        .iter()
+        .find(|(_, steps)| **steps == 0 || **steps > state.step);
+    if let Some((path, steps)) = bad_count {
+        return Some(format!(
+            "{path} has {steps} optimizer updates at step {}",
+            state.step
+        ));
+    }
+    None
 }
 
 /// The directory name of the checkpoint after `step`.
@@ -153,19 +294,31 @@ fn write_state(dir: &Path, state: &TrainerState, optimizer: &AdamWState) -> Resu
 pub fn read_state(dir: &Path) -> Result<(TrainerState, AdamWState)> {
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?;
-    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::File {
+    let not_a_state = |e: serde_json::Error| Error::File {
         path: state_path.clone(),
         reason: format!("not a trainer state: {e}"),
-    })?;
-    if state.format != FORMAT_VERSION {
-        return Err(Error::File {
-            path: state_path,
-            reason: format!(
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(not_a_state)?;
+    let format = value.get("format").and_then(serde_json::Value::as_u64);
+    let refuse = |reason: String| Error::File {
+        path: state_path.clone(),
+        reason,
+    };
+    match format {
+        Some(format) if format == u64::from(FORMAT_VERSION) => {}
+        Some(format) if format > u64::from(FORMAT_VERSION) => {
+            return Err(refuse(format!(
+                "written by a newer temper (checkpoint format {format}; this version reads {FORMAT_VERSION}); resume it with that version"
+            )));
+        }
+        format => {
+            return Err(refuse(format!(
                 "written by an older temper (checkpoint format {}, this version reads {FORMAT_VERSION}: optimizer state is now keyed by Hugging Face parameter names); it cannot be resumed. Its adapter or model can still be used, or start a new run",
-                state.format.max(1)
-            ),
-        });
+                format.unwrap_or(1)
+            )));
+        }
     }
+    let state: TrainerState = serde_json::from_value(value).map_err(not_a_state)?;
     let path = dir.join(OPTIMIZER_FILE);
     let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
     let bad = |reason: String| Error::File {

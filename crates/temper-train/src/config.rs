@@ -381,6 +381,25 @@ mod tests {
     }
 
     #[test]
+    fn the_optimizer_section_is_adamws_configuration() {
+        let config = parse(
+            &format!("{MINIMAL}[optimizer]\nweight_decay = 0.1\n"),
+            &["optimizer.no_decay=[\"bias\"]"],
+        )
+        .unwrap();
+        assert_eq!(config.optimizer.weight_decay, 0.1);
+        assert_eq!(config.optimizer.no_decay, ["bias"]);
+        assert_eq!(
+            config.optimizer.adam_beta2, 0.999,
+            "unset keys keep AdamW's defaults"
+        );
+        let error = parse(MINIMAL, &["train.weight_decay=0.1"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `weight_decay`"), "{error}");
+    }
+
+    #[test]
     fn the_saved_config_reads_back_equal() {
         let config = parse(MINIMAL, &["lora.rank=4"]).unwrap();
         let again = RunConfig::from_table(toml::from_str(&config.to_toml()).unwrap(), "x").unwrap();

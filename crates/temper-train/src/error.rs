@@ -58,6 +58,19 @@ pub enum Error {
         records: usize,
         skipped: String,
     },
+    /// An output directory a run may not write into.
+    #[error("train.output_dir {}: {reason}", dir.display())]
+    OutputDir { dir: PathBuf, reason: String },
+    /// An export target that may not be written.
+    #[error("{flag} {}: {reason}", path.display())]
+    Export {
+        flag: String,
+        path: PathBuf,
+        reason: String,
+    },
+    /// A checkpoint that does not continue the configured run.
+    #[error("{}: cannot resume: {reason}", checkpoint.display())]
+    Resume { checkpoint: PathBuf, reason: String },
     #[error("{}: the run has no checkpoint", run_dir.display())]
     NoCheckpoint { run_dir: PathBuf },
     #[error("{}: a full fine-tuning run has no adapter; export --merged instead", run_dir.display())]

@@ -8,11 +8,13 @@ use temper_chat::ChatTemplate;
 use temper_data::Tokenizer;
 use temper_lora::LoraConfig;
 use temper_models::CausalLm;
+use temper_store::AtomicDir;
 
 use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::error::{Error, Result, io};
 use crate::load::{RunModel, load_for_run};
+use crate::output::check_export_target;
 use crate::run::TEMPLATE_FILE;
 
 /// What an export writes besides the model: how to name and complete it.
@@ -36,24 +38,30 @@ pub(crate) fn export<B: Backend>(
     adapter_out: Option<&Path>,
     merged_out: Option<&Path>,
 ) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+    // Each directory is written whole beside its target and then renamed into place.
     let base_model = export.base_model.display().to_string();
-    if let (Some(out), Some(lora)) = (adapter_out, export.lora) {
-        crate::adapters::extract_adapter(model, lora).save_peft(out, &base_model)?;
-    }
-    if let Some(out) = merged_out {
-        let merged = match export.lora {
-            Some(lora) => temper_lora::merge(model.clone(), lora),
-            None => model.clone(),
-        };
-        merged.save_hf_dir(out)?;
-        write_tokenizer_files(out, export)?;
-    }
-    Ok((
-        adapter_out
-            .filter(|_| export.lora.is_some())
-            .map(Path::to_owned),
-        merged_out.map(Path::to_owned),
-    ))
+    let adapter = match (adapter_out, export.lora) {
+        (Some(out), Some(lora)) => {
+            let writing = AtomicDir::new(out)?;
+            crate::adapters::extract_adapter(model, lora).save_peft(writing.path(), &base_model)?;
+            Some(writing.commit()?)
+        }
+        _ => None,
+    };
+    let merged = match merged_out {
+        Some(out) => {
+            let writing = AtomicDir::new(out)?;
+            let merged = match export.lora {
+                Some(lora) => temper_lora::merge(model.clone(), lora),
+                None => model.clone(),
+            };
+            merged.save_hf_dir(writing.path())?;
+            write_tokenizer_files(writing.path(), export)?;
+            Some(writing.commit()?)
+        }
+        None => None,
+    };
+    Ok((adapter, merged))
 }
 
 /// `tokenizer.json`, and a `tokenizer_config.json` (the base model's, when it has one)
@@ -103,11 +111,13 @@ pub struct Exported {
 /// Exports a checkpoint of the run in `run_dir` (the newest one when `checkpoint` is
 /// `None`): the adapter in PEFT's format to `adapter_out` (LoRA runs) and/or the model,
 /// merged with its adapter, as a Hugging Face directory with its tokenizer to `merged_out`.
+/// A target that holds files is refused unless `overwrite`, and the base model never is one.
 pub fn export_checkpoint<B: Backend>(
     run_dir: &Path,
     checkpoint: Option<&Path>,
     adapter_out: Option<&Path>,
     merged_out: Option<&Path>,
+    overwrite: bool,
     device: &B::Device,
 ) -> Result<Exported> {
     let config = RunConfig::load(&run_dir.join("config.toml"), &[])?;
@@ -115,6 +125,11 @@ pub fn export_checkpoint<B: Backend>(
         return Err(Error::NoAdapter {
             run_dir: run_dir.to_owned(),
         });
+    }
+    for (flag, target) in [("--adapter", adapter_out), ("--merged", merged_out)] {
+        if let Some(target) = target {
+            check_export_target(target, flag, &config.model.path, overwrite)?;
+        }
     }
     let checkpoint = match checkpoint {
         Some(dir) => dir.to_owned(),

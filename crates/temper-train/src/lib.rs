@@ -14,6 +14,7 @@ mod export;
 pub mod load;
 pub mod loss;
 pub mod metrics;
+pub mod output;
 pub mod run;
 pub mod step;
 
@@ -24,5 +25,6 @@ pub use export::{Exported, export_checkpoint};
 pub use load::{Loaded, RunModel, load_for_run, load_model, stop_token_ids};
 pub use loss::{LossSums, Targets, targets};
 pub use metrics::{Metric, loss_plot_svg};
+pub use output::Start;
 pub use run::{Event, RunSummary, run};
 pub use step::{StepOutcome, evaluate, micro_step, train_step};

@@ -14,13 +14,14 @@ use temper_lora::ParamCount;
 use temper_models::CausalLm;
 use temper_optim::{AdamW, LrSchedule, lr_at};
 
-use crate::checkpoint::{self, Saved, TrainerState};
+use crate::checkpoint::{self, Fingerprint, Saved, TrainerState};
 use crate::config::RunConfig;
 use crate::error::{Error, Result, io};
 use crate::evaluate::{HeldOut, eval_loss, exact_matches, held_out};
 use crate::export::{Export, export};
 use crate::load::{RunModel, load_for_run};
 use crate::metrics::{Metric, MetricsLog, loss_plot_svg};
+use crate::output::{Start, check_output_dir, clear_earlier_run};
 use crate::step::train_step;
 
 /// The run's chat template, saved beside its checkpoints so that an export writes the template
@@ -73,14 +74,20 @@ pub struct RunSummary {
     pub tokens_per_second: f64,
 }
 
-/// Runs (or, with `resume`, continues from that checkpoint) the training job `config` on
-/// `device`.
+/// Runs the training job `config` on `device`: a new run, one that replaces an earlier run's
+/// files, or one that continues from a checkpoint (see [`Start`]). A run that fails before
+/// its first step leaves the output directory as it was.
 pub fn run<B: AutodiffBackend>(
     config: &RunConfig,
-    resume: Option<&Path>,
+    start: Start<'_>,
     device: &B::Device,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<RunSummary> {
+    check_output_dir(config, start)?;
+    let resume = match start {
+        Start::Resume(checkpoint) => Some(checkpoint),
+        Start::Fresh | Start::Overwrite => None,
+    };
     let Setup {
         model,
         tokenizer,
@@ -91,8 +98,12 @@ pub fn run<B: AutodiffBackend>(
         schedule,
         sampler,
         resumed,
+        fingerprint,
     } = setup::<B>(config, resume, device, on_event)?;
     let output_dir = &config.train.output_dir;
+    if start == Start::Overwrite {
+        clear_earlier_run(output_dir)?;
+    }
     write_run_files(output_dir, config, template.as_ref())?;
 
     let first_step = resumed.as_ref().map_or(0, |(_, step)| *step) + 1;
@@ -125,6 +136,7 @@ pub fn run<B: AutodiffBackend>(
         sampler,
         metrics: &mut metrics,
         last_checkpoint: resumed.map(|(dir, _)| dir),
+        fingerprint,
     };
     let (model, trained) = train(&mut run, model, first_step, device, on_event)?;
     let mut last_eval = trained.last_eval;
@@ -215,6 +227,7 @@ struct Setup<B: AutodiffBackend> {
     sampler: Sampler,
     /// The checkpoint a resumed run continues from, and its step.
     resumed: Option<(PathBuf, u64)>,
+    fingerprint: Fingerprint,
 }
 
 /// Loads the model and tokenizer, resolves the chat template once, prepares the data with
@@ -233,6 +246,9 @@ fn setup<B: AutodiffBackend>(
         template: own_template,
     } = load_for_run::<B>(&config.model, config.train.seed, device)?;
 
+    let train_bytes =
+        std::fs::read(&config.dataset.train).map_err(|e| io(&config.dataset.train, e))?;
+    let fingerprint = checkpoint::fingerprint(config, &base, &train_bytes);
     let read = temper_data::pipeline::read_dataset(&config.dataset.train, &config.data)?;
     let template = temper_data::pipeline::resolve_template(
         &config.data,
@@ -268,9 +284,28 @@ fn setup<B: AutodiffBackend>(
     let lora = config.lora.as_ref();
     let mut optimizer = AdamW::<B>::new(config.optimizer.clone());
     let mut sampler = Sampler::new(train.rows.len(), config.train.seed);
+    let schedule = schedule(config, train.rows.len());
     let (model, resumed) = match resume {
         Some(dir) => {
             let (state, optimizer_state) = checkpoint::read_state(dir)?;
+            let problem = checkpoint::resume_problem(
+                &state,
+                &fingerprint,
+                train.rows.len(),
+                schedule.total_steps,
+            );
+            if let Some(reason) = problem {
+                return Err(Error::Resume {
+                    checkpoint: dir.to_owned(),
+                    reason,
+                });
+            }
+            if state.total_steps != schedule.total_steps {
+                on_event(Event::Message(format!(
+                    "the run was planned for {} steps and now runs to {}: the learning-rate schedule after step {} follows the new length",
+                    state.total_steps, schedule.total_steps, state.step
+                )));
+            }
             let model = checkpoint::load_model(dir, base, lora, device)?;
             optimizer.import_state(&model, &optimizer_state, device)?;
             sampler = Sampler::from_state(train.rows.len(), state.sampler);
@@ -294,7 +329,6 @@ fn setup<B: AutodiffBackend>(
         None => model,
     };
     let model = model.with_embedding_noise(config.train.neftune_noise_alpha);
-    let schedule = schedule(config, train.rows.len());
     Ok(Setup {
         model,
         tokenizer,
@@ -305,6 +339,7 @@ fn setup<B: AutodiffBackend>(
         schedule,
         sampler,
         resumed,
+        fingerprint,
     })
 }
 
@@ -381,6 +416,7 @@ struct Training<'a, B: AutodiffBackend> {
     sampler: Sampler,
     metrics: &'a mut MetricsLog,
     last_checkpoint: Option<PathBuf>,
+    fingerprint: Fingerprint,
 }
 
 /// What the step loop measured.
@@ -481,6 +517,7 @@ fn train<B: AutodiffBackend>(
                 sampler: run.sampler.state(),
                 param_steps: Default::default(),
                 loss: outcome.loss,
+                fingerprint: run.fingerprint.clone(),
             };
             let saved = Saved {
                 model: &model,
