@@ -555,3 +555,31 @@ fn refused_starts_and_resumes_name_the_reason_and_change_nothing() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn rows_longer_than_the_model_reads_are_refused_before_training() {
+    let _serial = serial();
+    let dir = scratch("too-long");
+    for (extra, expected) in [
+        (
+            "data.max_length=1000000000",
+            "data.max_length is 1000000000, but the model reads at most",
+        ),
+        (
+            "data.pad_to_multiple_of=100000",
+            "data.max_length is 128 (100000 with data.pad_to_multiple_of), but the model reads at most",
+        ),
+    ] {
+        let error = temper_train::run::<A>(
+            &tiny(&dir, &[extra.to_owned()]),
+            Start::Fresh,
+            &Default::default(),
+            &mut |_| {},
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(error.contains(expected), "{error}");
+        assert!(!dir.exists(), "nothing was written");
+    }
+}

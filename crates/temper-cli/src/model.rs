@@ -105,6 +105,8 @@ pub struct GenerateArgs {
 }
 
 pub fn generate_command(args: &GenerateArgs) -> Result<()> {
+    // Bad sampling flags fail before the model is loaded.
+    sampling(args, Vec::new()).validate()?;
     on_device(args.model.device, Generate(args))
 }
 
@@ -142,14 +144,7 @@ fn generate_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()
     let (prompt, _) = tokenizer.encode(&prompt_text)?;
     // Chat models end a turn with their own token; stop there too.
     let stop_token_ids = temper_train::stop_token_ids(tokenizer);
-    let config = GenerationConfig {
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        seed: args.seed,
-        stop_token_ids,
-    };
+    let config = sampling(args, stop_token_ids);
     let started = Instant::now();
     let mut generated: Vec<u32> = Vec::new();
     let mut printed = 0;
@@ -195,6 +190,18 @@ fn generate_on<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()
         decoded as f64 / (seconds - prefill).max(1e-9)
     );
     Ok(())
+}
+
+/// The generation settings the flags ask for.
+fn sampling(args: &GenerateArgs, stop_token_ids: Vec<u32>) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop_token_ids,
+    }
 }
 
 fn render_chat<B: Backend>(loaded: &Loaded<B>, conversation: Conversation) -> Result<String> {

@@ -104,12 +104,129 @@ impl ModelConfig {
         ModelConfig::from_json(&value, path)
     }
 
-    /// Reads the JSON of a `config.json`; `path` is used in messages.
+    /// Reads the JSON of a `config.json`; `path` is used in messages. The values are checked
+    /// (see [`ModelConfig::validate`]) so that a model is never built from a configuration that
+    /// does not fit together.
     pub fn from_json(value: &Value, path: &Path) -> Result<ModelConfig> {
         let reader = HfReader { value, path };
+        let config = reader.config()?;
+        config.validate().map_err(|(key, reason)| Error::Config {
+            path: path.to_owned(),
+            message: format!("`{key}` {reason}"),
+        })?;
+        Ok(config)
+    }
+
+    /// Checks that the values fit together: sizes at least 1, heads that divide the width
+    /// (and key/value heads that divide the heads), an even head width for RoPE, positive
+    /// finite epsilons, RoPE base and scaling factors. On failure, the Hugging Face key and
+    /// what is wrong with it.
+    pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        let positive = |key: &'static str, value: usize| {
+            if value == 0 {
+                Err((key, "is 0; it must be at least 1".to_owned()))
+            } else {
+                Ok(())
+            }
+        };
+        let finite_positive = |key: &'static str, value: f64| {
+            if value.is_finite() && value > 0.0 {
+                Ok(())
+            } else {
+                Err((key, format!("is {value}; it must be a positive number")))
+            }
+        };
+        let divides = |key: &'static str, part: usize, what: &str, whole: usize| {
+            if whole.is_multiple_of(part) {
+                Ok(())
+            } else {
+                Err((
+                    key,
+                    format!("is {part}, which does not divide {what} ({whole})"),
+                ))
+            }
+        };
+        match self {
+            ModelConfig::Gpt2(c) => {
+                positive("vocab_size", c.vocab_size)?;
+                positive("n_positions", c.n_positions)?;
+                positive("n_embd", c.n_embd)?;
+                positive("n_layer", c.n_layer)?;
+                positive("n_head", c.n_head)?;
+                divides("n_head", c.n_head, "n_embd", c.n_embd)?;
+                positive("n_inner", c.n_inner)?;
+                finite_positive("layer_norm_epsilon", c.layer_norm_epsilon)
+            }
+            ModelConfig::Llama(c) => {
+                positive("vocab_size", c.vocab_size)?;
+                positive("hidden_size", c.hidden_size)?;
+                positive("intermediate_size", c.intermediate_size)?;
+                positive("num_hidden_layers", c.num_hidden_layers)?;
+                positive("num_attention_heads", c.num_attention_heads)?;
+                positive("num_key_value_heads", c.num_key_value_heads)?;
+                divides(
+                    "num_key_value_heads",
+                    c.num_key_value_heads,
+                    "num_attention_heads",
+                    c.num_attention_heads,
+                )?;
+                positive("head_dim", c.head_dim)?;
+                if !c.head_dim.is_multiple_of(2) {
+                    return Err((
+                        "head_dim",
+                        format!(
+                            "is {}; rotary embeddings need an even head width",
+                            c.head_dim
+                        ),
+                    ));
+                }
+                positive("max_position_embeddings", c.max_position_embeddings)?;
+                finite_positive("rms_norm_eps", c.rms_norm_eps)?;
+                finite_positive("rope_theta", c.rope_theta)?;
+                match &c.rope_scaling {
+                    None => Ok(()),
+                    Some(RopeScaling::Linear { factor }) => {
+                        finite_positive("rope_scaling.factor", *factor)
+                    }
+                    Some(RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position_embeddings,
+                    }) => {
+                        finite_positive("rope_scaling.factor", *factor)?;
+                        finite_positive("rope_scaling.low_freq_factor", *low_freq_factor)?;
+                        finite_positive("rope_scaling.high_freq_factor", *high_freq_factor)?;
+                        if high_freq_factor <= low_freq_factor {
+                            return Err((
+                                "rope_scaling.high_freq_factor",
+                                format!(
+                                    "is {high_freq_factor}; it must be larger than low_freq_factor ({low_freq_factor})"
+                                ),
+                            ));
+                        }
+                        positive(
+                            "rope_scaling.original_max_position_embeddings",
+                            *original_max_position_embeddings,
+                        )
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl HfReader<'_> {
+    /// The configuration, read without judging its values.
+    fn config(&self) -> Result<ModelConfig> {
+        let (reader, value, path) = (self, self.value, self.path);
         let model_type = reader.string("model_type")?;
         match model_type.as_str() {
             "gpt2" => {
+                reader.activation(
+                    "activation_function",
+                    &["gelu_new", "gelu_pytorch_tanh", "gelu_fast"],
+                )?;
                 let n_embd = reader.usize("n_embd")?;
                 Ok(ModelConfig::Gpt2(Gpt2Config {
                     vocab_size: reader.usize("vocab_size")?,
@@ -122,6 +239,7 @@ impl ModelConfig {
                 }))
             }
             "llama" | "mistral" | "qwen2" => {
+                reader.activation("hidden_act", &["silu", "swish"])?;
                 let hidden_size = reader.usize("hidden_size")?;
                 let num_attention_heads = reader.usize("num_attention_heads")?;
                 let qwen2 = model_type == "qwen2";
@@ -177,7 +295,9 @@ impl ModelConfig {
             }),
         }
     }
+}
 
+impl ModelConfig {
     pub fn vocab_size(&self) -> usize {
         match self {
             ModelConfig::Gpt2(c) => c.vocab_size,
@@ -292,6 +412,19 @@ impl HfReader<'_> {
         }
     }
 
+    /// Refuses an activation `key` names other than the `implemented` ones (absent is the
+    /// architecture's default, which is implemented).
+    fn activation(&self, key: &str, implemented: &[&str]) -> Result<()> {
+        match self.value.get(key) {
+            None | Some(Value::Null) => Ok(()),
+            Some(Value::String(name)) if implemented.contains(&name.as_str()) => Ok(()),
+            Some(other) => Err(self.error(format!(
+                "`{key}` is {other}; temper implements this architecture with {}",
+                implemented.join(" / ")
+            ))),
+        }
+    }
+
     /// `rope_scaling` / `rope_parameters`: `{"rope_type" (or "type"): ..., ...}`.
     fn rope_scaling(&self, scaling: &Value) -> Result<Option<RopeScaling>> {
         let kind = scaling
@@ -320,6 +453,130 @@ impl HfReader<'_> {
             other => Err(self.error(format!(
                 "unsupported rope scaling `{other}`: expected default, linear or llama3"
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error of `base` with `key` set to `value`, or `None` when it reads.
+    fn error_with(base: &str, key: &str, value: Value) -> Option<String> {
+        let mut json: Value = serde_json::from_str(base).unwrap_or_default();
+        let mut target = &mut json;
+        let mut parts = key.split('.').peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                target[part] = value.clone();
+            } else {
+                target = &mut target[part];
+            }
+        }
+        ModelConfig::from_json(&json, Path::new("config.json"))
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    const LLAMA: &str = r#"{"model_type": "llama", "vocab_size": 101, "hidden_size": 48,
+        "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 6,
+        "num_key_value_heads": 2, "head_dim": 8, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}"#;
+    const GPT2: &str = r#"{"model_type": "gpt2", "vocab_size": 50, "n_positions": 64,
+        "n_embd": 32, "n_layer": 2, "n_head": 4, "activation_function": "gelu_new"}"#;
+
+    #[test]
+    fn values_that_do_not_fit_together_name_the_key() {
+        assert_eq!(error_with(LLAMA, "mlp_bias", false.into()), None);
+        assert_eq!(error_with(GPT2, "n_layer", 2.into()), None);
+        for (base, key, value, expected) in [
+            (
+                GPT2,
+                "n_head",
+                0.into(),
+                "`n_head` is 0; it must be at least 1",
+            ),
+            (
+                GPT2,
+                "n_head",
+                5.into(),
+                "`n_head` is 5, which does not divide n_embd (32)",
+            ),
+            (GPT2, "n_inner", 0.into(), "`n_inner` is 0"),
+            (
+                GPT2,
+                "layer_norm_epsilon",
+                (-1e-5).into(),
+                "`layer_norm_epsilon` is -0.00001",
+            ),
+            (
+                GPT2,
+                "activation_function",
+                "relu".into(),
+                "`activation_function` is \"relu\"; temper implements",
+            ),
+            (
+                LLAMA,
+                "num_key_value_heads",
+                0.into(),
+                "`num_key_value_heads` is 0",
+            ),
+            (
+                LLAMA,
+                "num_key_value_heads",
+                4.into(),
+                "`num_key_value_heads` is 4, which does not divide num_attention_heads (6)",
+            ),
+            (LLAMA, "head_dim", 0.into(), "`head_dim` is 0"),
+            (
+                LLAMA,
+                "head_dim",
+                7.into(),
+                "`head_dim` is 7; rotary embeddings need an even head width",
+            ),
+            (
+                LLAMA,
+                "intermediate_size",
+                0.into(),
+                "`intermediate_size` is 0",
+            ),
+            (
+                LLAMA,
+                "rope_theta",
+                0.0.into(),
+                "`rope_theta` is 0; it must be a positive number",
+            ),
+            (LLAMA, "rope_theta", (-5.0).into(), "`rope_theta` is -5"),
+            (
+                LLAMA,
+                "rms_norm_eps",
+                (-1e-6).into(),
+                "`rms_norm_eps` is -0.000001",
+            ),
+            (
+                LLAMA,
+                "rope_scaling.factor",
+                0.0.into(),
+                "`rope_scaling.factor` is 0",
+            ),
+            (
+                LLAMA,
+                "rope_scaling.high_freq_factor",
+                0.5.into(),
+                "`rope_scaling.high_freq_factor` is 0.5; it must be larger",
+            ),
+            (
+                LLAMA,
+                "hidden_act",
+                "gelu".into(),
+                "`hidden_act` is \"gelu\"",
+            ),
+        ] {
+            let error = error_with(base, key, value).unwrap_or_default();
+            assert!(error.starts_with("config.json: "), "{key}: {error}");
+            assert!(error.contains(expected), "{key}: {error}");
         }
     }
 }

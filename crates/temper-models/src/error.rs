@@ -71,6 +71,10 @@ pub enum Error {
         got: usize,
     },
 
+    /// A sampling setting out of its range.
+    #[error("generation: `{key}` {reason}")]
+    Generation { key: &'static str, reason: String },
+
     /// More tokens than the model's context holds.
     #[error("{what} has {got} tokens; the model reads at most {limit}")]
     TooManyTokens {

@@ -39,6 +39,32 @@ impl Default for GenerationConfig {
     }
 }
 
+impl GenerationConfig {
+    /// Checks the sampling settings: a temperature that is a number and not negative, `top_k`
+    /// at least 1, `top_p` in `(0, 1]`.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &'static str, reason: String| Err(Error::Generation { key, reason });
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(
+                "temperature",
+                format!(
+                    "is {}; it must be 0 (greedy) or a positive number",
+                    self.temperature
+                ),
+            );
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k", "is 0; it must be at least 1".into());
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return bad("top_p", format!("is {p}; it must be in (0, 1]"));
+        }
+        Ok(())
+    }
+}
+
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -68,6 +94,7 @@ pub fn generate<B: Backend>(
     device: &B::Device,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Generation> {
+    config.validate()?;
     if prompt.is_empty() {
         return Err(Error::TooFewTokens {
             what: "the prompt",
@@ -249,6 +276,36 @@ mod tests {
             seed,
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn sampling_settings_out_of_range_are_refused() {
+        let config =
+            |temperature: f64, top_k: Option<usize>, top_p: Option<f64>| GenerationConfig {
+                temperature,
+                top_k,
+                top_p,
+                ..Default::default()
+            };
+        assert!(config(0.7, Some(40), Some(0.9)).validate().is_ok());
+        for (bad, expected) in [
+            (config(-1.0, None, None), "`temperature` is -1"),
+            (config(f64::NAN, None, None), "`temperature` is NaN"),
+            (config(1.0, Some(0), None), "`top_k` is 0"),
+            (
+                config(1.0, None, Some(2.0)),
+                "`top_p` is 2; it must be in (0, 1]",
+            ),
+            (config(1.0, None, Some(0.0)), "`top_p` is 0"),
+            (config(1.0, None, Some(f64::NAN)), "`top_p` is NaN"),
+        ] {
+            let error = bad
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains(expected), "{error}");
+        }
     }
 
     #[test]

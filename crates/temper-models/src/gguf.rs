@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::config::{LlamaConfig, RopeScaling};
+use crate::config::{LlamaConfig, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::weights::{RawTensor, Weights};
 
@@ -416,7 +416,7 @@ impl GgufFile {
                 .map_or(0, <[GgufValue]>::len),
         };
         let tied = !self.tensors.iter().any(|t| t.name == "output.weight");
-        Ok(LlamaConfig {
+        let config = LlamaConfig {
             vocab_size,
             hidden_size,
             intermediate_size: self.meta_usize(&key("feed_forward_length"))?,
@@ -461,7 +461,14 @@ impl GgufFile {
             o_proj_bias: false,
             mlp_bias: false,
             tie_word_embeddings: tied,
-        })
+        };
+        ModelConfig::Llama(config.clone())
+            .validate()
+            .map_err(|(key, reason)| Error::Gguf {
+                path: self.path.clone(),
+                message: format!("metadata `{}` {reason}", gguf_key(key)),
+            })?;
+        Ok(config)
     }
 
     /// The tensors under Hugging Face names, dequantized, with q/k rows un-permuted.
@@ -585,6 +592,24 @@ impl GgufFile {
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                       "vocab": vocab, "merges": merges}
         }))
+    }
+}
+
+/// The GGUF metadata key a Llama configuration value comes from (see
+/// [`GgufFile::llama_config`]), for messages.
+fn gguf_key(hf_key: &str) -> &'static str {
+    match hf_key {
+        "vocab_size" => "llama.vocab_size",
+        "hidden_size" => "llama.embedding_length",
+        "intermediate_size" => "llama.feed_forward_length",
+        "num_hidden_layers" => "llama.block_count",
+        "num_attention_heads" => "llama.attention.head_count",
+        "num_key_value_heads" => "llama.attention.head_count_kv",
+        "head_dim" => "llama.rope.dimension_count",
+        "max_position_embeddings" => "llama.context_length",
+        "rms_norm_eps" => "llama.attention.layer_norm_rms_epsilon",
+        "rope_theta" => "llama.rope.freq_base",
+        _ => "llama.rope.scaling.factor",
     }
 }
 

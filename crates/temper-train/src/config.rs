@@ -231,6 +231,12 @@ impl RunConfig {
         if t.gradient_accumulation_steps == 0 {
             return fail("train.gradient_accumulation_steps", "must be at least 1");
         }
+        if t.batch_size.checked_mul(t.gradient_accumulation_steps).is_none() {
+            return fail(
+                "train.gradient_accumulation_steps",
+                "times train.batch_size is more rows than can be counted",
+            );
+        }
         if t.max_steps == 0 && t.num_train_epochs == 0 {
             return fail("train.max_steps", "give max_steps or num_train_epochs");
         }
@@ -374,6 +380,16 @@ mod tests {
             error.contains("batch_size") || error.contains("invalid type"),
             "{error}"
         );
+        let error = parse(
+            MINIMAL,
+            &[
+                "train.batch_size=4294967296",
+                "train.gradient_accumulation_steps=4294967296",
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("more rows than can be counted"), "{error}");
         let error = parse(MINIMAL, &["lora.rank=0"]).unwrap_err().to_string();
         assert_eq!(error, "run.toml: lora: lora.rank: must be at least 1");
         let error = parse(MINIMAL, &["nonsense"]).unwrap_err().to_string();

@@ -51,6 +51,16 @@ pub enum Error {
         tokenizer_size: usize,
         model_size: usize,
     },
+    /// Rows longer than the model's positions.
+    #[error(
+        "data.max_length is {max_length}{}, but the model reads at most {context} positions; lower data.max_length",
+        if padded != max_length { format!(" ({padded} with data.pad_to_multiple_of)") } else { String::new() }
+    )]
+    TooLong {
+        max_length: usize,
+        padded: usize,
+        context: usize,
+    },
     /// Every example of the training file was dropped.
     #[error("{}: no trainable examples ({records} record(s) read, {skipped})", path.display())]
     NoTrainableExamples {

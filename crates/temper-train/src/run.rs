@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
+use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use temper_chat::ChatTemplate;
 use temper_data::{Batch, Pack, Prepared, Sampler, Tokenizer, collate};
@@ -245,6 +246,7 @@ fn setup<B: AutodiffBackend>(
         tokenizer,
         template: own_template,
     } = load_for_run::<B>(&config.model, config.train.seed, device)?;
+    check_length(config, &base)?;
 
     let train_bytes =
         std::fs::read(&config.dataset.train).map_err(|e| io(&config.dataset.train, e))?;
@@ -341,6 +343,25 @@ fn setup<B: AutodiffBackend>(
         resumed,
         fingerprint,
     })
+}
+
+/// Refuses rows longer than the model reads: `data.max_length`, rounded up to
+/// `data.pad_to_multiple_of`, must fit the model's positions.
+fn check_length<B: Backend>(config: &RunConfig, model: &CausalLm<B>) -> Result<()> {
+    let data = &config.data;
+    let longest = match data.pad_to_multiple_of {
+        Some(multiple) => data.max_length.div_ceil(multiple).saturating_mul(multiple),
+        None => data.max_length,
+    };
+    let context = model.max_positions();
+    if longest > context {
+        return Err(Error::TooLong {
+            max_length: data.max_length,
+            padded: longest,
+            context,
+        });
+    }
+    Ok(())
 }
 
 /// Why every example of a file was dropped, as counts by reason.
