@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use temper_chat::TrainOn;
@@ -33,9 +33,13 @@ pub enum DataCommand {
         #[command(flatten)]
         input: InputArgs,
         /// Write the rows as JSON lines (`input_ids`, `loss_mask`, `position_ids`, `boundaries`,
-        /// `examples`), through a temporary file.
+        /// `examples`), through a temporary file. Never the input file or the tokenizer; an
+        /// existing file only with `--overwrite`.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Replace an existing `--output` file.
+        #[arg(long, requires = "output")]
+        overwrite: bool,
         /// Print the statistics as JSON.
         #[arg(long)]
         json: bool,
@@ -128,8 +132,9 @@ pub fn run(command: DataCommand) -> Result<()> {
         DataCommand::Prepare {
             input,
             output,
+            overwrite,
             json,
-        } => prepare_command(&input, output.as_deref(), json),
+        } => prepare_command(&input, output.as_deref(), overwrite, json),
     }
 }
 
@@ -381,7 +386,15 @@ struct PrepareStats {
     threads: usize,
 }
 
-fn prepare_command(input: &InputArgs, output: Option<&Path>, json: bool) -> Result<()> {
+fn prepare_command(
+    input: &InputArgs,
+    output: Option<&Path>,
+    overwrite: bool,
+    json: bool,
+) -> Result<()> {
+    if let Some(output) = output {
+        check_output(output, input, overwrite)?;
+    }
     let (config, tokenizer) = input.load()?;
     let started = Instant::now();
     let prepared = prepare(&input.file, &tokenizer, &config)?;
@@ -432,6 +445,30 @@ fn prepare_command(input: &InputArgs, output: Option<&Path>, json: bool) -> Resu
             stats.examples_per_second,
             stats.tokens_per_second,
             stats.threads
+        );
+    }
+    Ok(())
+}
+
+/// Refuses an `--output` that is one of the command's inputs, or an existing file unless
+/// `overwrite`.
+fn check_output(output: &Path, input: &InputArgs, overwrite: bool) -> Result<()> {
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let inputs = [input.file.as_path(), input.tokenizer.as_path()];
+    if let Some(read) = inputs.into_iter().find(|read| same(output, read)) {
+        bail!(
+            "--output {}: that is {}, which this command reads; write the rows elsewhere",
+            output.display(),
+            read.display()
+        );
+    }
+    if output.exists() && !overwrite {
+        bail!(
+            "--output {}: the file exists; choose another path or pass --overwrite to replace it",
+            output.display()
         );
     }
     Ok(())

@@ -305,3 +305,45 @@ fn token_ids_need_no_tokenizer() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn prepare_never_writes_over_its_input_or_an_existing_file_unasked() {
+    let dir = std::env::temp_dir().join(format!("temper-cli-own-input-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("train.jsonl");
+    std::fs::copy(root().join("datasets/tasks/test.alpaca.jsonl"), &input).unwrap();
+    let original = std::fs::read(&input).unwrap();
+    let tokenizer = gpt2_tokenizer();
+    let prepare = |output: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "data",
+            "prepare",
+            input.to_str().unwrap(),
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        temper(&args)
+    };
+    let refused = prepare(&input, &["--overwrite"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("which this command reads"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(std::fs::read(&input).unwrap(), original);
+
+    let rows = dir.join("rows.jsonl");
+    std::fs::write(&rows, "keep me").unwrap();
+    let refused = prepare(&rows, &[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--overwrite"));
+    assert_eq!(std::fs::read_to_string(&rows).unwrap(), "keep me");
+    assert!(prepare(&rows, &["--overwrite"]).status.success());
+    assert_ne!(std::fs::read_to_string(&rows).unwrap(), "keep me");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

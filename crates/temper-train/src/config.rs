@@ -231,7 +231,10 @@ impl RunConfig {
         if t.gradient_accumulation_steps == 0 {
             return fail("train.gradient_accumulation_steps", "must be at least 1");
         }
-        if t.batch_size.checked_mul(t.gradient_accumulation_steps).is_none() {
+        if t.batch_size
+            .checked_mul(t.gradient_accumulation_steps)
+            .is_none()
+        {
             return fail(
                 "train.gradient_accumulation_steps",
                 "times train.batch_size is more rows than can be counted",
