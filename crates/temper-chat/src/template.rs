@@ -37,11 +37,23 @@ pub(crate) const EOS_SENTINEL: char = '\u{FDD1}';
 pub(crate) const GENERATION_START: char = '\u{FDD2}';
 pub(crate) const GENERATION_END: char = '\u{FDD3}';
 
+/// The most instructions one render may run. Real chat templates use a few hundred per
+/// message, so this renders conversations of tens of thousands of messages; a template that
+/// loops without end (or over `range(100000)` twice) stops here with an error instead of
+/// running for hours.
+pub const RENDER_FUEL: u64 = 50_000_000;
+
+/// The deepest nesting of macro calls and includes a render may reach.
+pub const RENDER_RECURSION_LIMIT: usize = 200;
+
 /// A Jinja environment configured as `transformers` configures its own:
 /// `trim_blocks`, `lstrip_blocks`, loop controls, Python string/dict methods, Python printing,
-/// its `tojson`, `raise_exception` and `strftime_now`.
+/// its `tojson`, `raise_exception` and `strftime_now`; with a budget per render
+/// ([`RENDER_FUEL`], [`RENDER_RECURSION_LIMIT`]).
 pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    env.set_fuel(Some(RENDER_FUEL));
+    env.set_recursion_limit(RENDER_RECURSION_LIMIT);
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);
@@ -455,6 +467,11 @@ fn unknown_template(name: &str) -> Error {
 
 /// A one-line description of a minijinja error, with the template line when known.
 fn describe(error: &minijinja::Error) -> String {
+    if error.kind() == ErrorKind::OutOfFuel {
+        return format!(
+            "the template ran more than {RENDER_FUEL} instructions for one render; it loops without end or over far too much"
+        );
+    }
     let mut message = match error.detail() {
         Some(detail) => format!("{}: {detail}", error.kind()),
         None => error.kind().to_string(),
@@ -463,4 +480,41 @@ fn describe(error: &minijinja::Error) -> String {
         message.push_str(&format!(" (template line {line})"));
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Conversation, Message};
+
+    fn render_error(source: &str) -> String {
+        let template =
+            ChatTemplate::from_source("budget.jinja", source).unwrap_or_else(|e| panic!("{e}"));
+        let conversation = Conversation::new(vec![Message::user("hi"), Message::assistant("yo")]);
+        template
+            .render_text(&conversation, &RenderOptions::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn templates_that_would_run_for_hours_stop_with_an_error_naming_them() {
+        let endless =
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let error = render_error(endless);
+        assert!(error.contains("budget.jinja"), "{error}");
+        assert!(
+            error.contains("ran more than 50000000 instructions"),
+            "{error}"
+        );
+        // A macro that calls itself twice per level: 2^30 calls.
+        let doubling = "{% macro d(n) %}{% if n > 0 %}{{ d(n - 1) }}{{ d(n - 1) }}{% endif %}{% endmacro %}{{ d(30) }}";
+        let error = render_error(doubling);
+        assert!(error.contains("ran more than"), "{error}");
+        // Unbounded recursion meets the recursion limit.
+        let deep = "{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}";
+        let error = render_error(deep);
+        assert!(error.contains("budget.jinja") && error.contains("recursion limit"), "{error}");
+    }
 }
