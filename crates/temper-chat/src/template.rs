@@ -515,6 +515,9 @@ mod tests {
         // Unbounded recursion meets the recursion limit.
         let deep = "{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}";
         let error = render_error(deep);
-        assert!(error.contains("budget.jinja") && error.contains("recursion limit"), "{error}");
+        assert!(
+            error.contains("budget.jinja") && error.contains("recursion limit"),
+            "{error}"
+        );
     }
 }

@@ -181,16 +181,34 @@ impl RunConfig {
         let file = path.display().to_string();
         let text =
             std::fs::read_to_string(path).map_err(|source| crate::error::io(path, source))?;
-        let mut document: toml::Table = toml::from_str(&text).map_err(|e| Error::Config {
-            file: file.clone(),
-            key: toml_error_key(&e),
-            reason: e.message().to_owned(),
-        })?;
+        let source = Source {
+            file: &file,
+            text: &text,
+            overrides,
+        };
+        // The file alone first, so that its errors carry their line.
+        let mut document: toml::Table = toml::from_str(&text).map_err(|e| source.error(&e))?;
+        toml::from_str::<RunConfig>(&text).map_err(|e| source.error(&e))?;
+        // Then each override, blamed for what it breaks.
         for assignment in overrides {
             apply_override(&mut document, assignment)?;
+            RunConfig::deserialize(toml::Value::Table(document.clone())).map_err(|e| {
+                Error::Config {
+                    file: format!("--set {assignment}"),
+                    key: override_key(assignment).to_owned(),
+                    reason: e.message().to_owned(),
+                }
+            })?;
         }
         let config = Self::from_table(document, &file)?;
-        config.validate(&file)?;
+        config.validate(&file).map_err(|error| match error {
+            Error::Config { key, reason, .. } => Error::Config {
+                file: source.origin(&key),
+                key,
+                reason,
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -279,6 +297,84 @@ fn toml_error_key(error: &toml::de::Error) -> String {
         .nth(1)
         .map(str::to_owned)
         .unwrap_or_else(|| "(file)".to_owned())
+}
+
+/// The key an override `key.path=value` sets.
+fn override_key(assignment: &str) -> &str {
+    assignment
+        .split_once('=')
+        .map_or(assignment, |(key, _)| key.trim())
+}
+
+/// Where a configuration's values come from: a TOML file and `--set` overrides. Errors say
+/// `FILE:LINE` for a value from the file and `--set KEY=VALUE` for an override.
+struct Source<'a> {
+    file: &'a str,
+    text: &'a str,
+    overrides: &'a [String],
+}
+
+impl Source<'_> {
+    /// An error of the file's TOML: at the line its span starts on, about the key written
+    /// there (or, for a syntax error, the key its message names).
+    fn error(&self, error: &toml::de::Error) -> Error {
+        let at = error.span().map(|span| span.start);
+        let line = at.map(|at| self.text[..at.min(self.text.len())].matches('\n').count() + 1);
+        let key = line
+            .and_then(|line| self.keys().find(|(_, l)| *l == line).map(|(key, _)| key))
+            .unwrap_or_else(|| toml_error_key(error));
+        Error::Config {
+            file: match line {
+                Some(line) => format!("{}:{line}", self.file),
+                None => self.file.to_owned(),
+            },
+            key,
+            reason: error.message().to_owned(),
+        }
+    }
+
+    /// Where `key` (`train.batch_size`, or a section such as `lora`) was set: the override
+    /// that set it, else its line in the file.
+    fn origin(&self, key: &str) -> String {
+        if let Some(assignment) = self
+            .overrides
+            .iter()
+            .rev()
+            .find(|assignment| override_key(assignment) == key)
+        {
+            return format!("--set {assignment}");
+        }
+        match self.keys().find(|(k, _)| k == key) {
+            Some((_, line)) => format!("{}:{line}", self.file),
+            None => self.file.to_owned(),
+        }
+    }
+
+    /// Every section header and `key = value` line of the file as `(dotted key, line)`.
+    fn keys(&self) -> impl Iterator<Item = (String, usize)> + '_ {
+        let mut section = String::new();
+        self.text
+            .lines()
+            .enumerate()
+            .filter_map(move |(index, line)| {
+                let line = line.trim();
+                if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                    section = header.trim().to_owned();
+                    return Some((section.clone(), index + 1));
+                }
+                let (key, _) = line.split_once('=')?;
+                let key = key.trim().trim_matches('"');
+                if key.is_empty() || key.starts_with('#') {
+                    return None;
+                }
+                let full = if section.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{section}.{key}")
+                };
+                Some((full, index + 1))
+            })
+    }
 }
 
 /// Sets `key.path=value` in `document`.
@@ -397,6 +493,49 @@ mod tests {
         assert_eq!(error, "run.toml: lora: lora.rank: must be at least 1");
         let error = parse(MINIMAL, &["nonsense"]).unwrap_err().to_string();
         assert!(error.contains("expected KEY=VALUE"), "{error}");
+    }
+
+    /// The error of loading `text` from a file with `overrides`.
+    fn load_error(text: &str, overrides: &[&str]) -> String {
+        let path = std::env::temp_dir().join(format!(
+            "temper-config-{}-{}.toml",
+            std::process::id(),
+            text.len() + overrides.len()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let overrides: Vec<String> = overrides.iter().map(|o| o.to_string()).collect();
+        let error = RunConfig::load(&path, &overrides).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        error.replace(&path.display().to_string(), "run.toml")
+    }
+
+    #[test]
+    fn errors_say_file_and_line_or_the_override_and_the_key() {
+        let file = format!("{MINIMAL}[train]\nseed = 1\nbatch_size = -1\n");
+        let error = load_error(&file, &[]);
+        assert!(
+            error.starts_with("run.toml:7: train.batch_size: "),
+            "{error}"
+        );
+        let error = load_error(&format!("{MINIMAL}[train]\nlerning_rate = 1\n"), &[]);
+        assert!(
+            error.starts_with("run.toml:6: train.lerning_rate: unknown field `lerning_rate`"),
+            "{error}"
+        );
+        let error = load_error(&format!("{MINIMAL}[train]\nseed = = 1\n"), &[]);
+        assert!(error.starts_with("run.toml:6: "), "{error}");
+        let error = load_error(MINIMAL, &["train.batch_size=two"]);
+        assert!(
+            error.starts_with("--set train.batch_size=two: train.batch_size: invalid type"),
+            "{error}"
+        );
+        let error = load_error(&format!("{MINIMAL}[train]\nbatch_size = 0\n"), &[]);
+        assert_eq!(error, "run.toml:6: train.batch_size: must be at least 1");
+        let error = load_error(MINIMAL, &["train.batch_size=0"]);
+        assert_eq!(
+            error,
+            "--set train.batch_size=0: train.batch_size: must be at least 1"
+        );
     }
 
     #[test]
