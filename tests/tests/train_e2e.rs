@@ -583,3 +583,49 @@ fn rows_longer_than_the_model_reads_are_refused_before_training() {
         assert!(!dir.exists(), "nothing was written");
     }
 }
+
+#[test]
+fn data_dropped_entirely_is_an_error_that_counts_why() {
+    let _serial = serial();
+    let dir = scratch("dropped");
+    std::fs::create_dir_all(&dir).unwrap();
+    let error = temper_train::run::<A>(
+        &tiny(
+            &dir.join("run"),
+            &[
+                "data.truncation=\"drop\"".into(),
+                "data.max_length=8".into(),
+            ],
+        ),
+        Start::Fresh,
+        &Default::default(),
+        &mut |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        error.contains("train.alpaca.jsonl: no trainable examples (2000 record(s) read, 2000 dropped as too_long, e.g. "),
+        "{error}"
+    );
+    // A held-out file whose every example is too long is named too, not skipped in silence.
+    let eval = dir.join("long.jsonl");
+    let long = "word ".repeat(400);
+    std::fs::write(
+        &eval,
+        format!("{{\"instruction\": \"Repeat\", \"input\": \"\", \"output\": \"{long}\"}}\n"),
+    )
+    .unwrap();
+    let mut config = tiny(&dir.join("run"), &["data.truncation=\"drop\"".into()]);
+    config.dataset.eval = Some(eval);
+    let error = temper_train::run::<A>(&config, Start::Fresh, &Default::default(), &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("long.jsonl: no held-out examples (1 record(s) read, 1 dropped as too_long"),
+        "{error}"
+    );
+    assert!(!dir.join("run").exists(), "nothing was written");
+    std::fs::remove_dir_all(dir).unwrap();
+}

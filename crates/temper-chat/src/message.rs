@@ -154,6 +154,15 @@ impl Message {
             context: context.to_owned(),
             message: "missing field `role`".to_owned(),
         })?;
+        // Templates concatenate `content`; only a tool-calling assistant turn may lack it.
+        if content.is_none() && !(role == Role::Assistant && extra.contains_key("tool_calls")) {
+            return Err(Error::Message {
+                context: context.to_owned(),
+                message: format!(
+                    "`content` is missing or null; a {role} message needs text (only an assistant message with `tool_calls` may go without)"
+                ),
+            });
+        }
         Ok(Message {
             role,
             content,

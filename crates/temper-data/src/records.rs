@@ -732,7 +732,16 @@ impl RecordReader<'_> {
                     *key != role_key && *key != text_key && *key != "train" && !value.is_null()
                 })
                 .map(|(key, value)| (key.clone(), value.clone()))
-                .collect();
+                .collect::<serde_json::Map<_, _>>();
+            // Templates concatenate the text; only a tool-calling assistant turn may lack it.
+            if content.is_none() && !(role == Role::Assistant && extra.contains_key("tool_calls")) {
+                return Err(self.error(
+                    Problem::MissingField,
+                    format!(
+                        "`{at}.{text_key}` is missing or null; a {role} message needs text (only an assistant message with `tool_calls` may go without)"
+                    ),
+                ));
+            }
             messages.push(Message {
                 role,
                 content,

@@ -61,9 +61,10 @@ pub enum Error {
         padded: usize,
         context: usize,
     },
-    /// Every example of the training file was dropped.
-    #[error("{}: no trainable examples ({records} record(s) read, {skipped})", path.display())]
-    NoTrainableExamples {
+    /// Every example of the training (or held-out) file was dropped.
+    #[error("{}: no {which} examples ({records} record(s) read, {skipped})", path.display())]
+    NoExamples {
+        which: &'static str,
         path: PathBuf,
         records: usize,
         skipped: String,

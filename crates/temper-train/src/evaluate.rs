@@ -51,8 +51,10 @@ pub(crate) fn held_out(
         });
     };
     let read = temper_data::pipeline::read_dataset(path, &config.data)?;
+    let records = read.records.len();
     let eval =
         temper_data::pipeline::prepare_records(path, read, template, tokenizer, &config.data)?;
+    crate::run::require_examples(&eval, "held-out", records)?;
     let batches = batches_of(
         &eval.rows,
         config.eval.max_rows,

@@ -266,13 +266,7 @@ fn setup<B: AutodiffBackend>(
         &tokenizer,
         &config.data,
     )?;
-    if train.rows.is_empty() {
-        return Err(Error::NoTrainableExamples {
-            path: config.dataset.train.clone(),
-            records,
-            skipped: describe_skips(&train),
-        });
-    }
+    require_examples(&train, "trainable", records)?;
     on_event(Event::Message(format!(
         "{}: {} examples in {} rows, {} tokens ({} trained)",
         config.dataset.train.display(),
@@ -364,24 +358,39 @@ fn check_length<B: Backend>(config: &RunConfig, model: &CausalLm<B>) -> Result<(
     Ok(())
 }
 
-/// Why every example of a file was dropped, as counts by reason.
-fn describe_skips(prepared: &Prepared) -> String {
-    if prepared.skipped.is_empty() {
-        return "none of them holds a trained token".to_owned();
+/// Refuses a prepared file without rows, saying how many of its `records` were dropped and
+/// why (by reason, with the first example of each).
+pub(crate) fn require_examples(
+    prepared: &Prepared,
+    which: &'static str,
+    records: usize,
+) -> Result<()> {
+    if !prepared.rows.is_empty() {
+        return Ok(());
     }
-    let reasons: Vec<String> = prepared
-        .skipped
-        .iter()
-        .map(|(problem, count)| {
-            let example = prepared
-                .first_skips
-                .get(problem)
-                .map(|first| format!(", e.g. {first}"))
-                .unwrap_or_default();
-            format!("{count} dropped as {}{example}", problem.as_str())
-        })
-        .collect();
-    reasons.join("; ")
+    let skipped = if prepared.skipped.is_empty() {
+        "none of them holds a trained token".to_owned()
+    } else {
+        let reasons: Vec<String> = prepared
+            .skipped
+            .iter()
+            .map(|(problem, count)| {
+                let example = prepared
+                    .first_skips
+                    .get(problem)
+                    .map(|first| format!(", e.g. {first}"))
+                    .unwrap_or_default();
+                format!("{count} dropped as {}{example}", problem.as_str())
+            })
+            .collect();
+        reasons.join("; ")
+    };
+    Err(Error::NoExamples {
+        which,
+        path: prepared.path.clone(),
+        records,
+        skipped,
+    })
 }
 
 /// The learning-rate schedule over the run's steps: `max_steps`, or whole epochs of
