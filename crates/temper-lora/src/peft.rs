@@ -10,7 +10,6 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::prelude::*;
-use safetensors::SafeTensors;
 use serde_json::{Value, json};
 
 use crate::config::{LoraConfig, TargetModules};
@@ -218,7 +217,7 @@ impl Adapter {
             path: weights_path.clone(),
             reason,
         };
-        let tensors = SafeTensors::deserialize(&bytes)
+        let tensors = temper_store::parse_safetensors(&bytes)
             .map_err(|e| file_error(format!("not a safetensors file: {e}")))?;
         let mut a_factors = BTreeMap::new();
         let mut b_factors = BTreeMap::new();

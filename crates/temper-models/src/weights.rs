@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
 
@@ -106,7 +105,7 @@ impl Weights {
                 error,
             })?;
             let safetensors =
-                SafeTensors::deserialize(&bytes).map_err(|error| Error::Safetensors {
+                temper_store::parse_safetensors(&bytes).map_err(|error| Error::Safetensors {
                     path: file.clone(),
                     message: format!(
                         "not a valid safetensors file (truncated or corrupt?): {error}"

@@ -14,4 +14,4 @@ mod safetensors_io;
 pub use atomic::{AtomicDir, partial_path, write_atomic, write_atomic_with};
 pub use error::{Error, Result};
 pub use paths::{ParamPath, PathMapper, PathVisitor, map_params, param_paths, visit_params};
-pub use safetensors_io::{decode_f32, write_f32_safetensors};
+pub use safetensors_io::{decode_f32, parse_safetensors, write_f32_safetensors};

@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use temper_data::SamplerState;
 use temper_lora::LoraConfig;
@@ -325,7 +324,8 @@ pub fn read_state(dir: &Path) -> Result<(TrainerState, AdamWState)> {
         path: path.clone(),
         reason,
     };
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let file = temper_store::parse_safetensors(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let read = |key: &str| -> Result<Vec<f32>> {
         let view = file
             .tensor(key)
