@@ -38,8 +38,9 @@ fn console_examples_in_the_docs_are_real_output() {
         .unwrap_or_else(|| root.join(".cache/temper"));
     // The examples write their runs here; each run of this test starts without them, as a
     // reader's first run does (temper refuses to train into a directory that holds a run).
-    for scratch in ["/tmp/temper-docs-tiny"] {
+    for scratch in ["/tmp/temper-docs-tiny", "/tmp/rows.jsonl"] {
         let _ = std::fs::remove_dir_all(scratch);
+        let _ = std::fs::remove_file(scratch);
     }
     let mut commands = 0;
     let mut failures = Vec::new();
