@@ -1,5 +1,6 @@
 //! Helpers shared by Temper's end-to-end tests.
 
+pub mod fuzz;
 pub mod trajectory;
 
 use std::path::{Path, PathBuf};

@@ -10,6 +10,9 @@
 //!   * `bench train [--steps N] [--device D]`   training-step throughput and peak memory next to
 //!     PyTorch (GPT-2 124M full and LoRA, SmolLM2-135M shape LoRA)
 //!   * `bench packing [--steps N]`   trained tokens per second with packing vs padding
+//! * `fuzz [TARGET] [--seconds N] [--seed S]`   mutation-fuzz the parsers of user files
+//!   (records, templates, tokenizer configs, run configs, GGUF, safetensors, trainer states,
+//!   tokenizers); N seconds per target, default 60
 
 #![allow(clippy::print_stdout)]
 
@@ -40,9 +43,10 @@ fn main() -> Result<()> {
         ["bench", "train", rest @ ..] => bench_train::train(rest),
         ["bench", "packing", rest @ ..] => bench_train::packing(rest),
         ["bench", ..] => bail!("usage: {BENCH_USAGE}"),
+        ["fuzz", rest @ ..] => fuzz(rest),
         _ => {
             println!(
-                "usage: cargo xtask <assets | test [cargo test args] | train [RECIPE] [temper train flags] | {BENCH_USAGE}>"
+                "usage: cargo xtask <assets | test [cargo test args] | train [RECIPE] [temper train flags] | {BENCH_USAGE} | fuzz [TARGET] [--seconds N] [--seed S]>"
             );
             if args.is_empty() {
                 Ok(())
@@ -111,4 +115,23 @@ fn test(extra: &[&str]) -> Result<()> {
         .current_dir(root())
         .args(["test", "--workspace"])
         .args(extra))
+}
+
+/// Runs the fuzzer of `tests/src/fuzz.rs` (it needs the assets for its GGUF and tokenizer
+/// seeds).
+fn fuzz(args: &[&str]) -> Result<()> {
+    assets::fetch_all()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo)
+        .current_dir(root())
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "temper-tests",
+            "--bin",
+            "fuzz",
+            "--",
+        ])
+        .args(args))
 }
