@@ -75,16 +75,23 @@ impl Tokenizer {
     /// A tokenizer from the text of a `tokenizer.json` (built in memory, from a GGUF file
     /// say); `path` names it in messages and locates a `tokenizer_config.json` beside it.
     pub fn from_json(text: &str, path: &Path, names: &SpecialTokenNames) -> Result<Tokenizer> {
+        let bad = |message: String| Error::Tokenizer {
+            path: path.to_owned(),
+            message,
+        };
+        // JSON first: `tokenizers` panics on some malformed JSON (its decoder deserializer
+        // `expect`s), so only well-formed JSON reaches it.
+        let json: serde_json::Value = serde_json::from_str(text).map_err(|error| {
+            bad(format!(
+                "line {}, column {}: invalid JSON: {error}",
+                error.line(),
+                error.column()
+            ))
+        })?;
         let inner: tokenizers::Tokenizer =
-            text.parse()
-                .map_err(|error: tokenizers::Error| Error::Tokenizer {
-                    path: path.to_owned(),
-                    message: error.to_string(),
-                })?;
+            serde_json::from_value(json.clone()).map_err(|error| bad(error.to_string()))?;
         let mut tokenizer = Tokenizer::new(inner, path, names)?;
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(text) {
-            tokenizer.fast = crate::fast_bpe::FastByteLevel::for_tokenizer(&json, &tokenizer.inner);
-        }
+        tokenizer.fast = crate::fast_bpe::FastByteLevel::for_tokenizer(&json, &tokenizer.inner);
         Ok(tokenizer)
     }
 
