@@ -47,6 +47,14 @@ fn tiny(output_dir: &Path, extra: &[String]) -> RunConfig {
     config
 }
 
+/// The error of a run that must fail.
+fn run_error(config: &RunConfig, start: Start<'_>) -> String {
+    temper_train::run::<A>(config, start, &Default::default(), &mut |_| {})
+        .err()
+        .map(|error| error.to_string())
+        .expect("the run fails")
+}
+
 fn metrics(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
@@ -265,7 +273,7 @@ fn activation_checkpointing_and_neftune_are_options_of_the_same_step() {
 fn a_diverging_run_stops_at_the_step_and_names_the_last_checkpoint() {
     let _serial = serial();
     let dir = scratch("diverging");
-    let error = temper_train::run::<A>(
+    let error = run_error(
         &tiny(
             &dir,
             &[
@@ -274,11 +282,7 @@ fn a_diverging_run_stops_at_the_step_and_names_the_last_checkpoint() {
             ],
         ),
         Start::Fresh,
-        &Default::default(),
-        &mut |_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(error.starts_with("step "), "{error}");
     assert!(error.contains("the loss is"), "{error}");
     assert!(error.contains("last good checkpoint is"), "{error}");
@@ -444,10 +448,7 @@ fn a_tokenizer_larger_than_the_model_is_refused_before_training() {
     std::fs::write(model.join("config.json"), config.to_string()).unwrap();
     let mut run = tiny(&dir.join("run"), &[]);
     run.model.path = model;
-    let error = temper_train::run::<A>(&run, Start::Fresh, &Default::default(), &mut |_| {})
-        .err()
-        .unwrap()
-        .to_string();
+    let error = run_error(&run, Start::Fresh);
     assert!(
         error.ends_with(
             "tokenizer.json: the tokenizer has 50257 token ids but the model's vocabulary has 1000; use the model's own tokenizer or one that fits it"
@@ -490,15 +491,7 @@ fn refused_starts_and_resumes_name_the_reason_and_change_nothing() {
     let attempt = |extra: &[&str], start: Start<'_>| -> String {
         let mut overrides = short.to_vec();
         overrides.extend(extra.iter().map(|s| s.to_string()));
-        let error = temper_train::run::<A>(
-            &tiny(&dir, &overrides),
-            start,
-            &Default::default(),
-            &mut |_| {},
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let error = run_error(&tiny(&dir, &overrides), start);
         assert_eq!(
             snapshot(&dir),
             before,
@@ -542,15 +535,10 @@ fn refused_starts_and_resumes_name_the_reason_and_change_nothing() {
             _ => state["param_steps"] = serde_json::json!({}),
         }
         std::fs::write(&state_path, state.to_string()).unwrap();
-        let error = temper_train::run::<A>(
+        let error = run_error(
             &tiny(&dir, &["train.max_steps=6".to_owned()]),
             Start::Resume(&latest),
-            &Default::default(),
-            &mut |_| {},
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        );
         assert!(error.contains(expected), "{edit}: {error}");
     }
     std::fs::remove_dir_all(dir).unwrap();
@@ -570,15 +558,7 @@ fn rows_longer_than_the_model_reads_are_refused_before_training() {
             "data.max_length is 128 (100000 with data.pad_to_multiple_of), but the model reads at most",
         ),
     ] {
-        let error = temper_train::run::<A>(
-            &tiny(&dir, &[extra.to_owned()]),
-            Start::Fresh,
-            &Default::default(),
-            &mut |_| {},
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let error = run_error(&tiny(&dir, &[extra.to_owned()]), Start::Fresh);
         assert!(error.contains(expected), "{error}");
         assert!(!dir.exists(), "nothing was written");
     }
@@ -589,7 +569,7 @@ fn data_dropped_entirely_is_an_error_that_counts_why() {
     let _serial = serial();
     let dir = scratch("dropped");
     std::fs::create_dir_all(&dir).unwrap();
-    let error = temper_train::run::<A>(
+    let error = run_error(
         &tiny(
             &dir.join("run"),
             &[
@@ -598,12 +578,7 @@ fn data_dropped_entirely_is_an_error_that_counts_why() {
             ],
         ),
         Start::Fresh,
-        &Default::default(),
-        &mut |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    );
     assert!(
         error.contains("train.alpaca.jsonl: no trainable examples (2000 record(s) read, 2000 dropped as too_long, e.g. "),
         "{error}"
@@ -618,10 +593,7 @@ fn data_dropped_entirely_is_an_error_that_counts_why() {
     .unwrap();
     let mut config = tiny(&dir.join("run"), &["data.truncation=\"drop\"".into()]);
     config.dataset.eval = Some(eval);
-    let error = temper_train::run::<A>(&config, Start::Fresh, &Default::default(), &mut |_| {})
-        .err()
-        .unwrap()
-        .to_string();
+    let error = run_error(&config, Start::Fresh);
     assert!(
         error.contains("long.jsonl: no held-out examples (1 record(s) read, 1 dropped as too_long"),
         "{error}"
