@@ -1,5 +1,6 @@
 //! Invariant: temper-chat and temper-data have no dependency, direct or transitive, on burn.
 //! Invariant: the burn-free crates depend only downwards (temper-chat never on temper-data).
+//! Invariant: temper-store depends on no temper crate; the burn siblings stand on it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -98,5 +99,23 @@ fn the_burn_crates_are_siblings() {
     let train = dependency_closure("temper-train");
     for needed in siblings.iter().chain(&["temper-data"]) {
         assert!(train.contains(*needed), "temper-train composes {needed}");
+    }
+}
+
+#[test]
+fn temper_store_is_beneath_the_burn_crates() {
+    // DESIGN.md / ARCHITECTURE.md: the siblings share parameter names and file writing through
+    // temper-store, which knows none of them.
+    let closure = dependency_closure("temper-store");
+    let temper: Vec<&String> = closure
+        .iter()
+        .filter(|name| name.starts_with("temper-"))
+        .collect();
+    assert!(temper.is_empty(), "temper-store depends on {temper:?}");
+    for krate in ["temper-models", "temper-lora", "temper-optim"] {
+        assert!(
+            dependency_closure(krate).contains("temper-store"),
+            "{krate} names parameters through temper-store"
+        );
     }
 }
