@@ -43,7 +43,7 @@ pub struct Layout {
 const ADAPTER_OWNER: &str = "LowRank";
 
 impl Layout {
-    /// Whether `owner`'s `path` holds a weight stored transposed.
+    /// Whether the parameter at `at` is a `Linear` weight that checkpoints store transposed.
     fn transposed(&self, at: &ParamPath<'_>) -> bool {
         self.linear == WeightLayout::Torch && at.owner == "Linear" && at.path.ends_with(".weight")
     }

@@ -2,8 +2,9 @@
 //! biases, norms and embeddings unless configured), learning-rate schedules as pure
 //! functions, clipping by the global gradient norm, and gradient accumulation.
 //!
-//! It works on any burn module's parameters by their module path; it knows nothing of models,
-//! LoRA or data (those are sibling crates), and it does not run a training loop.
+//! It works on any burn module's parameters by their path (`temper-store`'s: a model's Hugging
+//! Face keys); it knows nothing of models, LoRA or data (those are sibling crates), and it
+//! does not run a training loop.
 
 pub mod adamw;
 mod error;
