@@ -359,12 +359,9 @@ pub fn fuzz(target: &Target, seed: u64, budget: Duration, max_inputs: u64) -> Re
 
 /// Writes a failing input to `tests/fuzz/crashes/<target>/<hash>` and returns the path.
 pub fn save(failure: &Failure) -> std::io::Result<PathBuf> {
-    let hash = failure
-        .input
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&failure.input, &mut hasher);
+    let hash = std::hash::Hasher::finish(&hasher);
     let dir = root().join("tests/fuzz/crashes").join(failure.target);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{hash:016x}"));

@@ -182,6 +182,23 @@ impl ChatTemplate {
     /// tokens from a Hugging Face `tokenizer_config.json`. With a list, `selector` picks a
     /// name; without one the template named `default` is used.
     pub fn from_tokenizer_config(path: &Path, selector: Option<&str>) -> Result<ChatTemplate> {
+        Self::read_tokenizer_config(path, selector)?.ok_or_else(|| Error::TokenizerConfig {
+            path: path.to_owned(),
+            message: "has no `chat_template` key".to_owned(),
+        })
+    }
+
+    /// [`ChatTemplate::from_tokenizer_config`] for a file that may be absent or carry no
+    /// `chat_template` (many tokenizers have none): `None` then. A file that is there but
+    /// unreadable or malformed is still an error.
+    pub fn from_tokenizer_config_if_any(path: &Path) -> Result<Option<ChatTemplate>> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        Self::read_tokenizer_config(path, None)
+    }
+
+    fn read_tokenizer_config(path: &Path, selector: Option<&str>) -> Result<Option<ChatTemplate>> {
         let config_error = |message: String| Error::TokenizerConfig {
             path: path.to_owned(),
             message,
@@ -194,9 +211,7 @@ impl ChatTemplate {
             config_error(format!("line {}: invalid JSON: {error}", error.line()))
         })?;
         let source = match config.get("chat_template") {
-            None | Some(serde_json::Value::Null) => {
-                return Err(config_error("has no `chat_template` key".to_owned()));
-            }
+            None | Some(serde_json::Value::Null) => return Ok(None),
             Some(serde_json::Value::String(source)) => {
                 if let Some(selector) = selector {
                     return Err(config_error(format!(
@@ -243,7 +258,7 @@ impl ChatTemplate {
         let mut template = ChatTemplate::from_source(name, source)?;
         template.bos_token = special_token(&config, "bos_token");
         template.eos_token = special_token(&config, "eos_token");
-        Ok(template)
+        Ok(Some(template))
     }
 
     /// Sets the strings passed as `bos_token` and `eos_token`.

@@ -148,29 +148,25 @@ pub fn resolve_template(
                 .path()
                 .parent()
                 .map(|dir| dir.join("tokenizer_config.json"));
-            let has_template = beside.as_ref().is_some_and(|path| {
-                std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-                    .is_some_and(|config| config.get("chat_template").is_some_and(|t| !t.is_null()))
-            });
-            match beside.filter(|_| has_template) {
-                Some(path) => path.display().to_string(),
-                None => {
-                    return Err(Error::Config {
-                        key: "template".into(),
-                        message: format!(
-                            "chat records need a chat template, and the tokenizer ({}) has no tokenizer_config.json with a `chat_template` beside it: pass --template (one of {}, a .jinja file or a tokenizer_config.json)",
-                            tokenizer.path().display(),
-                            temper_chat::BUILTIN_TEMPLATES
-                                .iter()
-                                .map(|(n, _)| *n)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    });
-                }
-            }
+            let found = match &beside {
+                Some(path) => ChatTemplate::from_tokenizer_config_if_any(path)?,
+                None => None,
+            };
+            return match found {
+                Some(template) => Ok(Some(with_tokenizer_tokens(template, tokenizer))),
+                None => Err(Error::Config {
+                    key: "template".into(),
+                    message: format!(
+                        "chat records need a chat template, and the tokenizer ({}) has no tokenizer_config.json with a `chat_template` beside it: pass --template (one of {}, a .jinja file or a tokenizer_config.json)",
+                        tokenizer.path().display(),
+                        temper_chat::BUILTIN_TEMPLATES
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }),
+            };
         }
     };
     Ok(Some(load_template(&spec, tokenizer)?))
@@ -179,9 +175,14 @@ pub fn resolve_template(
 /// Loads a template spec (built-in name, `.jinja` file or `tokenizer_config.json`) with the
 /// tokenizer's BOS and EOS as its special tokens.
 pub fn load_template(spec: &str, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+    Ok(with_tokenizer_tokens(ChatTemplate::load(spec)?, tokenizer))
+}
+
+/// `template` with the tokenizer's BOS and EOS as its special tokens.
+fn with_tokenizer_tokens(template: ChatTemplate, tokenizer: &Tokenizer) -> ChatTemplate {
     // A tokenizer without BOS gives templates an empty `bos_token`, not an undefined one that
     // `bos_token + ...` would fail on.
-    Ok(ChatTemplate::load(spec)?.with_special_tokens(
+    template.with_special_tokens(
         Some(
             tokenizer
                 .bos
@@ -189,7 +190,7 @@ pub fn load_template(spec: &str, tokenizer: &Tokenizer) -> Result<ChatTemplate> 
                 .map_or_else(String::new, |t| t.text.clone()),
         ),
         Some(tokenizer.eos.text.clone()),
-    ))
+    )
 }
 
 /// Reads, renders, tokenizes (in parallel), truncates and packs one file, with the template

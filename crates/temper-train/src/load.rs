@@ -1,7 +1,7 @@
 //! A model with its tokenizer and chat template, from a Hugging Face directory or a GGUF
 //! file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::prelude::*;
 use temper_chat::ChatTemplate;
@@ -133,12 +133,8 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Loaded<
             .is_file()
             .then(|| Tokenizer::from_file(&tokenizer_path, &SpecialTokenNames::default()))
             .transpose()?;
-        let config: PathBuf = path.join("tokenizer_config.json");
-        let template = if has_chat_template(&config)? {
-            Some(ChatTemplate::from_tokenizer_config(&config, None)?)
-        } else {
-            None
-        };
+        let template =
+            ChatTemplate::from_tokenizer_config_if_any(&path.join("tokenizer_config.json"))?;
         Ok(Loaded {
             model,
             tokenizer,
@@ -149,19 +145,6 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Loaded<
             path: path.to_owned(),
         })
     }
-}
-
-/// Whether `tokenizer_config.json` exists and carries a `chat_template`.
-fn has_chat_template(path: &Path) -> Result<bool> {
-    if !path.is_file() {
-        return Ok(false);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| crate::error::io(path, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::File {
-        path: path.to_owned(),
-        reason: format!("invalid JSON: {e}"),
-    })?;
-    Ok(json.get("chat_template").is_some_and(|t| !t.is_null()))
 }
 
 /// The token ids a chat answer ends with: EOS and the end-of-turn tokens of the common

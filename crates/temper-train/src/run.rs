@@ -112,18 +112,13 @@ pub fn run<B: AutodiffBackend>(
     let mut metrics = MetricsLog::open(&metrics_path, first_step - 1)?;
     let mut exact_match_before = None;
     if resumed.is_none() && config.eval.before_training {
-        if let Some(metric) = eval_loss(&model.valid(), &eval, 0, device)? {
+        let inference = model.valid();
+        if let Some(metric) = eval_loss(&inference, &eval, 0, device)? {
             metrics.push(metric.clone())?;
             on_event(Event::Eval(metric));
         }
-        exact_match_before = exact_matches(
-            &model.valid(),
-            &eval,
-            &tokenizer,
-            device,
-            "before",
-            on_event,
-        )?;
+        exact_match_before =
+            exact_matches(&inference, &eval, &tokenizer, device, "before", on_event)?;
     }
     let (parameters, trainable_parameters) = count_parameters(&model, config, on_event);
 
@@ -142,8 +137,9 @@ pub fn run<B: AutodiffBackend>(
     let (model, trained) = train(&mut run, model, first_step, device, on_event)?;
     let mut last_eval = trained.last_eval;
 
+    let trained_model = model.valid();
     let exact_match_after =
-        exact_matches(&model.valid(), &eval, &tokenizer, device, "after", on_event)?;
+        exact_matches(&trained_model, &eval, &tokenizer, device, "after", on_event)?;
     if let (Some((correct, total)), Some(Metric::Eval { exact_match, .. })) =
         (exact_match_after, &mut last_eval)
     {
@@ -160,7 +156,7 @@ pub fn run<B: AutodiffBackend>(
     temper_store::write_atomic(&loss_plot, svg.as_bytes())?;
 
     let (adapter, merged) = export(
-        &model.valid(),
+        &trained_model,
         &Export {
             lora: config.lora.as_ref(),
             base_model: &config.model.path,
@@ -248,9 +244,12 @@ fn setup<B: AutodiffBackend>(
     } = load_for_run::<B>(&config.model, config.train.seed, device)?;
     check_length(config, &base)?;
 
-    let train_bytes =
-        std::fs::read(&config.dataset.train).map_err(|e| io(&config.dataset.train, e))?;
-    let fingerprint = checkpoint::fingerprint(config, &base, &train_bytes);
+    // The file's bytes are held only while they are hashed.
+    let fingerprint = {
+        let bytes =
+            std::fs::read(&config.dataset.train).map_err(|e| io(&config.dataset.train, e))?;
+        checkpoint::fingerprint(config, &base, &bytes)
+    };
     let read = temper_data::pipeline::read_dataset(&config.dataset.train, &config.data)?;
     let template = temper_data::pipeline::resolve_template(
         &config.data,
