@@ -19,6 +19,15 @@
 //!   writes before the next message belongs to the assistant's trained span, and the model learns
 //!   to stop.
 //!
+//! Rendering every prefix would cost a render per message, quadratic in the messages of a
+//! record. So the messages are first located all at once ([`Verbatim`]): one more render with
+//! every content replaced by a sentinel finds each content's bytes, and one render per role with
+//! that role's last message as the conversation's last gives the text the template writes after
+//! such a message. A message ends where the full render stops agreeing with that text, which is
+//! what rendering its prefix would show wherever a template renders the turns of a role alike.
+//! Only messages the template does not render verbatim (a content it rewrites, or none) fall
+//! back to rendering prefixes.
+//!
 //! BOS/EOS are rendered as private sentinel characters while spans are located, so a template
 //! that appends `eos_token` only to its last message cannot make two renders agree on a few
 //! coincidental bytes of `</s>` and `<|user|>`. Templates with `{% generation %}` blocks
@@ -28,7 +37,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::message::{Conversation, Role, TrainOn};
+use crate::message::{Conversation, Message, Role, TrainOn};
 use crate::template::{
     BOS_SENTINEL, ChatTemplate, EOS_SENTINEL, GENERATION_END, GENERATION_START, RenderOptions,
     template_messages,
@@ -143,6 +152,33 @@ pub(crate) fn render_with_spans(
     train_on: TrainOn,
     exact_untrained_spans: bool,
 ) -> Result<Rendered> {
+    render_spans_by(
+        template,
+        conversation,
+        options,
+        train_on,
+        exact_untrained_spans,
+        Method::Verbatim,
+    )
+}
+
+/// How messages are located: [`Verbatim`] first (what temper does), or only by rendering each
+/// prefix (the reference the tests compare it with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Verbatim,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Prefixes,
+}
+
+fn render_spans_by(
+    template: &ChatTemplate,
+    conversation: &Conversation,
+    options: &RenderOptions,
+    train_on: TrainOn,
+    exact_untrained_spans: bool,
+    method: Method,
+) -> Result<Rendered> {
     let messages = template_messages(&conversation.messages)?;
     let n = messages.len();
     let agp = options.add_generation_prompt;
@@ -157,12 +193,16 @@ pub(crate) fn render_with_spans(
     };
     let full = render(n, agp)?;
     let trained = train_on.trained(&conversation.messages);
+    let verbatim = match method {
+        Method::Verbatim => Verbatim::find(conversation, &messages, agp, &full, &render_values),
+        Method::Prefixes => Verbatim::none(n),
+    };
 
     // Where each message's text stops agreeing with the full render when it is rendered as the
     // last message. Exact for most templates; early for templates that render the last turn
     // differently (Qwen3's think tags, gpt-oss' <|return|>), which the trained ranges below fix.
-    // Each costs a render, so with `exact_untrained_spans == false` only the ones that decide a
-    // trained range are computed; the others let untrained messages merge into the next span.
+    // Without `exact_untrained_spans`, only the ones that decide a trained range are computed;
+    // the others let untrained messages merge into the next span.
     let is_trained_answer =
         |i: usize| trained[i] && conversation.messages[i].role == Role::Assistant;
     let needs_end = |i: usize| {
@@ -174,6 +214,8 @@ pub(crate) fn render_with_spans(
     let agreed_end = |i: usize, previous: usize| -> Result<usize> {
         let end = if i + 1 == n && !agp {
             full.text.len()
+        } else if let Some(end) = verbatim.turn_end(i, &full.text) {
+            end
         } else {
             match render(i + 1, false) {
                 Ok(prefix) => common_prefix(&full.text, &prefix.text),
@@ -211,7 +253,10 @@ pub(crate) fn render_with_spans(
         }
     } else {
         for i in (0..n).filter(|&i| is_trained_answer(i)) {
-            let located = locate_answer(template, conversation, options, &full, i, &render_values)?;
+            let located = match verbatim.answer(i, i + 1 == n && !agp, &full.text) {
+                Some(range) => Some(range),
+                None => locate_answer(template, conversation, options, &full, i, &render_values)?,
+            };
             answers[i].push(match located {
                 Some(range) => range,
                 None => {
@@ -271,18 +316,176 @@ pub(crate) fn render_with_spans(
     Ok(Rendered { text, spans })
 }
 
-/// Finds assistant message `i`'s answer in the full render: its content plus the end-of-turn
-/// text that follows it. The content is located by rendering once more with the content
-/// replaced by a sentinel; the end-of-turn text is what follows the content both in the full
-/// render and when the message is rendered as the last one. Returns `None` when the template
-/// does not render the content verbatim and exactly once.
+type RenderValues<'a> = dyn Fn(&[minijinja::Value], bool) -> Result<Clean> + 'a;
+
+/// The messages whose content the template renders verbatim, located with a fixed number of
+/// renders whatever the length of the conversation.
+struct Verbatim {
+    roles: Vec<Role>,
+    /// Each message's content bytes in the full render, where the template writes it as it is
+    /// (or trimmed), once, in message order.
+    content: Vec<Option<(usize, usize)>>,
+    /// For each role: what the template writes after the content of that role's last message
+    /// when it is rendered as the conversation's last message, without a generation prompt.
+    tails: Vec<(Role, String)>,
+}
+
+impl Verbatim {
+    fn none(n: usize) -> Verbatim {
+        Verbatim {
+            roles: Vec::new(),
+            content: vec![None; n],
+            tails: Vec::new(),
+        }
+    }
+
+    /// One render with every content replaced by [`CONTENT_SENTINEL`] finds the contents: the
+    /// text between the sentinels must be the full render's, with each message's content (or
+    /// its trimmed content) in place of its sentinel. Anything else locates nothing.
+    fn find(
+        conversation: &Conversation,
+        values: &[minijinja::Value],
+        add_generation_prompt: bool,
+        full: &Clean,
+        render_values: &RenderValues<'_>,
+    ) -> Verbatim {
+        let messages = &conversation.messages;
+        let mut found = Verbatim::none(messages.len());
+        let contents: Vec<Option<&str>> = messages
+            .iter()
+            .map(|message| message.content.as_deref().filter(|c| !c.is_empty()))
+            .collect();
+        let probe: Vec<minijinja::Value> = (0..messages.len())
+            .map(|i| match contents[i] {
+                Some(_) => with_sentinel_content(&messages[i]),
+                None => values[i].clone(),
+            })
+            .collect();
+        let Ok(probe) = render_values(&probe, add_generation_prompt) else {
+            return found;
+        };
+        let pieces: Vec<&str> = probe.text.split(CONTENT_SENTINEL).collect();
+        let with_content: Vec<usize> = (0..messages.len())
+            .filter(|&i| contents[i].is_some())
+            .collect();
+        let text = full.text.as_str();
+        if pieces.len() != with_content.len() + 1 || !text.starts_with(pieces[0]) {
+            return found;
+        }
+        let mut at = pieces[0].len();
+        let mut content = vec![None; messages.len()];
+        for (j, &i) in with_content.iter().enumerate() {
+            let (rest, next) = (&text[at..], pieces[j + 1]);
+            let last = j + 1 == with_content.len();
+            let fits = |written: &&str| {
+                rest.starts_with(*written) && {
+                    let after = &rest[written.len()..];
+                    if last {
+                        after == next
+                    } else {
+                        after.starts_with(next)
+                    }
+                }
+            };
+            let written = contents[i].unwrap_or_default();
+            let Some(written) = [
+                written,
+                written.trim(),
+                written.trim_start(),
+                written.trim_end(),
+            ]
+            .into_iter()
+            .find(fits) else {
+                return found;
+            };
+            content[i] = Some((at, at + written.len()));
+            at += written.len() + next.len();
+        }
+        found.content = content;
+        found.roles = messages.iter().map(|message| message.role).collect();
+        for role in Role::ALL {
+            let Some(last) = with_content.iter().rev().find(|&&i| messages[i].role == role) else {
+                continue;
+            };
+            let mut prefix = values[..=*last].to_vec();
+            prefix[*last] = with_sentinel_content(&messages[*last]);
+            let tail = render_values(&prefix, false)
+                .ok()
+                .and_then(|as_last| Some(as_last.text[after_only_sentinel(&as_last.text)?..].to_owned()));
+            if let Some(tail) = tail {
+                found.tails.push((role, tail));
+            }
+        }
+        found
+    }
+
+    fn tail(&self, i: usize) -> Option<&str> {
+        let role = self.roles.get(i)?;
+        self.tails
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, tail)| tail.as_str())
+    }
+
+    /// Where message `i` stops agreeing with the full render as the conversation's last message.
+    fn turn_end(&self, i: usize, text: &str) -> Option<usize> {
+        let (_, end) = self.content[i]?;
+        Some(end + common_prefix(&text[end..], self.tail(i)?))
+    }
+
+    /// Assistant message `i`'s content and end-of-turn text, as [`locate_answer`] finds them.
+    fn answer(&self, i: usize, last_without_prompt: bool, text: &str) -> Option<(usize, usize)> {
+        let (start, end) = self.content[i]?;
+        if last_without_prompt {
+            return Some((start, text.len()));
+        }
+        Some((start, end + end_of_turn(&text[end..], self.tail(i)?)))
+    }
+}
+
+/// The message as a template value with its content replaced by [`CONTENT_SENTINEL`].
+fn with_sentinel_content(message: &Message) -> minijinja::Value {
+    let mut probe = message.clone();
+    probe.content = Some(CONTENT_SENTINEL.to_string());
+    minijinja::Value::from_serialize(probe.to_template_json())
+}
+
+/// The byte after the one [`CONTENT_SENTINEL`] in `text`, if it occurs exactly once.
+fn after_only_sentinel(text: &str) -> Option<usize> {
+    let after = text.find(CONTENT_SENTINEL)? + CONTENT_SENTINEL.len_utf8();
+    (!text[after..].contains(CONTENT_SENTINEL)).then_some(after)
+}
+
+/// How much of `tail` (the text after an answer's content in the full render) is the answer's
+/// end-of-turn text, given `tail_as_last`, what follows the content when the answer is the
+/// conversation's last message.
+fn end_of_turn(tail: &str, tail_as_last: &str) -> usize {
+    let agreed = common_prefix(tail, tail_as_last);
+    if agreed == tail_as_last.len() {
+        return agreed;
+    }
+    // The texts diverge inside the end-of-turn text, e.g. gpt-oss ends a middle turn with
+    // `<|end|>` and the last one with `<|return|>`: they agree on `<|`, which is no token of its
+    // own. Never end inside an unclosed `<...>`.
+    let agreed_text = &tail[..agreed];
+    agreed_text
+        .rfind('<')
+        .filter(|&open| !agreed_text[open..].contains('>'))
+        .unwrap_or(agreed)
+}
+
+/// Finds assistant message `i`'s answer in the full render by rendering for it alone: its
+/// content plus the end-of-turn text that follows it. The content is located by rendering once
+/// more with the content replaced by a sentinel; the end-of-turn text is what follows the
+/// content both in the full render and when the message is rendered as the last one. Returns
+/// `None` when the template does not render the content verbatim and exactly once.
 fn locate_answer(
     template: &ChatTemplate,
     conversation: &Conversation,
     options: &RenderOptions,
     full: &Clean,
     i: usize,
-    render_values: &dyn Fn(&[minijinja::Value], bool) -> Result<Clean>,
+    render_values: &RenderValues<'_>,
 ) -> Result<Option<(usize, usize)>> {
     let n = conversation.messages.len();
     if conversation.messages[i]
@@ -292,26 +495,25 @@ fn locate_answer(
     {
         return Ok(None);
     }
-    let mut probe = conversation.messages.clone();
-    probe[i].content = Some(CONTENT_SENTINEL.to_string());
-    let values: Vec<minijinja::Value> = probe
+    let values: Vec<minijinja::Value> = conversation
+        .messages
         .iter()
-        .map(|m| minijinja::Value::from_serialize(m.to_template_json()))
+        .enumerate()
+        .map(|(j, m)| {
+            if j == i {
+                with_sentinel_content(m)
+            } else {
+                minijinja::Value::from_serialize(m.to_template_json())
+            }
+        })
         .collect();
-    let find_once = |text: &str| -> Option<usize> {
-        let at = text.find(CONTENT_SENTINEL)?;
-        (text[at + CONTENT_SENTINEL.len_utf8()..]
-            .find(CONTENT_SENTINEL)
-            .is_none())
-        .then_some(at)
-    };
     let Ok(probe_full) = render_values(&values, options.add_generation_prompt) else {
         return Ok(None);
     };
-    let Some(at) = find_once(&probe_full.text) else {
+    let Some(after) = after_only_sentinel(&probe_full.text) else {
         return Ok(None);
     };
-    let after = at + CONTENT_SENTINEL.len_utf8();
+    let at = after - CONTENT_SENTINEL.len_utf8();
     let (prefix, suffix) = (&probe_full.text[..at], &probe_full.text[after..]);
     if prefix.len() + suffix.len() > full.text.len()
         || !full.text.starts_with(prefix)
@@ -328,25 +530,12 @@ fn locate_answer(
         Ok(as_last) => as_last,
         Err(error) => return Err(span_error(template, i, error)),
     };
-    let Some(at_last) = find_once(&as_last.text) else {
+    let Some(after_last) = after_only_sentinel(&as_last.text) else {
         return Ok(None);
     };
     let tail = &full.text[content_end..];
-    let tail_as_last = &as_last.text[at_last + CONTENT_SENTINEL.len_utf8()..];
-    let mut end_of_turn = common_prefix(tail, tail_as_last);
-    if end_of_turn < tail_as_last.len() {
-        // The texts diverge inside the end-of-turn text, e.g. gpt-oss ends a middle turn with
-        // `<|end|>` and the last one with `<|return|>`: they agree on `<|`, which is no token of
-        // its own. Never end inside an unclosed `<...>`.
-        let agreed = &tail[..end_of_turn];
-        if let Some(open) = agreed
-            .rfind('<')
-            .filter(|&open| !agreed[open..].contains('>'))
-        {
-            end_of_turn = open;
-        }
-    }
-    Ok(Some((content_start, content_end + end_of_turn)))
+    let end = end_of_turn(tail, &as_last.text[after_last..]);
+    Ok(Some((content_start, content_end + end)))
 }
 
 fn span_error(template: &ChatTemplate, index: usize, error: Error) -> Error {
@@ -362,7 +551,6 @@ fn span_error(template: &ChatTemplate, index: usize, error: Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
     use expect_test::{Expect, expect};
 
     /// Renders and shows the text with each span bracketed: `[role+|...|]` for trained spans,
@@ -529,6 +717,117 @@ mod tests {
                 |][assistant+|d</s>
                 |]"#]],
         );
+    }
+
+    /// Renders `messages` and returns the spans and how many renders it took.
+    fn count_renders(template: &ChatTemplate, messages: Vec<Message>) -> (Rendered, usize) {
+        let before = crate::template::RENDERS.with(std::cell::Cell::get);
+        let rendered = template
+            .render(
+                &Conversation::new(messages),
+                &RenderOptions::default(),
+                TrainOn::All,
+            )
+            .unwrap();
+        let renders = crate::template::RENDERS.with(std::cell::Cell::get) - before;
+        (rendered, renders)
+    }
+
+    #[test]
+    fn locating_spans_costs_the_same_renders_for_long_conversations() {
+        let template = ChatTemplate::builtin("chatml").unwrap();
+        let conversation = |turns: usize| -> Vec<Message> {
+            let mut messages = vec![Message::system("Be brief.")];
+            for turn in 0..turns {
+                messages.push(Message::user(format!("question {turn}")));
+                messages.push(Message::assistant(format!("answer {turn}")));
+            }
+            messages
+        };
+        let (_, short) = count_renders(&template, conversation(2));
+        let (long, renders) = count_renders(&template, conversation(2000));
+        assert_eq!(renders, short, "renders grow with the conversation");
+        assert_eq!(long.spans.len(), 1 + 2000 * 3);
+        let last = &long.spans[long.spans.len() - 1];
+        assert_eq!(&long.text[last.start..last.end], "answer 1999<|im_end|>\n");
+        assert!(last.trained);
+    }
+
+    /// Locating verbatim messages must train what rendering every prefix trains, on every
+    /// template, conversation and option of the parity corpus.
+    #[test]
+    fn verbatim_spans_equal_the_spans_of_rendering_each_prefix() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
+        let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap();
+        let conversations: Vec<serde_json::Value> =
+            serde_json::from_str(&read(fixtures.join("conversations.json"))).unwrap();
+        let mut templates: Vec<_> = std::fs::read_dir(fixtures.join("templates"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        templates.sort();
+        let (mut cases, mut compared, mut identical, mut failures) = (0, 0, 0, Vec::new());
+        for path in templates {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let template = ChatTemplate::from_source(name.clone(), read(path))
+                .unwrap()
+                .with_special_tokens(Some("<s>".into()), Some("</s>".into()));
+            for json in &conversations {
+                let Ok(conversation) = Conversation::from_json(json, "fixture") else {
+                    continue;
+                };
+                let mut extra = json["extra"].as_object().cloned().unwrap_or_default();
+                extra.insert("date_string".into(), "26 Jul 2024".into());
+                extra.insert(crate::NOW_VARIABLE.into(), "2024-07-26T00:00:00+00:00".into());
+                for (agp, train_on, exact) in option_grid() {
+                    let options = RenderOptions {
+                        add_generation_prompt: agp,
+                        extra: extra.clone(),
+                    };
+                    let spans = |method| {
+                        render_spans_by(&template, &conversation, &options, train_on, exact, method)
+                            .map_err(|error| error.to_string())
+                    };
+                    let (verbatim, prefixes) = (spans(Method::Verbatim), spans(Method::Prefixes));
+                    let trained = |rendered: &Result<Rendered, String>| {
+                        rendered
+                            .as_ref()
+                            .map(|r| r.trained_ranges().collect::<Vec<_>>())
+                            .map_err(Clone::clone)
+                    };
+                    cases += 1;
+                    if prefixes.is_ok() {
+                        compared += 1;
+                    }
+                    // gpt-oss renders a last assistant turn without its reasoning and with
+                    // `<|return|>`: rendering a prefix of a conversation with reasoning ends the
+                    // turn inside its own content. Only that template's spans may differ.
+                    if verbatim == prefixes {
+                        identical += 1;
+                    } else if !name.starts_with("gptoss") && trained(&verbatim) != trained(&prefixes) {
+                        failures.push(format!(
+                            "{name} / {} / agp={agp} / {train_on:?} / exact={exact}:\n  verbatim {verbatim:?}\n  prefixes {prefixes:?}",
+                            json["name"]
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(compared > 2000, "{compared}");
+        // Untrained spans may end elsewhere: rendering a prefix of a template that renders the
+        // last turn differently (gpt-oss, Qwen3 reasoning) ends a middle message inside its
+        // own content, while its verbatim content says where it is.
+        assert!(identical * 100 > cases * 99, "{identical} of {cases}");
+        assert!(failures.is_empty(), "{} differ:\n{}", failures.len(), failures.join("\n"));
+    }
+
+    fn option_grid() -> impl Iterator<Item = (bool, TrainOn, bool)> {
+        [false, true].into_iter().flat_map(|agp| {
+            [TrainOn::Assistant, TrainOn::All, TrainOn::LastAssistant]
+                .into_iter()
+                .flat_map(move |train_on| [false, true].map(|exact| (agp, train_on, exact)))
+        })
     }
 
     #[test]

@@ -380,6 +380,8 @@ impl ChatTemplate {
             ));
         }
         let context: Value = context.into_iter().collect();
+        #[cfg(test)]
+        RENDERS.with(|renders| renders.set(renders.get() + 1));
         template
             .render(context)
             .map_err(|error| self.render_error(&error))
@@ -400,6 +402,12 @@ impl ChatTemplate {
             message: describe(error),
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many renders this thread has run, for tests of what span location costs.
+    pub(crate) static RENDERS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// The messages as template values, after checking that no text contains a sentinel.

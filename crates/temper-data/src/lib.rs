@@ -23,7 +23,7 @@ pub mod tokenize;
 
 pub use error::{Error, Problem, Result};
 pub use example::{Example, Truncation, truncate};
-pub use pack::{Batch, Pack, collate, pack, packing_efficiency};
+pub use pack::{Batch, Pack, collate, pack, packing_efficiency, padded_length};
 pub use pipeline::{DataConfig, Prepared, load_template, prepare};
 pub use records::{FieldNames, Format, OnError, ReadOptions, Record, Sample, read_file};
 pub use report::QualityReport;

@@ -138,15 +138,20 @@ impl Batch {
     }
 }
 
+/// The length a batch whose longest row has `longest` tokens is padded to.
+pub fn padded_length(longest: usize, pad_to_multiple_of: Option<usize>) -> usize {
+    match pad_to_multiple_of {
+        Some(multiple) if multiple > 1 => longest.div_ceil(multiple).saturating_mul(multiple),
+        _ => longest,
+    }
+}
+
 /// Pads rows to the longest row (rounded up to a multiple of `pad_to_multiple_of`, if given).
 /// Padding is identified by `segment_ids == 0`, never by comparing ids with `pad_id`, so a
 /// tokenizer whose pad token is its EOS (GPT-2) keeps its trained EOS tokens trained.
 pub fn collate(rows: &[&Pack], pad_id: u32, pad_to_multiple_of: Option<usize>) -> Batch {
     let longest = rows.iter().map(|row| row.len()).max().unwrap_or(0);
-    let seq_len = match pad_to_multiple_of {
-        Some(multiple) if multiple > 1 => longest.div_ceil(multiple) * multiple,
-        _ => longest,
-    };
+    let seq_len = padded_length(longest, pad_to_multiple_of);
     let size = rows.len() * seq_len;
     let mut batch = Batch {
         batch_size: rows.len(),

@@ -297,11 +297,46 @@ impl HfReader<'_> {
     }
 }
 
+/// The widths that decide how much memory a forward and backward pass takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dimensions {
+    pub layers: usize,
+    /// The residual stream.
+    pub width: usize,
+    pub heads: usize,
+    /// All query heads together.
+    pub query_width: usize,
+    /// All key (or value) heads together.
+    pub key_width: usize,
+    pub mlp_width: usize,
+    pub vocab: usize,
+}
+
 impl ModelConfig {
     pub fn vocab_size(&self) -> usize {
+        self.dimensions().vocab
+    }
+
+    pub fn dimensions(&self) -> Dimensions {
         match self {
-            ModelConfig::Gpt2(c) => c.vocab_size,
-            ModelConfig::Llama(c) => c.vocab_size,
+            ModelConfig::Gpt2(c) => Dimensions {
+                layers: c.n_layer,
+                width: c.n_embd,
+                heads: c.n_head,
+                query_width: c.n_embd,
+                key_width: c.n_embd,
+                mlp_width: c.n_inner,
+                vocab: c.vocab_size,
+            },
+            ModelConfig::Llama(c) => Dimensions {
+                layers: c.num_hidden_layers,
+                width: c.hidden_size,
+                heads: c.num_attention_heads,
+                query_width: c.num_attention_heads * c.head_dim,
+                key_width: c.num_key_value_heads * c.head_dim,
+                mlp_width: c.intermediate_size,
+                vocab: c.vocab_size,
+            },
         }
     }
 

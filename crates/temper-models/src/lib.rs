@@ -44,7 +44,7 @@ pub mod llama;
 mod model;
 pub mod weights;
 
-pub use config::{Gpt2Config, LlamaConfig, ModelConfig, RopeScaling};
+pub use config::{Dimensions, Gpt2Config, LlamaConfig, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use generate::{Generation, GenerationConfig, StopReason, generate, token_logprobs};
 pub use layers::{Linear, LowRank};

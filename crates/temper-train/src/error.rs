@@ -61,6 +61,11 @@ pub enum Error {
         padded: usize,
         context: usize,
     },
+    /// A step cannot fit in the machine's memory.
+    #[error(
+        "a training step needs about {needed}, and this machine has {available} left; lower train.batch_size or data.max_length, or set train.gradient_checkpointing = true"
+    )]
+    Memory { needed: String, available: String },
     /// Every example of the training (or held-out) file was dropped.
     #[error("{}: no {which} examples ({records} record(s) read, {skipped})", path.display())]
     NoExamples {

@@ -13,6 +13,7 @@ mod evaluate;
 mod export;
 pub mod load;
 pub mod loss;
+pub mod memory;
 pub mod metrics;
 pub mod output;
 pub mod run;

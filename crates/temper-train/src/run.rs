@@ -10,7 +10,7 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use temper_chat::ChatTemplate;
-use temper_data::{Batch, Pack, Prepared, Sampler, Tokenizer, collate};
+use temper_data::{Batch, Pack, Prepared, Sampler, Tokenizer, collate, padded_length};
 use temper_lora::ParamCount;
 use temper_models::CausalLm;
 use temper_optim::{AdamW, LrSchedule, lr_at};
@@ -21,6 +21,7 @@ use crate::error::{Error, Result, io};
 use crate::evaluate::{HeldOut, eval_loss, exact_matches, held_out};
 use crate::export::{Export, export};
 use crate::load::{RunModel, load_for_run};
+use crate::memory::{self, MicroBatch, StepMemory};
 use crate::metrics::{Metric, MetricsLog, loss_plot_svg};
 use crate::output::{Start, check_output_dir, clear_earlier_run};
 use crate::step::train_step;
@@ -100,6 +101,7 @@ pub fn run<B: AutodiffBackend>(
         sampler,
         resumed,
         fingerprint,
+        parameters,
     } = setup::<B>(config, resume, device, on_event)?;
     let output_dir = &config.train.output_dir;
     if start == Start::Overwrite {
@@ -120,8 +122,6 @@ pub fn run<B: AutodiffBackend>(
         exact_match_before =
             exact_matches(&inference, &eval, &tokenizer, device, "before", on_event)?;
     }
-    let (parameters, trainable_parameters) = count_parameters(&model, config, on_event);
-
     let mut run = Training {
         config,
         data: &train_data,
@@ -185,30 +185,69 @@ pub fn run<B: AutodiffBackend>(
         loss_plot,
         adapter,
         merged,
-        parameters,
-        trainable_parameters,
+        trainable_parameters: parameters.trained,
+        parameters: parameters.count,
         tokens_per_second: trained.tokens_per_second,
     })
 }
 
-/// Counts the model's parameters and reports them as PEFT does; returns them with the
-/// number trained.
+/// The model's parameters and how many of them are trained.
+struct Parameters {
+    count: ParamCount,
+    trained: usize,
+}
+
+/// Counts the model's parameters and reports them as PEFT does.
 fn count_parameters<B: AutodiffBackend>(
     model: &CausalLm<B>,
     config: &RunConfig,
     on_event: &mut dyn FnMut(Event),
-) -> (ParamCount, usize) {
-    let parameters = temper_lora::count_parameters(model);
-    let trainable = match config.lora {
-        Some(_) => parameters.adapter,
-        None => parameters.total,
+) -> Parameters {
+    let count = temper_lora::count_parameters(model);
+    let trained = match config.lora {
+        Some(_) => count.adapter,
+        None => count.total,
     };
     on_event(Event::Message(format!(
-        "trainable params: {trainable} || all params: {} || trainable%: {:.4}",
-        parameters.total,
-        100.0 * trainable as f64 / parameters.total.max(1) as f64
+        "trainable params: {trained} || all params: {} || trainable%: {:.4}",
+        count.total,
+        100.0 * trained as f64 / count.total.max(1) as f64
     )));
-    (parameters, trainable)
+    Parameters { count, trained }
+}
+
+/// Estimates what a step holds in memory (the largest micro-batch: `batch_size` of the
+/// longest rows) and refuses a run that cannot fit in what this machine has left.
+fn check_memory<B: Backend>(
+    config: &RunConfig,
+    model: &CausalLm<B>,
+    parameters: &Parameters,
+    train: &Prepared,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let longest = train.rows.iter().map(Pack::len).max().unwrap_or(0);
+    let batch = MicroBatch {
+        rows: config.train.batch_size.min(train.rows.len()),
+        length: padded_length(longest, config.data.pad_to_multiple_of),
+    };
+    let needed = StepMemory::estimate(
+        &model.config().dimensions(),
+        parameters.count.total,
+        parameters.trained,
+        batch,
+        config.train.gradient_checkpointing,
+    );
+    on_event(Event::Message(format!(
+        "a step of {} x {} tokens needs about {needed}",
+        batch.rows, batch.length
+    )));
+    match memory::available() {
+        Some(available) if needed.total() > available => Err(Error::Memory {
+            needed: needed.to_string(),
+            available: memory::gigabytes(available),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Everything the step loop needs, set up once.
@@ -225,6 +264,7 @@ struct Setup<B: AutodiffBackend> {
     /// The checkpoint a resumed run continues from, and its step.
     resumed: Option<(PathBuf, u64)>,
     fingerprint: Fingerprint,
+    parameters: Parameters,
 }
 
 /// Loads the model and tokenizer, resolves the chat template once, prepares the data with
@@ -324,6 +364,8 @@ fn setup<B: AutodiffBackend>(
         None => model,
     };
     let model = model.with_embedding_noise(config.train.neftune_noise_alpha);
+    let parameters = count_parameters(&model, config, on_event);
+    check_memory(config, &model, &parameters, &train, on_event)?;
     Ok(Setup {
         model,
         tokenizer,
@@ -335,6 +377,7 @@ fn setup<B: AutodiffBackend>(
         sampler,
         resumed,
         fingerprint,
+        parameters,
     })
 }
 
@@ -342,10 +385,7 @@ fn setup<B: AutodiffBackend>(
 /// `data.pad_to_multiple_of`, must fit the model's positions.
 fn check_length<B: Backend>(config: &RunConfig, model: &CausalLm<B>) -> Result<()> {
     let data = &config.data;
-    let longest = match data.pad_to_multiple_of {
-        Some(multiple) => data.max_length.div_ceil(multiple).saturating_mul(multiple),
-        None => data.max_length,
-    };
+    let longest = padded_length(data.max_length, data.pad_to_multiple_of);
     let context = model.max_positions();
     if longest > context {
         return Err(Error::TooLong {
