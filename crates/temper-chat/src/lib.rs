@@ -20,12 +20,14 @@
 //! # Ok::<(), temper_chat::Error>(())
 //! ```
 
+pub mod budget;
 mod error;
 mod message;
 mod python;
 pub mod spans;
 mod template;
 
+pub use budget::{RENDER_MEMORY, RenderBudget};
 pub use error::{Error, Result};
 pub use message::{Conversation, Message, Role, TrainOn, json_kind};
 pub use python::NOW_VARIABLE;

@@ -382,6 +382,7 @@ impl ChatTemplate {
         let context: Value = context.into_iter().collect();
         #[cfg(test)]
         RENDERS.with(|renders| renders.set(renders.get() + 1));
+        let _rendering = crate::budget::Rendering::start(&self.name);
         template
             .render(context)
             .map_err(|error| self.render_error(&error))

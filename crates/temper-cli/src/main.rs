@@ -16,10 +16,17 @@ use clap::{Parser, Subcommand};
 /// mimalloc, told to keep freed memory: a training step allocates and frees gigabytes of
 /// activations, and an allocator that hands them back to the kernel pays for page faults and
 /// zeroing of fresh pages on every step (measured on a GPT-2 124M step with glibc's malloc:
-/// 13% of the time in the kernel clearing pages; see docs/benchmarks.md).
+/// 13% of the time in the kernel clearing pages; see docs/benchmarks.md). Wrapped in the
+/// chat templates' memory budget, which ends a render that builds text without bound.
 #[cfg(not(target_env = "musl"))]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: temper_chat::RenderBudget<mimalloc::MiMalloc> =
+    temper_chat::RenderBudget(mimalloc::MiMalloc);
+
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: temper_chat::RenderBudget<std::alloc::System> =
+    temper_chat::RenderBudget(std::alloc::System);
 
 /// Turns off mimalloc's purging of freed memory (`mi_option_purge_delay` = -1).
 #[cfg(not(target_env = "musl"))]

@@ -108,6 +108,36 @@ fn skipped_records_are_counted_by_reason() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Fuel stops templates that run too long; the allocator's budget stops those that build
+/// text without bound, such as a string doubled in a loop (a terabyte by the end).
+#[test]
+fn a_template_that_builds_text_without_bound_exits_1_naming_it() {
+    let dir = std::env::temp_dir().join(format!("temper-cli-bomb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let template = dir.join("bomb.jinja");
+    std::fs::write(
+        &template,
+        "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+    )
+    .unwrap();
+    let messages = dir.join("chat.json");
+    std::fs::write(&messages, r#"[{"role": "user", "content": "Hi"}]"#).unwrap();
+    let output = temper(&[
+        "template",
+        "render",
+        "--template",
+        template.to_str().unwrap(),
+        "--messages",
+        messages.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bomb.jinja: one render took more than 1024 MiB of memory"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn template_render_json_gives_byte_spans() {
     let dir = std::env::temp_dir().join(format!("temper-cli-render-{}", std::process::id()));
