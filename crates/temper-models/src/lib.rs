@@ -42,6 +42,7 @@ pub mod layers;
 pub mod layout;
 pub mod llama;
 mod model;
+pub mod quants;
 pub mod weights;
 
 pub use config::{Dimensions, Gpt2Config, LlamaConfig, ModelConfig, RopeScaling};
