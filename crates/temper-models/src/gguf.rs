@@ -608,17 +608,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn q4_nibbles_are_split_low_then_high() {
-        let quants: Vec<u8> = (0..16).map(|i| (i as u8) | ((15 - i as u8) << 4)).collect();
-        let q4_0: Vec<f32> = dequantize_q4(&quants, 0.5, None).collect();
-        assert_eq!(q4_0[0], -4.0);
-        assert_eq!(q4_0[15], 3.5);
-        assert_eq!(q4_0[16], 3.5);
-        let q4_1: Vec<f32> = dequantize_q4(&quants, 2.0, Some(1.0)).collect();
-        assert_eq!((q4_1[1], q4_1[17]), (3.0, 29.0));
-    }
-
-    #[test]
     fn unpermute_inverts_llama_cpp_permute() {
         // llama.cpp: w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2).reshape(rows, cols)
         let (n_heads, rows, cols) = (2, 8, 3);
