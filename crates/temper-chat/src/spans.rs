@@ -404,14 +404,18 @@ impl Verbatim {
         found.content = content;
         found.roles = messages.iter().map(|message| message.role).collect();
         for role in Role::ALL {
-            let Some(last) = with_content.iter().rev().find(|&&i| messages[i].role == role) else {
+            let Some(last) = with_content
+                .iter()
+                .rev()
+                .find(|&&i| messages[i].role == role)
+            else {
                 continue;
             };
             let mut prefix = values[..=*last].to_vec();
             prefix[*last] = with_sentinel_content(&messages[*last]);
-            let tail = render_values(&prefix, false)
-                .ok()
-                .and_then(|as_last| Some(as_last.text[after_only_sentinel(&as_last.text)?..].to_owned()));
+            let tail = render_values(&prefix, false).ok().and_then(|as_last| {
+                Some(as_last.text[after_only_sentinel(&as_last.text)?..].to_owned())
+            });
             if let Some(tail) = tail {
                 found.tails.push((role, tail));
             }
@@ -779,7 +783,10 @@ mod tests {
                 };
                 let mut extra = json["extra"].as_object().cloned().unwrap_or_default();
                 extra.insert("date_string".into(), "26 Jul 2024".into());
-                extra.insert(crate::NOW_VARIABLE.into(), "2024-07-26T00:00:00+00:00".into());
+                extra.insert(
+                    crate::NOW_VARIABLE.into(),
+                    "2024-07-26T00:00:00+00:00".into(),
+                );
                 for (agp, train_on, exact) in option_grid() {
                     let options = RenderOptions {
                         add_generation_prompt: agp,
@@ -805,7 +812,9 @@ mod tests {
                     // turn inside its own content. Only that template's spans may differ.
                     if verbatim == prefixes {
                         identical += 1;
-                    } else if !name.starts_with("gptoss") && trained(&verbatim) != trained(&prefixes) {
+                    } else if !name.starts_with("gptoss")
+                        && trained(&verbatim) != trained(&prefixes)
+                    {
                         failures.push(format!(
                             "{name} / {} / agp={agp} / {train_on:?} / exact={exact}:\n  verbatim {verbatim:?}\n  prefixes {prefixes:?}",
                             json["name"]
@@ -819,7 +828,12 @@ mod tests {
         // last turn differently (gpt-oss, Qwen3 reasoning) ends a middle message inside its
         // own content, while its verbatim content says where it is.
         assert!(identical * 100 > cases * 99, "{identical} of {cases}");
-        assert!(failures.is_empty(), "{} differ:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} differ:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 
     fn option_grid() -> impl Iterator<Item = (bool, TrainOn, bool)> {

@@ -44,9 +44,49 @@ pub struct Gpt2Config {
     pub layer_norm_epsilon: f64,
 }
 
-/// The Llama family (`LlamaForCausalLM`, Mistral, Qwen2, SmolLM, TinyLlama).
+/// The members of the Llama family: what `config.json` says (`model_type`) and is written back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlamaFamily {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl LlamaFamily {
+    pub fn model_type(self) -> &'static str {
+        match self {
+            LlamaFamily::Llama => "llama",
+            LlamaFamily::Mistral => "mistral",
+            LlamaFamily::Qwen2 => "qwen2",
+            LlamaFamily::Qwen3 => "qwen3",
+        }
+    }
+
+    fn architecture(self) -> &'static str {
+        match self {
+            LlamaFamily::Llama => "LlamaForCausalLM",
+            LlamaFamily::Mistral => "MistralForCausalLM",
+            LlamaFamily::Qwen2 => "Qwen2ForCausalLM",
+            LlamaFamily::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+}
+
+/// What a layer's attention sees: every earlier key, or the last `sliding_window` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionType {
+    FullAttention,
+    SlidingAttention,
+}
+
+/// The Llama family (`LlamaForCausalLM`, Mistral, Qwen2, Qwen3, SmolLM, TinyLlama).
 #[derive(Config, Debug, PartialEq)]
 pub struct LlamaConfig {
+    /// Which member of the family (`model_type`).
+    pub family: LlamaFamily,
     /// Number of tokens in the vocabulary.
     pub vocab_size: usize,
     /// Width of the residual stream.
@@ -81,6 +121,14 @@ pub struct LlamaConfig {
     /// The output layer reuses the token embedding.
     #[config(default = false)]
     pub tie_word_embeddings: bool,
+    /// Qwen3: an RMSNorm over each query and key head, before RoPE.
+    #[config(default = false)]
+    pub qk_norm: bool,
+    /// How many keys a sliding-window layer sees: its own position and the `window - 1`
+    /// before it.
+    pub sliding_window: Option<usize>,
+    /// Each layer's attention (one per layer).
+    pub layer_types: Vec<AttentionType>,
 }
 
 /// The architecture of a checkpoint and its configuration.
@@ -182,6 +230,7 @@ impl ModelConfig {
                 }
                 positive("max_position_embeddings", c.max_position_embeddings)?;
                 finite_positive("rms_norm_eps", c.rms_norm_eps)?;
+                check_layer_types(&c.layer_types, c.num_hidden_layers, c.sliding_window)?;
                 finite_positive("rope_theta", c.rope_theta)?;
                 match &c.rope_scaling {
                     None => Ok(()),
@@ -216,10 +265,33 @@ impl ModelConfig {
     }
 }
 
+/// One attention type per layer, and a window of at least one key where a layer slides.
+fn check_layer_types(
+    layer_types: &[AttentionType],
+    layers: usize,
+    sliding_window: Option<usize>,
+) -> std::result::Result<(), (&'static str, String)> {
+    if layer_types.len() != layers {
+        return Err((
+            "layer_types",
+            format!("has {} entries for {layers} layers", layer_types.len()),
+        ));
+    }
+    let slides = layer_types.contains(&AttentionType::SlidingAttention);
+    match sliding_window {
+        Some(0) if slides => Err(("sliding_window", "is 0; it must be at least 1".to_owned())),
+        None if slides => Err((
+            "sliding_window",
+            "is missing, but layer_types has sliding_attention layers".to_owned(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl HfReader<'_> {
     /// The configuration, read without judging its values.
     fn config(&self) -> Result<ModelConfig> {
-        let (reader, value, path) = (self, self.value, self.path);
+        let (reader, path) = (self, self.path);
         let model_type = reader.string("model_type")?;
         match model_type.as_str() {
             "gpt2" => {
@@ -238,33 +310,55 @@ impl HfReader<'_> {
                     layer_norm_epsilon: reader.optional_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
                 }))
             }
-            "llama" | "mistral" | "qwen2" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" => {
                 reader.activation("hidden_act", &["silu", "swish"])?;
+                let family = match model_type.as_str() {
+                    "mistral" => LlamaFamily::Mistral,
+                    "qwen2" => LlamaFamily::Qwen2,
+                    "qwen3" => LlamaFamily::Qwen3,
+                    _ => LlamaFamily::Llama,
+                };
                 let hidden_size = reader.usize("hidden_size")?;
                 let num_attention_heads = reader.usize("num_attention_heads")?;
-                let qwen2 = model_type == "qwen2";
-                // transformers 5 nests RoPE settings in `rope_parameters`; older files use
-                // top-level `rope_theta` and `rope_scaling`.
-                let rope = value.get("rope_parameters").filter(|v| v.is_object());
-                let rope_theta = match rope.and_then(|r| r.get("rope_theta")) {
-                    Some(theta) => theta.as_f64().ok_or_else(|| {
-                        reader.error("`rope_parameters.rope_theta` must be a number")
-                    })?,
-                    None => reader.optional_f64("rope_theta")?.unwrap_or(10_000.0),
+                let num_hidden_layers = reader.usize("num_hidden_layers")?;
+                let (rope_theta, rope_scaling) = reader.rope()?;
+                // Qwen2 always has q/k/v biases and never an o_proj bias; Llama's and Qwen3's
+                // `attention_bias` covers all four projections.
+                let attention_bias = match family {
+                    LlamaFamily::Qwen2 => true,
+                    LlamaFamily::Mistral => false,
+                    _ => reader.optional_bool("attention_bias")?.unwrap_or(false),
                 };
-                let scaling = rope
-                    .or_else(|| value.get("rope_scaling"))
-                    .filter(|v| !v.is_null());
-                let attention_bias = if qwen2 {
-                    true
-                } else {
-                    reader.optional_bool("attention_bias")?.unwrap_or(false)
+                let o_proj_bias = attention_bias && family != LlamaFamily::Qwen2;
+                let sliding_window = match family {
+                    LlamaFamily::Llama => None,
+                    LlamaFamily::Mistral => reader.optional_usize("sliding_window")?,
+                    // Qwen's `sliding_window` counts only with `use_sliding_window`.
+                    LlamaFamily::Qwen2 | LlamaFamily::Qwen3 => {
+                        match reader.optional_bool("use_sliding_window")? {
+                            Some(true) => reader.optional_usize("sliding_window")?,
+                            _ => None,
+                        }
+                    }
                 };
+                let max_window_layers = reader
+                    .optional_usize("max_window_layers")?
+                    .unwrap_or(num_hidden_layers);
+                let layer_types = reader.layer_types(num_hidden_layers, |layer| {
+                    let slides = sliding_window.is_some()
+                        && (family == LlamaFamily::Mistral || layer >= max_window_layers);
+                    if slides {
+                        AttentionType::SlidingAttention
+                    } else {
+                        AttentionType::FullAttention
+                    }
+                })?;
                 Ok(ModelConfig::Llama(LlamaConfig {
+                    family,
                     vocab_size: reader.usize("vocab_size")?,
                     hidden_size,
                     intermediate_size: reader.usize("intermediate_size")?,
-                    num_hidden_layers: reader.usize("num_hidden_layers")?,
+                    num_hidden_layers,
                     num_attention_heads,
                     num_key_value_heads: reader
                         .optional_usize("num_key_value_heads")?
@@ -277,16 +371,16 @@ impl HfReader<'_> {
                         .unwrap_or(2048),
                     rms_norm_eps: reader.optional_f64("rms_norm_eps")?.unwrap_or(1e-6),
                     rope_theta,
-                    rope_scaling: scaling
-                        .map(|s| reader.rope_scaling(s))
-                        .transpose()?
-                        .flatten(),
+                    rope_scaling,
                     attention_bias,
-                    o_proj_bias: !qwen2 && attention_bias,
+                    o_proj_bias,
                     mlp_bias: reader.optional_bool("mlp_bias")?.unwrap_or(false),
                     tie_word_embeddings: reader
                         .optional_bool("tie_word_embeddings")?
                         .unwrap_or(false),
+                    qk_norm: family == LlamaFamily::Qwen3,
+                    sliding_window,
+                    layer_types,
                 }))
             }
             other => Err(Error::UnsupportedArchitecture {
@@ -360,14 +454,13 @@ impl ModelConfig {
                 "torch_dtype": "float32"
             }),
             ModelConfig::Llama(c) => {
-                let qwen2 = c.attention_bias && !c.o_proj_bias;
                 let rope_scaling = c
                     .rope_scaling
                     .as_ref()
                     .map(|s| serde_json::to_value(s).unwrap_or(Value::Null));
-                serde_json::json!({
-                    "architectures": [if qwen2 { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-                    "model_type": if qwen2 { "qwen2" } else { "llama" },
+                let mut json = serde_json::json!({
+                    "architectures": [c.family.architecture()],
+                    "model_type": c.family.model_type(),
                     "hidden_act": "silu",
                     "vocab_size": c.vocab_size,
                     "hidden_size": c.hidden_size,
@@ -380,11 +473,19 @@ impl ModelConfig {
                     "rms_norm_eps": c.rms_norm_eps,
                     "rope_theta": c.rope_theta,
                     "rope_scaling": rope_scaling,
-                    "attention_bias": c.attention_bias && !qwen2,
+                    "attention_bias": c.attention_bias && c.family != LlamaFamily::Qwen2,
                     "mlp_bias": c.mlp_bias,
                     "tie_word_embeddings": c.tie_word_embeddings,
                     "torch_dtype": "float32"
-                })
+                });
+                if c.family != LlamaFamily::Llama {
+                    json["sliding_window"] = c.sliding_window.into();
+                    json["layer_types"] = serde_json::to_value(&c.layer_types).unwrap_or_default();
+                }
+                if matches!(c.family, LlamaFamily::Qwen2 | LlamaFamily::Qwen3) {
+                    json["use_sliding_window"] = c.sliding_window.is_some().into();
+                }
+                json
             }
         }
     }
@@ -457,6 +558,52 @@ impl HfReader<'_> {
                 "`{key}` is {other}; temper implements this architecture with {}",
                 implemented.join(" / ")
             ))),
+        }
+    }
+
+    /// RoPE's base and scaling: transformers 5 nests them in `rope_parameters`; older files
+    /// have top-level `rope_theta` and `rope_scaling`.
+    fn rope(&self) -> Result<(f64, Option<RopeScaling>)> {
+        let rope = self.value.get("rope_parameters").filter(|v| v.is_object());
+        self.rope_from(rope, "rope_parameters")
+    }
+
+    /// RoPE's base and scaling from `parameters` (a `rope_parameters` object at `key`), or
+    /// from the top-level keys when there is none.
+    fn rope_from(
+        &self,
+        parameters: Option<&Value>,
+        key: &str,
+    ) -> Result<(f64, Option<RopeScaling>)> {
+        let theta = match parameters.and_then(|r| r.get("rope_theta")) {
+            Some(theta) => theta
+                .as_f64()
+                .ok_or_else(|| self.error(format!("`{key}.rope_theta` must be a number")))?,
+            None => self.optional_f64("rope_theta")?.unwrap_or(10_000.0),
+        };
+        let scaling = parameters
+            .or_else(|| self.value.get("rope_scaling"))
+            .filter(|v| !v.is_null());
+        Ok((
+            theta,
+            scaling.map(|s| self.rope_scaling(s)).transpose()?.flatten(),
+        ))
+    }
+
+    /// `layer_types` (`"full_attention"` / `"sliding_attention"` per layer), or `default(i)`
+    /// for each layer when the file has none.
+    fn layer_types(
+        &self,
+        layers: usize,
+        default: impl Fn(usize) -> AttentionType,
+    ) -> Result<Vec<AttentionType>> {
+        match self.value.get("layer_types") {
+            None | Some(Value::Null) => Ok((0..layers).map(default).collect()),
+            Some(value) => serde_json::from_value(value.clone()).map_err(|_| {
+                self.error(format!(
+                    "`layer_types` must be a list of \"full_attention\" or \"sliding_attention\", found {value}"
+                ))
+            }),
         }
     }
 

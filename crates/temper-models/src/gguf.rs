@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::config::{LlamaConfig, ModelConfig, RopeScaling};
+use crate::config::{AttentionType, LlamaConfig, LlamaFamily, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::quants::{self, GgmlType};
 use crate::weights::{RawTensor, Weights};
@@ -354,11 +354,13 @@ impl GgufFile {
                 .map_or(0, <[GgufValue]>::len),
         };
         let tied = !self.tensors.iter().any(|t| t.name == "output.weight");
+        let num_hidden_layers = self.meta_usize(&key("block_count"))?;
         let config = LlamaConfig {
+            family: LlamaFamily::Llama,
             vocab_size,
             hidden_size,
             intermediate_size: self.meta_usize(&key("feed_forward_length"))?,
-            num_hidden_layers: self.meta_usize(&key("block_count"))?,
+            num_hidden_layers,
             num_attention_heads: heads,
             num_key_value_heads: self
                 .metadata
@@ -399,6 +401,9 @@ impl GgufFile {
             o_proj_bias: false,
             mlp_bias: false,
             tie_word_embeddings: tied,
+            qk_norm: false,
+            sliding_window: None,
+            layer_types: vec![AttentionType::FullAttention; num_hidden_layers],
         };
         ModelConfig::Llama(config.clone())
             .validate()

@@ -248,6 +248,16 @@ impl<B: Backend> RmsNorm<B> {
     pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
         crate::fused::rms_norm(input, self.weight.val(), self.epsilon)
     }
+
+    /// The norm of each head (Qwen3's and Gemma 3's q/k norms).
+    ///
+    /// # Shapes
+    /// input: `[batch, seq_len, heads, head_dim]`
+    pub fn forward_heads(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [batch, seq_len, heads, head_dim] = input.dims();
+        self.forward(input.reshape([batch, seq_len * heads, head_dim]))
+            .reshape([batch, seq_len, heads, head_dim])
+    }
 }
 
 /// Rotary inverse frequencies of HF's rotate-half RoPE, with `rope_scaling` applied.
@@ -345,6 +355,31 @@ pub fn block_causal_mask<B: Backend>(segment_ids: Tensor<B, 2, Int>) -> Tensor<B
         .bool_and(causal)
         .bool_or(diagonal);
     allowed.bool_not().unsqueeze_dim::<4>(1)
+}
+
+/// `mask` narrowed to a sliding window: a query also may not see a key `window` or more
+/// positions before it, so it sees itself and the `window - 1` keys before. The last query
+/// is the last key (in training there are as many keys as queries; in decoding the cached
+/// keys come first). In packed rows an example's positions are consecutive, so the window
+/// counts positions within it.
+///
+/// # Shapes
+/// mask: `[batch, 1, seq_q, seq_k]` (true = masked) -> the same
+pub fn sliding_window_mask<B: Backend>(
+    mask: Tensor<B, 4, Bool>,
+    window: usize,
+) -> Tensor<B, 4, Bool> {
+    let [batch, heads, seq_q, seq_k] = mask.dims();
+    let device = mask.device();
+    let first_query = seq_k.saturating_sub(seq_q) as i64;
+    let query = Tensor::<B, 1, Int>::arange(first_query..first_query + seq_q as i64, &device)
+        .reshape([1, 1, seq_q, 1])
+        .expand([batch, heads, seq_q, seq_k]);
+    let key = Tensor::<B, 1, Int>::arange(0..seq_k as i64, &device)
+        .reshape([1, 1, 1, seq_k])
+        .expand([batch, heads, seq_q, seq_k]);
+    let too_far = query.sub(key).greater_equal_elem(window as i64);
+    mask.bool_or(too_far)
 }
 
 /// Scaled dot-product attention with grouped-query heads.

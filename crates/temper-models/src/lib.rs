@@ -45,7 +45,9 @@ mod model;
 pub mod quants;
 pub mod weights;
 
-pub use config::{Dimensions, Gpt2Config, LlamaConfig, ModelConfig, RopeScaling};
+pub use config::{
+    AttentionType, Dimensions, Gpt2Config, LlamaConfig, LlamaFamily, ModelConfig, RopeScaling,
+};
 pub use error::{Error, Result};
 pub use generate::{Generation, GenerationConfig, StopReason, generate, token_logprobs};
 pub use layers::{Linear, LowRank};

@@ -1,16 +1,17 @@
-//! The Llama family (`LlamaForCausalLM`; Mistral and Qwen2 share the layout): RMSNorm,
+//! The Llama family (`LlamaForCausalLM`; Mistral, Qwen2 and Qwen3 share the layout): RMSNorm,
 //! SwiGLU MLP, grouped-query attention, rotate-half RoPE with optional scaling, optional
-//! attention biases (Qwen2), tied or untied output layer.
+//! attention biases (Qwen2), per-head q/k norms (Qwen3), sliding-window layers (Mistral,
+//! Qwen with `use_sliding_window`), tied or untied output layer.
 
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::{Bool, Int};
 
-use crate::config::{LlamaConfig, ModelConfig};
+use crate::config::{AttentionType, LlamaConfig, ModelConfig};
 use crate::fused::{rope, swiglu};
 use crate::layers::{
     Embedding, KvCache, LayerCache, Linear, LinearConfig, RmsNorm, attention, extend_cache,
-    neftune, rope_cos_sin, rope_inv_freq, tied_logits,
+    neftune, rope_cos_sin, rope_inv_freq, sliding_window_mask, tied_logits,
 };
 use crate::layout::{Layout, WeightLayout};
 use crate::model::Architecture;
@@ -50,6 +51,9 @@ pub struct LlamaAttention<B: Backend> {
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
     pub o_proj: Linear<B>,
+    /// Qwen3: RMSNorm of each query and key head, before RoPE.
+    pub q_norm: Option<RmsNorm<B>>,
+    pub k_norm: Option<RmsNorm<B>>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
@@ -106,6 +110,12 @@ impl LlamaConfig {
                     k_proj: k.init(device),
                     v_proj: v.init(device),
                     o_proj: o.init(device),
+                    q_norm: self
+                        .qk_norm
+                        .then(|| RmsNorm::init(self.head_dim, eps, device)),
+                    k_norm: self
+                        .qk_norm
+                        .then(|| RmsNorm::init(self.head_dim, eps, device)),
                     n_heads: self.num_attention_heads,
                     n_kv_heads: self.num_key_value_heads,
                     head_dim: self.head_dim,
@@ -151,16 +161,24 @@ impl<B: Backend> Architecture<B> for Llama<B> {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let (cos, sin) = rope_cos_sin(position_ids, &self.inv_freq);
+        let sliding = self
+            .config
+            .sliding_window
+            .map(|window| sliding_window_mask(mask.clone(), window));
         let mut x = neftune(
             self.model.embed_tokens.forward(input_ids),
             self.embedding_noise,
         );
         for (i, layer) in self.model.layers.iter().enumerate() {
+            let layer_mask = match (self.config.layer_types[i], &sliding) {
+                (AttentionType::SlidingAttention, Some(sliding)) => sliding.clone(),
+                _ => mask.clone(),
+            };
             let attended = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 cos.clone(),
                 sin.clone(),
-                mask.clone(),
+                layer_mask,
                 cache.as_deref_mut().map(|c| &mut c.layers[i]),
             );
             x = x + attended;
@@ -229,19 +247,29 @@ impl<B: Backend> LlamaAttention<B> {
         cache: Option<&mut LayerCache<B>>,
     ) -> Tensor<B, 3> {
         let [batch, seq_len, _] = x.dims();
-        let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq_len, n, self.head_dim]);
+        let split = |t: Tensor<B, 3>, n: usize, norm: &Option<RmsNorm<B>>| {
+            let heads = t.reshape([batch, seq_len, n, self.head_dim]);
+            match norm {
+                Some(norm) => norm.forward_heads(heads),
+                None => heads,
+            }
+        };
         // Rotated while each token's heads are still contiguous, then heads-first.
         let q = rope(
-            split(self.q_proj.forward(x.clone()), self.n_heads),
+            split(self.q_proj.forward(x.clone()), self.n_heads, &self.q_norm),
             cos.clone(),
             sin.clone(),
         );
         let k = rope(
-            split(self.k_proj.forward(x.clone()), self.n_kv_heads),
+            split(
+                self.k_proj.forward(x.clone()),
+                self.n_kv_heads,
+                &self.k_norm,
+            ),
             cos,
             sin,
         );
-        let v = split(self.v_proj.forward(x), self.n_kv_heads);
+        let v = split(self.v_proj.forward(x), self.n_kv_heads, &None);
         let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
         let (k, v) = extend_cache(cache, k, v);
         let out = attention(q, k, v, Some(mask)).swap_dims(1, 2).reshape([
