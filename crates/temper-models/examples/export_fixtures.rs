@@ -19,16 +19,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let device = Default::default();
-    for case in [
-        "gpt2",
-        "llama_gqa",
-        "llama_tied_rope_llama3",
-        "qwen2_bias",
-        "llama_rope_linear",
-    ] {
-        let (model, _) = CausalLm::<Flex>::from_hf_dir(&fixtures.join(case), &device)?;
-        model.save_hf_dir(&out.join(case))?;
-        eprintln!("saved {}", out.join(case).display());
+    // Every fixture directory with a model in it.
+    let mut cases: Vec<String> = std::fs::read_dir(&fixtures)?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().join("model.safetensors").is_file())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    cases.sort();
+    for case in cases {
+        let (model, _) = CausalLm::<Flex>::from_hf_dir(&fixtures.join(&case), &device)?;
+        model.save_hf_dir(&out.join(&case))?;
+        eprintln!("saved {}", out.join(&case).display());
     }
     Ok(())
 }

@@ -52,6 +52,8 @@ pub enum LlamaFamily {
     Mistral,
     Qwen2,
     Qwen3,
+    /// Gemma 3's text model: its decoder settings are a [`LlamaConfig`]'s (see [`Gemma3Config`]).
+    Gemma3,
 }
 
 impl LlamaFamily {
@@ -61,6 +63,7 @@ impl LlamaFamily {
             LlamaFamily::Mistral => "mistral",
             LlamaFamily::Qwen2 => "qwen2",
             LlamaFamily::Qwen3 => "qwen3",
+            LlamaFamily::Gemma3 => "gemma3_text",
         }
     }
 
@@ -70,6 +73,7 @@ impl LlamaFamily {
             LlamaFamily::Mistral => "MistralForCausalLM",
             LlamaFamily::Qwen2 => "Qwen2ForCausalLM",
             LlamaFamily::Qwen3 => "Qwen3ForCausalLM",
+            LlamaFamily::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 }
@@ -131,11 +135,24 @@ pub struct LlamaConfig {
     pub layer_types: Vec<AttentionType>,
 }
 
+/// Gemma 3's text model (`Gemma3ForCausalLM`, `model_type` `gemma3_text`): the decoder
+/// settings it shares with the Llama family, whose `rope_theta` and `rope_scaling` are the
+/// global layers', and what only Gemma has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gemma3Config {
+    pub decoder: LlamaConfig,
+    /// The RoPE base of the sliding-window layers (never scaled).
+    pub rope_local_base_freq: f64,
+    /// Attention scores are scaled by `query_pre_attn_scalar ** -0.5` (not `head_dim`'s).
+    pub query_pre_attn_scalar: usize,
+}
+
 /// The architecture of a checkpoint and its configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     Gpt2(Gpt2Config),
     Llama(LlamaConfig),
+    Gemma3(Gemma3Config),
 }
 
 impl ModelConfig {
@@ -261,6 +278,11 @@ impl ModelConfig {
                     }
                 }
             }
+            ModelConfig::Gemma3(c) => {
+                ModelConfig::Llama(c.decoder.clone()).validate()?;
+                finite_positive("rope_local_base_freq", c.rope_local_base_freq)?;
+                positive("query_pre_attn_scalar", c.query_pre_attn_scalar)
+            }
         }
     }
 }
@@ -331,7 +353,7 @@ impl HfReader<'_> {
                 };
                 let o_proj_bias = attention_bias && family != LlamaFamily::Qwen2;
                 let sliding_window = match family {
-                    LlamaFamily::Llama => None,
+                    LlamaFamily::Llama | LlamaFamily::Gemma3 => None,
                     LlamaFamily::Mistral => reader.optional_usize("sliding_window")?,
                     // Qwen's `sliding_window` counts only with `use_sliding_window`.
                     LlamaFamily::Qwen2 | LlamaFamily::Qwen3 => {
@@ -383,6 +405,7 @@ impl HfReader<'_> {
                     layer_types,
                 }))
             }
+            "gemma3_text" => reader.gemma3().map(ModelConfig::Gemma3),
             other => Err(Error::UnsupportedArchitecture {
                 path: path.to_owned(),
                 architecture: other.to_owned(),
@@ -422,6 +445,7 @@ impl ModelConfig {
                 mlp_width: c.n_inner,
                 vocab: c.vocab_size,
             },
+            ModelConfig::Gemma3(c) => ModelConfig::Llama(c.decoder.clone()).dimensions(),
             ModelConfig::Llama(c) => Dimensions {
                 layers: c.num_hidden_layers,
                 width: c.hidden_size,
@@ -437,6 +461,36 @@ impl ModelConfig {
     /// The HF `config.json` of this configuration.
     pub fn to_hf_json(&self) -> Value {
         match self {
+            ModelConfig::Gemma3(gemma) => {
+                let c = &gemma.decoder;
+                let rope_scaling = c
+                    .rope_scaling
+                    .as_ref()
+                    .map(|s| serde_json::to_value(s).unwrap_or(Value::Null));
+                serde_json::json!({
+                    "architectures": [c.family.architecture()],
+                    "model_type": c.family.model_type(),
+                    "hidden_activation": "gelu_pytorch_tanh",
+                    "vocab_size": c.vocab_size,
+                    "hidden_size": c.hidden_size,
+                    "intermediate_size": c.intermediate_size,
+                    "num_hidden_layers": c.num_hidden_layers,
+                    "num_attention_heads": c.num_attention_heads,
+                    "num_key_value_heads": c.num_key_value_heads,
+                    "head_dim": c.head_dim,
+                    "max_position_embeddings": c.max_position_embeddings,
+                    "rms_norm_eps": c.rms_norm_eps,
+                    "rope_theta": c.rope_theta,
+                    "rope_scaling": rope_scaling,
+                    "rope_local_base_freq": gemma.rope_local_base_freq,
+                    "query_pre_attn_scalar": gemma.query_pre_attn_scalar,
+                    "sliding_window": c.sliding_window,
+                    "layer_types": c.layer_types,
+                    "attention_bias": c.attention_bias,
+                    "tie_word_embeddings": c.tie_word_embeddings,
+                    "torch_dtype": "float32"
+                })
+            }
             ModelConfig::Gpt2(c) => serde_json::json!({
                 "architectures": ["GPT2LMHeadModel"],
                 "model_type": "gpt2",
@@ -561,25 +615,116 @@ impl HfReader<'_> {
         }
     }
 
+    /// Gemma 3's text model, with transformers' defaults for what the file leaves out.
+    fn gemma3(&self) -> Result<Gemma3Config> {
+        let (reader, value) = (self, self.value);
+        reader.activation("hidden_activation", &["gelu_pytorch_tanh"])?;
+        for (key, feature) in [
+            ("final_logit_softcapping", "logit soft-capping"),
+            ("attn_logit_softcapping", "attention soft-capping"),
+        ] {
+            if value.get(key).is_some_and(|v| !v.is_null()) {
+                return Err(reader.error(format!(
+                    "`{key}` is set; temper's Gemma 3 has no {feature} (Gemma 3 checkpoints leave it null)"
+                )));
+            }
+        }
+        if reader.optional_bool("use_bidirectional_attention")? == Some(true) {
+            return Err(reader.error(
+                "`use_bidirectional_attention` is true (an embedding model); temper trains causal language models",
+            ));
+        }
+        let num_hidden_layers = reader.usize("num_hidden_layers")?;
+        let num_attention_heads = reader.usize("num_attention_heads")?;
+        // transformers 5 writes `rope_parameters` per layer type; older files have
+        // `rope_theta` and `rope_scaling` (the global layers') and `rope_local_base_freq`.
+        let rope = value.get("rope_parameters").filter(|v| v.is_object());
+        let (rope_theta, rope_scaling) = reader.rope_from(
+            rope.and_then(|r| r.get("full_attention")),
+            "rope_parameters.full_attention",
+            1_000_000.0,
+        )?;
+        let rope_local_base_freq = match rope.and_then(|r| r.get("sliding_attention")) {
+            Some(local) => {
+                let key = "rope_parameters.sliding_attention";
+                match reader.rope_from(Some(local), key, 10_000.0)? {
+                    (theta, None) => theta,
+                    (_, Some(_)) => {
+                        return Err(reader.error(format!(
+                            "`{key}` scales RoPE; temper scales only the global layers'"
+                        )));
+                    }
+                }
+            }
+            None => reader
+                .optional_f64("rope_local_base_freq")?
+                .unwrap_or(10_000.0),
+        };
+        let pattern = reader
+            .optional_usize("sliding_window_pattern")?
+            .unwrap_or(6)
+            .max(1);
+        let layer_types = reader.layer_types(num_hidden_layers, |layer| {
+            if (layer + 1) % pattern == 0 {
+                AttentionType::FullAttention
+            } else {
+                AttentionType::SlidingAttention
+            }
+        })?;
+        let attention_bias = reader.optional_bool("attention_bias")?.unwrap_or(false);
+        Ok(Gemma3Config {
+            decoder: LlamaConfig {
+                family: LlamaFamily::Gemma3,
+                vocab_size: reader.usize("vocab_size")?,
+                hidden_size: reader.usize("hidden_size")?,
+                intermediate_size: reader.usize("intermediate_size")?,
+                num_hidden_layers,
+                num_attention_heads,
+                num_key_value_heads: reader
+                    .optional_usize("num_key_value_heads")?
+                    .unwrap_or(num_attention_heads),
+                head_dim: reader.optional_usize("head_dim")?.unwrap_or(256),
+                max_position_embeddings: reader
+                    .optional_usize("max_position_embeddings")?
+                    .unwrap_or(131_072),
+                rms_norm_eps: reader.optional_f64("rms_norm_eps")?.unwrap_or(1e-6),
+                rope_theta,
+                rope_scaling,
+                attention_bias,
+                o_proj_bias: attention_bias,
+                mlp_bias: false,
+                tie_word_embeddings: reader.optional_bool("tie_word_embeddings")?.unwrap_or(true),
+                qk_norm: true,
+                sliding_window: Some(reader.optional_usize("sliding_window")?.unwrap_or(4096)),
+                layer_types,
+            },
+            rope_local_base_freq,
+            query_pre_attn_scalar: reader
+                .optional_usize("query_pre_attn_scalar")?
+                .unwrap_or(256),
+        })
+    }
+
     /// RoPE's base and scaling: transformers 5 nests them in `rope_parameters`; older files
     /// have top-level `rope_theta` and `rope_scaling`.
     fn rope(&self) -> Result<(f64, Option<RopeScaling>)> {
         let rope = self.value.get("rope_parameters").filter(|v| v.is_object());
-        self.rope_from(rope, "rope_parameters")
+        self.rope_from(rope, "rope_parameters", 10_000.0)
     }
 
     /// RoPE's base and scaling from `parameters` (a `rope_parameters` object at `key`), or
-    /// from the top-level keys when there is none.
+    /// from the top-level keys when there is none (`default_theta` when neither says).
     fn rope_from(
         &self,
         parameters: Option<&Value>,
         key: &str,
+        default_theta: f64,
     ) -> Result<(f64, Option<RopeScaling>)> {
         let theta = match parameters.and_then(|r| r.get("rope_theta")) {
             Some(theta) => theta
                 .as_f64()
                 .ok_or_else(|| self.error(format!("`{key}.rope_theta` must be a number")))?,
-            None => self.optional_f64("rope_theta")?.unwrap_or(10_000.0),
+            None => self.optional_f64("rope_theta")?.unwrap_or(default_theta),
         };
         let scaling = parameters
             .or_else(|| self.value.get("rope_scaling"))

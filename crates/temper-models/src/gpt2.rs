@@ -198,7 +198,7 @@ impl<B: Backend> Gpt2Attention<B> {
             _ => unreachable!("c_attn has 3 * n_embd outputs"),
         };
         let (k, v) = extend_cache(cache, k, v);
-        let out = attention(q, k, v, Some(mask))
+        let out = attention(q, k, v, Some(mask), 1.0 / (head_dim as f64).sqrt())
             .swap_dims(1, 2)
             .reshape([batch, seq_len, n_embd]);
         self.c_proj.forward(out)

@@ -228,11 +228,13 @@ impl<B: Backend> LayerNorm<B> {
     }
 }
 
-/// RMSNorm (Llama): `x / sqrt(mean(x^2) + eps) * weight`.
+/// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight` (Llama), or `* (1 + weight)` (Gemma, whose
+/// weights are stored as offsets from one).
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
     pub weight: Param<Tensor<B, 1>>,
     pub epsilon: f64,
+    pub offset_from_one: bool,
 }
 
 impl<B: Backend> RmsNorm<B> {
@@ -240,13 +242,27 @@ impl<B: Backend> RmsNorm<B> {
         RmsNorm {
             weight: lazy_param([d_model], Init::Ones, device),
             epsilon,
+            offset_from_one: false,
+        }
+    }
+
+    /// Gemma's norm: `* (1 + weight)`, the weight starting at zero.
+    pub fn init_offset_from_one(d_model: usize, epsilon: f64, device: &B::Device) -> Self {
+        RmsNorm {
+            weight: lazy_param([d_model], Init::Zeros, device),
+            epsilon,
+            offset_from_one: true,
         }
     }
 
     /// # Shapes
     /// input: `[batch, seq_len, d_model]`
     pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
-        crate::fused::rms_norm(input, self.weight.val(), self.epsilon)
+        let weight = match self.offset_from_one {
+            true => self.weight.val().add_scalar(1.0),
+            false => self.weight.val(),
+        };
+        crate::fused::rms_norm(input, weight, self.epsilon)
     }
 
     /// The norm of each head (Qwen3's and Gemma 3's q/k norms).
@@ -397,12 +413,14 @@ pub fn sliding_window_mask<B: Backend>(
 ///
 /// # Shapes
 /// query: `[batch, n_heads, seq_q, head_dim]`, key/value: `[batch, n_kv_heads, seq_k, head_dim]`,
-/// mask: `[batch, 1, seq_q, seq_k]` (true = masked) -> `[batch, n_heads, seq_q, head_dim]`
+/// mask: `[batch, 1, seq_q, seq_k]` (true = masked) -> `[batch, n_heads, seq_q, head_dim]`.
+/// Scores are scaled by `scale` (`head_dim ** -0.5` for most models).
 pub fn attention<B: Backend>(
     query: Tensor<B, 4>,
     key: Tensor<B, 4>,
     value: Tensor<B, 4>,
     mask: Option<Tensor<B, 4, Bool>>,
+    scale: f64,
 ) -> Tensor<B, 4> {
     let [batch, n_heads, seq_q, head_dim] = query.dims();
     let [_, n_kv_heads, seq_k, _] = key.dims();
@@ -411,7 +429,7 @@ pub fn attention<B: Backend>(
     let scores = stacked
         .matmul(key.swap_dims(2, 3))
         .reshape([batch, n_heads, seq_q, seq_k]);
-    let probs = masked_softmax(scores, mask, 1.0 / (head_dim as f64).sqrt());
+    let probs = masked_softmax(scores, mask, scale);
     probs
         .reshape([batch, n_kv_heads, n_rep * seq_q, seq_k])
         .matmul(value)
@@ -476,6 +494,36 @@ pub fn decoding_mask<B: Backend>(
         .reshape([1, total])
         .expand([new, total]);
     key.greater(query).unsqueeze::<4>()
+}
+
+/// Logits of an output layer that is `lm_head`, or tied to the token embedding `embed`.
+///
+/// # Shapes
+/// hidden: `[batch, seq_len, d_model]` -> `[batch, seq_len, vocab]`
+pub fn head_logits<B: Backend>(
+    lm_head: Option<&Linear<B>>,
+    embed: &Embedding<B>,
+    hidden: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    match lm_head {
+        Some(lm_head) => lm_head.forward(hidden),
+        None => tied_logits(hidden, embed.weight.val()),
+    }
+}
+
+/// The `[vocab, d_model]` weight of such an output layer, when it is a plain matrix (no bias,
+/// no adapter) that a fused loss may use directly.
+pub fn head_weight<B: Backend>(
+    lm_head: Option<&Linear<B>>,
+    embed: &Embedding<B>,
+) -> Option<Tensor<B, 2>> {
+    match lm_head {
+        None => Some(embed.weight.val()),
+        Some(head) if head.bias.is_none() && head.lora.is_none() => {
+            Some(head.weight.val().transpose())
+        }
+        Some(_) => None,
+    }
 }
 
 /// Logits from an output layer tied to the token embedding `weight` (`[vocab, d_model]`).

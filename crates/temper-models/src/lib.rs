@@ -35,6 +35,7 @@
 mod config;
 mod error;
 pub mod fused;
+pub mod gemma3;
 pub mod generate;
 pub mod gguf;
 pub mod gpt2;
@@ -46,7 +47,8 @@ pub mod quants;
 pub mod weights;
 
 pub use config::{
-    AttentionType, Dimensions, Gpt2Config, LlamaConfig, LlamaFamily, ModelConfig, RopeScaling,
+    AttentionType, Dimensions, Gemma3Config, Gpt2Config, LlamaConfig, LlamaFamily, ModelConfig,
+    RopeScaling,
 };
 pub use error::{Error, Result};
 pub use generate::{Generation, GenerationConfig, StopReason, generate, token_logprobs};

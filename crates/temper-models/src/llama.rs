@@ -11,7 +11,7 @@ use crate::config::{AttentionType, LlamaConfig, ModelConfig};
 use crate::fused::{rope, swiglu};
 use crate::layers::{
     Embedding, KvCache, LayerCache, Linear, LinearConfig, RmsNorm, attention, extend_cache,
-    neftune, rope_cos_sin, rope_inv_freq, sliding_window_mask, tied_logits,
+    head_logits, head_weight, neftune, rope_cos_sin, rope_inv_freq, sliding_window_mask,
 };
 use crate::layout::{Layout, WeightLayout};
 use crate::model::Architecture;
@@ -57,6 +57,8 @@ pub struct LlamaAttention<B: Backend> {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// What scores are scaled by: `head_dim ** -0.5` (Gemma: `query_pre_attn_scalar ** -0.5`).
+    pub scale: f64,
 }
 
 #[derive(Module, Debug)]
@@ -78,10 +80,10 @@ pub const LAYOUT: Layout = Layout {
 };
 
 /// The projections of one layer: q, k, v, o, gate, up, down.
-struct Projections([LinearConfig; 7]);
+pub(crate) struct Projections(pub(crate) [LinearConfig; 7]);
 
 impl LlamaConfig {
-    fn projections(&self) -> Projections {
+    pub(crate) fn projections(&self) -> Projections {
         let (h, d, i) = (self.hidden_size, self.head_dim, self.intermediate_size);
         let (q, kv) = (self.num_attention_heads * d, self.num_key_value_heads * d);
         Projections([
@@ -95,31 +97,48 @@ impl LlamaConfig {
         ])
     }
 
-    fn inv_freq(&self) -> Vec<f32> {
+    pub(crate) fn inv_freq(&self) -> Vec<f32> {
         rope_inv_freq(self.head_dim, self.rope_theta, self.rope_scaling.as_ref())
+    }
+
+    /// A layer's attention, its scores scaled by `scale`, with q/k norms made by `norm`
+    /// where the configuration has them.
+    pub(crate) fn init_attention<B: Backend>(
+        &self,
+        scale: f64,
+        norm: impl Fn(usize, f64, &B::Device) -> RmsNorm<B>,
+        device: &B::Device,
+    ) -> LlamaAttention<B> {
+        let Projections([q, k, v, o, ..]) = self.projections();
+        let qk_norm = || {
+            self.qk_norm
+                .then(|| norm(self.head_dim, self.rms_norm_eps, device))
+        };
+        LlamaAttention {
+            q_proj: q.init(device),
+            k_proj: k.init(device),
+            v_proj: v.init(device),
+            o_proj: o.init(device),
+            q_norm: qk_norm(),
+            k_norm: qk_norm(),
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            scale,
+        }
     }
 
     /// A randomly initialised model.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
-        let Projections([q, k, v, o, gate, up, down]) = self.projections();
+        let Projections([.., gate, up, down]) = self.projections();
         let eps = self.rms_norm_eps;
         let layers = (0..self.num_hidden_layers)
             .map(|_| LlamaDecoderLayer {
-                self_attn: LlamaAttention {
-                    q_proj: q.init(device),
-                    k_proj: k.init(device),
-                    v_proj: v.init(device),
-                    o_proj: o.init(device),
-                    q_norm: self
-                        .qk_norm
-                        .then(|| RmsNorm::init(self.head_dim, eps, device)),
-                    k_norm: self
-                        .qk_norm
-                        .then(|| RmsNorm::init(self.head_dim, eps, device)),
-                    n_heads: self.num_attention_heads,
-                    n_kv_heads: self.num_key_value_heads,
-                    head_dim: self.head_dim,
-                },
+                self_attn: self.init_attention(
+                    1.0 / (self.head_dim as f64).sqrt(),
+                    RmsNorm::init,
+                    device,
+                ),
                 mlp: LlamaMlp {
                     gate_proj: gate.init(device),
                     up_proj: up.init(device),
@@ -188,20 +207,11 @@ impl<B: Backend> Architecture<B> for Llama<B> {
     }
 
     fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(lm_head) => lm_head.forward(hidden),
-            None => tied_logits(hidden, self.model.embed_tokens.weight.val()),
-        }
+        head_logits(self.lm_head.as_ref(), &self.model.embed_tokens, hidden)
     }
 
     fn output_weight(&self) -> Option<Tensor<B, 2>> {
-        match &self.lm_head {
-            None => Some(self.model.embed_tokens.weight.val()),
-            Some(head) if head.bias.is_none() && head.lora.is_none() => {
-                Some(head.weight.val().transpose())
-            }
-            Some(_) => None,
-        }
+        head_weight(self.lm_head.as_ref(), &self.model.embed_tokens)
     }
 
     fn n_layers(&self) -> usize {
@@ -219,16 +229,9 @@ impl<B: Backend> Architecture<B> for Llama<B> {
     fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
         let mut linears: Vec<&mut Linear<B>> = Vec::new();
         for layer in &mut self.model.layers {
-            let (attn, mlp) = (&mut layer.self_attn, &mut layer.mlp);
-            linears.extend([
-                &mut attn.q_proj,
-                &mut attn.k_proj,
-                &mut attn.v_proj,
-                &mut attn.o_proj,
-                &mut mlp.gate_proj,
-                &mut mlp.up_proj,
-                &mut mlp.down_proj,
-            ]);
+            let mlp = &mut layer.mlp;
+            linears.extend(layer.self_attn.linears_mut());
+            linears.extend([&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj]);
         }
         linears.extend(self.lm_head.as_mut());
         linears
@@ -236,6 +239,16 @@ impl<B: Backend> Architecture<B> for Llama<B> {
 }
 
 impl<B: Backend> LlamaAttention<B> {
+    /// q, k, v and o, in module order.
+    pub fn linears_mut(&mut self) -> [&mut Linear<B>; 4] {
+        [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+        ]
+    }
+
     /// # Shapes
     /// x: `[batch, seq_len, hidden]`, cos/sin: `[batch, seq_len, head_dim]` -> `[batch, seq_len, hidden]`
     pub fn forward(
@@ -272,11 +285,9 @@ impl<B: Backend> LlamaAttention<B> {
         let v = split(self.v_proj.forward(x), self.n_kv_heads, &None);
         let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
         let (k, v) = extend_cache(cache, k, v);
-        let out = attention(q, k, v, Some(mask)).swap_dims(1, 2).reshape([
-            batch,
-            seq_len,
-            self.n_heads * self.head_dim,
-        ]);
+        let out = attention(q, k, v, Some(mask), self.scale)
+            .swap_dims(1, 2)
+            .reshape([batch, seq_len, self.n_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
 }

@@ -8,6 +8,7 @@ use burn::tensor::{Bool, Int, TensorData};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::gemma3::Gemma3;
 use crate::gpt2::Gpt2;
 use crate::layers::{KvCache, Linear, block_causal_mask, decoding_mask};
 use crate::layout::Layout;
@@ -121,6 +122,7 @@ pub trait Architecture<B: Backend> {
 pub enum CausalLm<B: Backend> {
     Gpt2(Gpt2<B>),
     Llama(Llama<B>),
+    Gemma3(Gemma3<B>),
 }
 
 impl<B: Backend> CausalLm<B> {
@@ -130,6 +132,7 @@ impl<B: Backend> CausalLm<B> {
         match config {
             ModelConfig::Gpt2(config) => CausalLm::Gpt2(config.init(device)),
             ModelConfig::Llama(config) => CausalLm::Llama(config.init(device)),
+            ModelConfig::Gemma3(config) => CausalLm::Gemma3(config.init(device)),
         }
     }
 
@@ -138,6 +141,7 @@ impl<B: Backend> CausalLm<B> {
         match self {
             CausalLm::Gpt2(model) => model,
             CausalLm::Llama(model) => model,
+            CausalLm::Gemma3(model) => model,
         }
     }
 
@@ -145,6 +149,7 @@ impl<B: Backend> CausalLm<B> {
         match self {
             CausalLm::Gpt2(model) => model,
             CausalLm::Llama(model) => model,
+            CausalLm::Gemma3(model) => model,
         }
     }
 

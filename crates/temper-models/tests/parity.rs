@@ -19,7 +19,7 @@ use temper_store::{ParamPath, PathVisitor, visit_params};
 
 type B = Autodiff<Flex>;
 
-const CASES: [&str; 7] = [
+const CASES: [&str; 8] = [
     "gpt2",
     "llama_gqa",
     "llama_tied_rope_llama3",
@@ -27,6 +27,7 @@ const CASES: [&str; 7] = [
     "llama_rope_linear",
     "qwen3_qk_norm_sliding",
     "mistral_sliding",
+    "gemma3_sliding",
 ];
 
 fn fixture(case: &str) -> PathBuf {
@@ -299,7 +300,7 @@ fn legacy_and_transformers_5_configs_read_the_same() {
 
 /// Decoding with a key/value cache, one token at a time after a prompt, gives the logits of
 /// the whole sequence run at once, on sequences longer than the sliding windows of
-/// `qwen3_qk_norm_sliding` (4) and `mistral_sliding` (3).
+/// `qwen3_qk_norm_sliding` (4), `mistral_sliding` (3) and `gemma3_sliding` (4).
 #[test]
 fn cached_decoding_matches_the_full_forward() {
     let device = Default::default();
