@@ -714,12 +714,13 @@ mod tests {
 
     #[test]
     fn an_unsupported_tensor_type_is_named() {
-        let bytes = gguf_bytes(&[("blk.0.attn_q.weight", vec![256], 12, vec![0; 144])]);
+        // 16 is IQ2_XXS, an importance-matrix type.
+        let bytes = gguf_bytes(&[("blk.0.attn_q.weight", vec![256], 16, vec![0; 66])]);
         let error = GgufFile::parse(Path::new("k.gguf"), bytes)
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("tensor `blk.0.attn_q.weight` has ggml type 12, which is not supported"),
+            error.contains("tensor `blk.0.attn_q.weight` has ggml type 16, which is not supported (F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, BF16 are)"),
             "{error}"
         );
     }
