@@ -715,7 +715,7 @@ mod tests {
     #[test]
     fn an_unsupported_tensor_type_is_named() {
         // 16 is IQ2_XXS, an importance-matrix type.
-        let bytes = gguf_bytes(&[("blk.0.attn_q.weight", vec![256], 16, vec![0; 66])]);
+        let bytes = gguf_bytes(&[("blk.0.attn_q.weight", vec![256], 16, vec![0; 300])]);
         let error = GgufFile::parse(Path::new("k.gguf"), bytes)
             .unwrap_err()
             .to_string();
