@@ -24,7 +24,12 @@ fn fixtures() -> PathBuf {
 }
 
 fn base_dir(case: &str) -> PathBuf {
-    let name = if case == "llama" { "llama_gqa" } else { case };
+    let name = match case {
+        "llama" => "llama_gqa",
+        "qwen3" => "qwen3_qk_norm_sliding",
+        "gemma3" => "gemma3_sliding",
+        other => other,
+    };
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../temper-models/tests/fixtures")
         .join(name)
@@ -166,8 +171,30 @@ fn a_peft_llama_all_linear_rslora_adapter_gives_peft_logits() {
 }
 
 #[test]
+fn a_peft_qwen3_all_linear_adapter_gives_peft_logits() {
+    check_peft_adapter(
+        "qwen3",
+        &[
+            "model.layers.0.self_attn.o_proj.weight",
+            "model.layers.0.mlp.up_proj.weight",
+        ],
+    );
+}
+
+#[test]
+fn a_peft_gemma3_adapter_on_named_modules_gives_peft_logits() {
+    check_peft_adapter(
+        "gemma3",
+        &[
+            "model.layers.0.self_attn.v_proj.weight",
+            "model.layers.0.mlp.down_proj.weight",
+        ],
+    );
+}
+
+#[test]
 fn a_saved_adapter_has_peft_keys_shapes_and_values() {
-    for case in ["gpt2", "llama"] {
+    for case in ["gpt2", "llama", "qwen3", "gemma3"] {
         let (model, adapter) = peft_model(case);
         let mut saved = temper_lora::extract(&model, &adapter.config);
         saved.fan_in_fan_out = adapter.fan_in_fan_out;
@@ -203,7 +230,7 @@ fn a_saved_adapter_has_peft_keys_shapes_and_values() {
         )
         .unwrap();
         assert_eq!(config["peft_type"], "LORA");
-        assert_eq!(config["r"], 4);
+        assert_eq!(config["r"], adapter.config.rank, "{case}");
         assert_eq!(config["fan_in_fan_out"], case == "gpt2");
         assert_eq!(Adapter::load_peft(&dir).unwrap(), saved);
         std::fs::remove_dir_all(&dir).unwrap();
