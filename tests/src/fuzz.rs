@@ -141,7 +141,7 @@ pub fn targets() -> Vec<Target> {
                 if let Ok(file) =
                     temper_models::gguf::GgufFile::parse(Path::new("fuzz.gguf"), bytes.to_vec())
                 {
-                    let _ = file.llama_config();
+                    let _ = file.model_config();
                     let _ = file.tokenizer_json();
                     let _ = file.special_tokens();
                 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::config::{AttentionType, LlamaConfig, LlamaFamily, ModelConfig, RopeScaling};
+use crate::config::{
+    AttentionType, Gemma3Config, LlamaConfig, LlamaFamily, ModelConfig, RopeScaling,
+};
 use crate::error::{Error, Result};
 use crate::quants::{self, GgmlType};
 use crate::weights::{RawTensor, Weights};
@@ -326,102 +328,143 @@ impl GgufFile {
         Ok(quants::dequantize(tensor.ggml_type, data))
     }
 
-    /// The architecture's configuration (Llama only).
-    pub fn llama_config(&self) -> Result<LlamaConfig> {
+    /// `general.architecture`, if it is one temper maps to its model zoo.
+    fn architecture(&self) -> Result<(&str, LlamaFamily)> {
         let architecture = self
             .meta("general.architecture")?
             .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if architecture != "llama" {
-            return Err(Error::UnsupportedArchitecture {
-                path: self.path.clone(),
-                architecture,
-            });
-        }
-        let key = |name: &str| format!("llama.{name}");
+            .unwrap_or_default();
+        let family = match architecture {
+            "llama" => LlamaFamily::Llama,
+            "qwen2" => LlamaFamily::Qwen2,
+            "qwen3" => LlamaFamily::Qwen3,
+            "gemma3" => LlamaFamily::Gemma3,
+            _ => {
+                return Err(Error::UnsupportedArchitecture {
+                    path: self.path.clone(),
+                    architecture: architecture.to_owned(),
+                });
+            }
+        };
+        Ok((architecture, family))
+    }
+
+    fn meta_f64(&self, key: &str) -> Option<f64> {
+        self.metadata.get(key).and_then(GgufValue::as_f64)
+    }
+
+    fn optional_usize(&self, key: &str) -> Option<usize> {
+        self.metadata
+            .get(key)
+            .and_then(GgufValue::as_i64)
+            .and_then(|v| usize::try_from(v).ok())
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.tensors.iter().any(|t| t.name == name)
+    }
+
+    /// The model's configuration, from the `{architecture}.*` metadata, with llama.cpp's
+    /// defaults for what the file leaves out (Gemma 3: every sixth layer global, the others
+    /// sliding with a local RoPE base of 10,000; see [`gemma3_defaults`]).
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        let (architecture, family) = self.architecture()?;
+        let key = |name: &str| format!("{architecture}.{name}");
         let hidden_size = self.meta_usize(&key("embedding_length"))?;
         let heads = self.meta_usize(&key("attention.head_count"))?;
-        let vocab_size = match self
-            .metadata
-            .get(&key("vocab_size"))
-            .and_then(GgufValue::as_i64)
-        {
-            Some(n) => n as usize,
+        let num_hidden_layers = self.meta_usize(&key("block_count"))?;
+        let vocab_size = match self.optional_usize(&key("vocab_size")) {
+            Some(n) => n,
             None => self
                 .meta("tokenizer.ggml.tokens")?
                 .as_array()
                 .map_or(0, <[GgufValue]>::len),
         };
-        let tied = !self.tensors.iter().any(|t| t.name == "output.weight");
-        let num_hidden_layers = self.meta_usize(&key("block_count"))?;
-        let config = LlamaConfig {
-            family: LlamaFamily::Llama,
+        let gemma = family == LlamaFamily::Gemma3;
+        // Llama writes the rotary width; Qwen3 and Gemma 3 the key width.
+        let head_dim = self
+            .optional_usize(&key("attention.key_length"))
+            .or_else(|| self.optional_usize(&key("rope.dimension_count")))
+            .unwrap_or(hidden_size / heads.max(1));
+        let rope_scaling = match self
+            .metadata
+            .get(&key("rope.scaling.type"))
+            .and_then(GgufValue::as_str)
+        {
+            Some("linear") => Some(RopeScaling::Linear {
+                factor: self.meta_f64(&key("rope.scaling.factor")).unwrap_or(1.0),
+            }),
+            _ => None,
+        };
+        let sliding_window = gemma.then(|| {
+            self.optional_usize(&key("attention.sliding_window"))
+                .unwrap_or(4096)
+        });
+        let layer_types = (0..num_hidden_layers)
+            .map(
+                |layer| match gemma && (layer + 1) % GEMMA3_GLOBAL_EVERY != 0 {
+                    true => AttentionType::SlidingAttention,
+                    false => AttentionType::FullAttention,
+                },
+            )
+            .collect();
+        let decoder = LlamaConfig {
+            family,
             vocab_size,
             hidden_size,
             intermediate_size: self.meta_usize(&key("feed_forward_length"))?,
             num_hidden_layers,
             num_attention_heads: heads,
             num_key_value_heads: self
-                .metadata
-                .get(&key("attention.head_count_kv"))
-                .and_then(GgufValue::as_i64)
-                .map_or(heads, |v| v as usize),
-            head_dim: self
-                .metadata
-                .get(&key("rope.dimension_count"))
-                .and_then(GgufValue::as_i64)
-                .map_or(hidden_size / heads.max(1), |v| v as usize),
+                .optional_usize(&key("attention.head_count_kv"))
+                .unwrap_or(heads),
+            head_dim,
             max_position_embeddings: self.meta_usize(&key("context_length"))?,
             rms_norm_eps: self
-                .metadata
-                .get(&key("attention.layer_norm_rms_epsilon"))
-                .and_then(GgufValue::as_f64)
-                .unwrap_or(1e-5),
-            rope_theta: self
-                .metadata
-                .get(&key("rope.freq_base"))
-                .and_then(GgufValue::as_f64)
-                .unwrap_or(10_000.0),
-            rope_scaling: match self
-                .metadata
-                .get(&key("rope.scaling.type"))
-                .and_then(GgufValue::as_str)
-            {
-                Some("linear") => Some(RopeScaling::Linear {
-                    factor: self
-                        .metadata
-                        .get(&key("rope.scaling.factor"))
-                        .and_then(GgufValue::as_f64)
-                        .unwrap_or(1.0),
-                }),
-                _ => None,
-            },
-            attention_bias: false,
-            o_proj_bias: false,
+                .meta_f64(&key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(if gemma { 1e-6 } else { 1e-5 }),
+            rope_theta: self.meta_f64(&key("rope.freq_base")).unwrap_or(if gemma {
+                1_000_000.0
+            } else {
+                10_000.0
+            }),
+            rope_scaling,
+            attention_bias: self.has_tensor("blk.0.attn_q.bias"),
+            o_proj_bias: self.has_tensor("blk.0.attn_output.bias"),
             mlp_bias: false,
-            tie_word_embeddings: tied,
-            qk_norm: false,
-            sliding_window: None,
-            layer_types: vec![AttentionType::FullAttention; num_hidden_layers],
+            tie_word_embeddings: !self.has_tensor("output.weight"),
+            qk_norm: self.has_tensor("blk.0.attn_q_norm.weight"),
+            sliding_window,
+            layer_types,
         };
-        ModelConfig::Llama(config.clone())
-            .validate()
-            .map_err(|(key, reason)| Error::Gguf {
-                path: self.path.clone(),
-                message: format!("metadata `{}` {reason}", gguf_key(key)),
-            })?;
+        let config = match family {
+            LlamaFamily::Gemma3 => ModelConfig::Gemma3(gemma3_defaults(decoder)),
+            _ => ModelConfig::Llama(decoder),
+        };
+        config.validate().map_err(|(hf_key, reason)| Error::Gguf {
+            path: self.path.clone(),
+            message: format!("metadata `{}` {reason}", key(gguf_key(hf_key))),
+        })?;
         Ok(config)
     }
 
-    /// The tensors under Hugging Face names, dequantized, with q/k rows un-permuted.
-    pub fn hf_weights(&self, config: &LlamaConfig) -> Result<Weights> {
+    /// The tensors under Hugging Face names, dequantized, with llama.cpp's changes undone:
+    /// Llama's q/k rows un-permuted, Gemma's norms (stored as `1 + weight`) shifted back.
+    pub fn hf_weights(&self, config: &ModelConfig) -> Result<Weights> {
+        let (architecture, family) = self.architecture()?;
+        let heads = match config {
+            ModelConfig::Llama(c) => (c.num_attention_heads, c.num_key_value_heads),
+            ModelConfig::Gemma3(c) => {
+                (c.decoder.num_attention_heads, c.decoder.num_key_value_heads)
+            }
+            ModelConfig::Gpt2(_) => (1, 1),
+        };
         let mut tensors = BTreeMap::new();
         for tensor in &self.tensors {
-            let name = hf_name(&tensor.name).ok_or_else(|| Error::Gguf {
+            let name = hf_name(&tensor.name, family).ok_or_else(|| Error::Gguf {
                 path: self.path.clone(),
                 message: format!(
-                    "unexpected tensor `{}` for the llama architecture",
+                    "unexpected tensor `{}` for the {architecture} architecture",
                     tensor.name
                 ),
             })?;
@@ -429,11 +472,16 @@ impl GgufFile {
                 shape: tensor.shape.clone(),
                 data: self.dequantize(tensor)?,
             };
-            // llama.cpp's converter interleaves the two rotary halves of each head of q and k.
-            if name.ends_with("self_attn.q_proj.weight") {
-                raw = unpermute(raw, config.num_attention_heads);
-            } else if name.ends_with("self_attn.k_proj.weight") {
-                raw = unpermute(raw, config.num_key_value_heads);
+            if family == LlamaFamily::Llama {
+                // llama.cpp's converter interleaves the two rotary halves of each head of q and k.
+                if name.ends_with("self_attn.q_proj.weight") {
+                    raw = unpermute(raw, heads.0);
+                } else if name.ends_with("self_attn.k_proj.weight") {
+                    raw = unpermute(raw, heads.1);
+                }
+            }
+            if family == LlamaFamily::Gemma3 && name.ends_with("norm.weight") {
+                raw.data.iter_mut().for_each(|w| *w -= 1.0);
             }
             tensors.insert(name, raw);
         }
@@ -465,30 +513,88 @@ impl GgufFile {
         )
     }
 
-    /// A Hugging Face `tokenizer.json` rebuilt from `tokenizer.ggml.*` (byte-level BPE, the
-    /// `gpt2` tokenizer model llama.cpp uses for SmolLM, Llama 3, Qwen2 and GPT-2 itself).
+    /// A Hugging Face `tokenizer.json` rebuilt from `tokenizer.ggml.*` as transformers rebuilds
+    /// it: byte-level BPE (`gpt2`, the tokenizer model of SmolLM, Llama 3, Qwen2 and GPT-2),
+    /// or Gemma's SentencePiece BPE (`llama` in a Gemma 3 file).
     pub fn tokenizer_json(&self) -> Result<Value> {
         let model = self
             .meta("tokenizer.ggml.model")?
             .as_str()
             .unwrap_or_default();
-        if model != "gpt2" {
-            return Err(Error::Gguf {
-                path: self.path.clone(),
-                message: format!(
-                    "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)"
-                ),
-            });
-        }
-        let tokens = self
+        let tokens: Vec<&str> = self
             .meta("tokenizer.ggml.tokens")?
             .as_array()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .iter()
+            .map(|token| token.as_str().unwrap_or_default())
+            .collect();
+        let gemma = matches!(self.architecture(), Ok((_, LlamaFamily::Gemma3)));
+        let parts = match model {
+            "gpt2" => self.byte_level(&tokens)?,
+            "llama" if gemma => self.gemma_sentencepiece(&tokens),
+            "llama" => {
+                return Err(Error::Gguf {
+                    path: self.path.clone(),
+                    message: "SentencePiece tokenizers (`llama`) are rebuilt for Gemma 3 files only; use the model's tokenizer.json".into(),
+                });
+            }
+            other => {
+                return Err(Error::Gguf {
+                    path: self.path.clone(),
+                    message: format!(
+                        "tokenizer model `{other}` is not supported (byte-level BPE `gpt2`, and Gemma's SentencePiece `llama`, are)"
+                    ),
+                });
+            }
+        };
+        // Control tokens (type 3) are added as special tokens, user-defined ones (type 4) as
+        // plain added tokens where the vocabulary has them as written; a control token outside
+        // the byte alphabet of a byte-level vocabulary is a mislabel and is left out.
         let types = self
             .metadata
             .get("tokenizer.ggml.token_type")
             .and_then(GgufValue::as_array)
             .unwrap_or_default();
+        let alphabet = byte_alphabet();
+        let added: Vec<Value> = tokens
+            .iter()
+            .enumerate()
+            .filter_map(|(id, text)| {
+                let special = match types.get(id).and_then(GgufValue::as_i64) {
+                    Some(3) => true,
+                    Some(4) => false,
+                    _ => return None,
+                };
+                let keep = match special {
+                    true => model != "gpt2" || text.chars().all(|c| alphabet.contains(&c)),
+                    false => parts.vocab.contains_key(*text),
+                };
+                keep.then(|| {
+                    json!({
+                        "id": id, "content": text, "single_word": false, "lstrip": false,
+                        "rstrip": false, "normalized": false, "special": special
+                    })
+                })
+            })
+            .collect();
+        let mut model = parts.model;
+        model["vocab"] = Value::Object(parts.vocab);
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": parts.normalizer,
+            "pre_tokenizer": parts.pre_tokenizer,
+            "post_processor": parts.post_processor,
+            "decoder": parts.decoder,
+            "model": model,
+        }))
+    }
+
+    /// Byte-level BPE with the merges of the file and the pre-tokenizer `tokenizer.ggml.pre`
+    /// names (an unknown one is an error, not a guess).
+    fn byte_level(&self, tokens: &[&str]) -> Result<TokenizerParts> {
         let merges: Vec<&str> = self
             .meta("tokenizer.ggml.merges")?
             .as_array()
@@ -496,63 +602,211 @@ impl GgufFile {
             .iter()
             .filter_map(GgufValue::as_str)
             .collect();
-        let mut vocab = serde_json::Map::new();
-        let mut added = Vec::new();
-        for (id, token) in tokens.iter().enumerate() {
-            let text = token.as_str().unwrap_or_default();
-            vocab.insert(text.to_owned(), json!(id));
-            // llama.cpp token types: 3 = control (special), 4 = user defined.
-            match types.get(id).and_then(GgufValue::as_i64) {
-                Some(3) | Some(4) => added.push(json!({
-                    "id": id, "content": text, "single_word": false, "lstrip": false, "rstrip": false,
-                    "normalized": false, "special": types.get(id).and_then(GgufValue::as_i64) == Some(3)
-                })),
-                _ => {}
-            }
-        }
+        // Tokens outside the byte alphabet are spelled in it, byte by byte.
+        let alphabet = byte_alphabet();
+        let vocab: serde_json::Map<String, Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, text)| {
+                let spelled = match text.chars().all(|c| alphabet.contains(&c)) {
+                    true => (*text).to_owned(),
+                    false => text.bytes().map(|b| alphabet[usize::from(b)]).collect(),
+                };
+                (spelled, json!(id))
+            })
+            .collect();
         let pre = self
             .metadata
             .get("tokenizer.ggml.pre")
             .and_then(GgufValue::as_str)
             .unwrap_or("default");
-        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-        let pre_tokenizer = match pre {
-            // SmolLM's tokenizer splits digits one by one before byte-level BPE.
-            "smollm" | "starcoder" => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": true}, byte_level]}),
-            _ => byte_level.clone(),
+        let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+        let split = |regex: &str| {
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+                byte_level(false)]})
         };
-        Ok(json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": pre_tokenizer,
-            "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                      "vocab": vocab, "merges": merges}
-        }))
+        let pre_tokenizer = match pre {
+            "default" | "gpt2" => byte_level(true),
+            // SmolLM's (and StarCoder's) tokenizer splits digits one by one.
+            "smollm" | "starcoder" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+            "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx" | "falcon3" => {
+                split(LLAMA3_SPLIT)
+            }
+            "qwen2" | "deepseek-r1-qwen" => split(QWEN2_SPLIT),
+            other => {
+                return Err(Error::Gguf {
+                    path: self.path.clone(),
+                    message: format!(
+                        "tokenizer.ggml.pre `{other}` names a pre-tokenizer temper does not know (default, gpt2, smollm, starcoder, llama-bpe, llama3, qwen2, ... are known)"
+                    ),
+                });
+            }
+        };
+        Ok(TokenizerParts {
+            normalizer: Value::Null,
+            pre_tokenizer,
+            post_processor: json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true}),
+            decoder: json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+            vocab,
+            model: json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "merges": merges}),
+        })
+    }
+
+    /// Gemma's SentencePiece BPE as transformers' GGUF loader builds it: tokens of spaces
+    /// respelled with `▁`, merges rebuilt from the vocabulary ranked by file position (the
+    /// file has none, and Gemma's scores do not follow the merge order), spaces normalized to
+    /// `▁` without a prefix, byte fallback, `<bos>` added when `add_bos_token` (the default).
+    fn gemma_sentencepiece(&self, tokens: &[&str]) -> TokenizerParts {
+        let respelled: Vec<String> = tokens
+            .iter()
+            .map(
+                |token| match token.contains(' ') && token.chars().all(python_space) {
+                    true => "\u{2581}".repeat(token.chars().count()),
+                    false => (*token).to_owned(),
+                },
+            )
+            .collect();
+        let merges = merges_by_rank(&respelled);
+        let vocab: serde_json::Map<String, Value> = respelled
+            .iter()
+            .enumerate()
+            .map(|(id, text)| (text.clone(), json!(id)))
+            .collect();
+        let token = |key: &str| self.token_text(key);
+        let unk = token("tokenizer.ggml.unknown_token_id").unwrap_or_else(|| "<unk>".into());
+        let add_bos = self
+            .metadata
+            .get("tokenizer.ggml.add_bos_token")
+            .map_or(true, |v| matches!(v, GgufValue::Bool(true)));
+        let post_processor = match (add_bos, token("tokenizer.ggml.bos_token_id")) {
+            (true, Some(bos)) => {
+                let id = self.optional_usize("tokenizer.ggml.bos_token_id");
+                json!({"type": "TemplateProcessing",
+                    "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                    "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                             {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                    "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}}})
+            }
+            _ => Value::Null,
+        };
+        TokenizerParts {
+            normalizer: json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}),
+            pre_tokenizer: json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}),
+            post_processor,
+            decoder: json!({"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}]}),
+            vocab,
+            model: json!({"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                "merges": merges}),
+        }
     }
 }
 
-/// The GGUF metadata key a Llama configuration value comes from (see
-/// [`GgufFile::llama_config`]), for messages.
+/// Python's `str.isspace`: Unicode white space and the four ASCII separators.
+fn python_space(c: char) -> bool {
+    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
+}
+
+/// GPT-2's byte alphabet: the character each byte is spelled with in byte-level vocabularies
+/// (printable bytes as themselves, the others from U+0100 on).
+fn byte_alphabet() -> [char; 256] {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut next = 256u32;
+    std::array::from_fn(|byte| {
+        let byte = byte as u8;
+        if printable(byte) {
+            char::from(byte)
+        } else {
+            let c = char::from_u32(next).unwrap_or('\u{FFFD}');
+            next += 1;
+            c
+        }
+    })
+}
+
+/// The parts of a `tokenizer.json` that differ between tokenizer kinds.
+struct TokenizerParts {
+    /// Token -> id, as the model's `vocab`.
+    vocab: serde_json::Map<String, Value>,
+    normalizer: Value,
+    pre_tokenizer: Value,
+    post_processor: Value,
+    decoder: Value,
+    model: Value,
+}
+
+/// Llama 3's pre-tokenizer split (`tokenizer.ggml.pre` = `llama-bpe`).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's: Llama 3's with single digits.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// BPE merges implied by a vocabulary whose order is its merge order: every split of a token
+/// into two tokens is a merge, ranked by the position of the token it makes, then longer
+/// left and right pieces first (transformers' `generate_merges` with scores `-position`).
+fn merges_by_rank(tokens: &[String]) -> Vec<[String; 2]> {
+    let mut position: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(tokens.len());
+    for (index, token) in tokens.iter().enumerate() {
+        position.insert(token.as_str(), index);
+    }
+    // (rank of the merged token, left length, right length, left, right), in chars.
+    let mut merges: Vec<(usize, usize, usize, &str, &str)> = Vec::new();
+    for (&token, &rank) in &position {
+        let length = token.chars().count();
+        for (split, (at, _)) in token.char_indices().enumerate().skip(1) {
+            let (left, right) = token.split_at(at);
+            if position.contains_key(left) && position.contains_key(right) {
+                merges.push((rank, split, length - split, left, right));
+            }
+        }
+    }
+    merges.sort_unstable_by(|a, b| (a.0, b.1, b.2).cmp(&(b.0, a.1, a.2)));
+    merges
+        .into_iter()
+        .map(|(_, _, _, left, right)| [left.to_owned(), right.to_owned()])
+        .collect()
+}
+
+/// What the metadata leaves out of a Gemma 3 file: as llama.cpp assumes, the local RoPE base
+/// is 10,000 and attention scores are scaled by the head width, except in the 27B model (62
+/// layers), which scales by the width per head.
+fn gemma3_defaults(decoder: LlamaConfig) -> Gemma3Config {
+    let query_pre_attn_scalar = match decoder.num_hidden_layers {
+        62 => decoder.hidden_size / decoder.num_attention_heads.max(1),
+        _ => decoder.head_dim,
+    };
+    Gemma3Config {
+        decoder,
+        rope_local_base_freq: 10_000.0,
+        query_pre_attn_scalar,
+    }
+}
+
+/// Gemma 3 interleaves five sliding-window layers with one global layer.
+const GEMMA3_GLOBAL_EVERY: usize = 6;
+
+/// The GGUF metadata key (after `{architecture}.`) a configuration value comes from (see
+/// [`GgufFile::model_config`]), for messages.
 fn gguf_key(hf_key: &str) -> &'static str {
     match hf_key {
-        "vocab_size" => "llama.vocab_size",
-        "hidden_size" => "llama.embedding_length",
-        "intermediate_size" => "llama.feed_forward_length",
-        "num_hidden_layers" => "llama.block_count",
-        "num_attention_heads" => "llama.attention.head_count",
-        "num_key_value_heads" => "llama.attention.head_count_kv",
-        "head_dim" => "llama.rope.dimension_count",
-        "max_position_embeddings" => "llama.context_length",
-        "rms_norm_eps" => "llama.attention.layer_norm_rms_epsilon",
-        "rope_theta" => "llama.rope.freq_base",
-        _ => "llama.rope.scaling.factor",
+        "vocab_size" => "vocab_size",
+        "hidden_size" => "embedding_length",
+        "intermediate_size" => "feed_forward_length",
+        "num_hidden_layers" => "block_count",
+        "num_attention_heads" => "attention.head_count",
+        "num_key_value_heads" => "attention.head_count_kv",
+        "head_dim" => "attention.key_length",
+        "max_position_embeddings" => "context_length",
+        "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
+        "rope_theta" => "rope.freq_base",
+        "sliding_window" => "attention.sliding_window",
+        _ => "rope.scaling.factor",
     }
 }
 
@@ -580,8 +834,9 @@ fn unpermute(tensor: RawTensor, n_heads: usize) -> RawTensor {
     }
 }
 
-/// llama.cpp tensor names -> Hugging Face names.
-fn hf_name(gguf: &str) -> Option<String> {
+/// llama.cpp tensor names -> Hugging Face names. Gemma's four norms per layer take llama.cpp's
+/// `ffn_norm` for the norm before the MLP, which Llama calls `post_attention_layernorm`.
+fn hf_name(gguf: &str, family: LlamaFamily) -> Option<String> {
     Some(match gguf {
         "token_embd.weight" => "model.embed_tokens.weight".into(),
         "output_norm.weight" => "model.norm.weight".into(),
@@ -590,13 +845,23 @@ fn hf_name(gguf: &str) -> Option<String> {
             let rest = gguf.strip_prefix("blk.")?;
             let (layer, part) = rest.split_once('.')?;
             let layer: usize = layer.parse().ok()?;
+            let gemma = family == LlamaFamily::Gemma3;
             let hf = match part {
                 "attn_norm.weight" => "input_layernorm.weight",
+                "ffn_norm.weight" if gemma => "pre_feedforward_layernorm.weight",
                 "ffn_norm.weight" => "post_attention_layernorm.weight",
+                "post_attention_norm.weight" if gemma => "post_attention_layernorm.weight",
+                "post_ffw_norm.weight" if gemma => "post_feedforward_layernorm.weight",
                 "attn_q.weight" => "self_attn.q_proj.weight",
                 "attn_k.weight" => "self_attn.k_proj.weight",
                 "attn_v.weight" => "self_attn.v_proj.weight",
                 "attn_output.weight" => "self_attn.o_proj.weight",
+                "attn_q.bias" => "self_attn.q_proj.bias",
+                "attn_k.bias" => "self_attn.k_proj.bias",
+                "attn_v.bias" => "self_attn.v_proj.bias",
+                "attn_output.bias" => "self_attn.o_proj.bias",
+                "attn_q_norm.weight" => "self_attn.q_norm.weight",
+                "attn_k_norm.weight" => "self_attn.k_norm.weight",
                 "ffn_gate.weight" => "mlp.gate_proj.weight",
                 "ffn_up.weight" => "mlp.up_proj.weight",
                 "ffn_down.weight" => "mlp.down_proj.weight",

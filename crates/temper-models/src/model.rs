@@ -184,15 +184,15 @@ impl<B: Backend> CausalLm<B> {
         Ok((model, config))
     }
 
-    /// Imports a llama.cpp GGUF file (Llama architecture), dequantized to f32.
+    /// Imports a llama.cpp GGUF file (architectures `llama`, `qwen2`, `qwen3`, `gemma3`),
+    /// dequantized to f32.
     pub fn from_gguf(
         path: &Path,
         device: &B::Device,
     ) -> Result<(Self, ModelConfig, crate::gguf::GgufFile)> {
         let file = crate::gguf::GgufFile::open(path)?;
-        let llama = file.llama_config()?;
-        let mut weights = file.hf_weights(&llama)?;
-        let config = ModelConfig::Llama(llama);
+        let config = file.model_config()?;
+        let mut weights = file.hf_weights(&config)?;
         let model = CausalLm::from_weights(&config, &mut weights, device)?;
         weights.finish()?;
         Ok((model, config, file))
