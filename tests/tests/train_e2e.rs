@@ -565,27 +565,6 @@ fn rows_longer_than_the_model_reads_are_refused_before_training() {
 }
 
 #[test]
-fn a_step_that_cannot_fit_in_memory_is_refused_with_its_estimate() {
-    let _serial = serial();
-    let dir = scratch("memory");
-    std::fs::create_dir_all(&dir).unwrap();
-    // Ten copies of the tasks: one micro-batch of every row holds about 7,000 x 128 tokens'
-    // logits over GPT-2's 50,257 tokens, hundreds of gigabytes.
-    let train = dir.join("train.jsonl");
-    let tasks = std::fs::read_to_string(root().join("datasets/tasks/train.alpaca.jsonl")).unwrap();
-    std::fs::write(&train, tasks.repeat(10)).unwrap();
-    let mut config = tiny(&dir.join("run"), &["train.batch_size=1000000000".into()]);
-    config.dataset.train = train;
-    let error = run_error(&config, Start::Fresh);
-    assert!(
-        error.starts_with("a training step needs about ") && error.contains(" GB (weights "),
-        "{error}"
-    );
-    assert!(error.contains("lower train.batch_size"), "{error}");
-    assert!(!dir.join("run").exists(), "nothing was written");
-}
-
-#[test]
 fn data_dropped_entirely_is_an_error_that_counts_why() {
     let _serial = serial();
     let dir = scratch("dropped");

@@ -136,12 +136,12 @@ impl OnDevice for Bench<'_> {
 
 fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device, name: &str) -> Result<Report> {
     let config = ModelConfig::from_file(&args.model_config)?;
-    if args.seq > max_positions(&config) {
+    if args.seq > config.max_positions() {
         bail!(
             "--seq {}: {} has room for {} positions",
             args.seq,
             args.model_config.display(),
-            max_positions(&config)
+            config.max_positions()
         );
     }
     B::seed(device, 0);
@@ -217,23 +217,14 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device, name: &str) -> Res
     })
 }
 
-fn max_positions(config: &ModelConfig) -> usize {
-    match config {
-        ModelConfig::Gpt2(c) => c.n_positions,
-        ModelConfig::Llama(c) => c.max_position_embeddings,
-    }
-}
-
 /// Model FLOPs of one training step per token (PaLM's accounting, as MFU is usually
 /// reported): every weight multiply is 2 FLOPs per token forward and 2 more backward for the
 /// input gradient, plus 2 for the weight gradient when the weight is trained (so 6N for full
 /// fine-tuning, 4N for LoRA, whose adapters are negligible), and attention's score and value
 /// products, 12 x layers x width x sequence length forward and backward.
 pub fn flops_per_token(config: &ModelConfig, parameters: usize, mode: Mode, seq: usize) -> f64 {
-    let (layers, width) = match config {
-        ModelConfig::Gpt2(c) => (c.n_layer, c.n_embd),
-        ModelConfig::Llama(c) => (c.num_hidden_layers, c.num_attention_heads * c.head_dim),
-    };
+    let dims = config.dimensions();
+    let (layers, width) = (dims.layers, dims.query_width);
     let per_weight = match mode {
         Mode::Full => 6.0,
         Mode::Lora => 4.0,

@@ -336,6 +336,37 @@ fn token_ids_need_no_tokenizer() {
     );
 }
 
+/// The estimate of what a step holds is checked against the memory left (capped here with
+/// `TEMPER_MEMORY_LIMIT`) before anything is written.
+#[test]
+fn a_step_that_cannot_fit_in_memory_is_refused_with_its_estimate() {
+    let dir = std::env::temp_dir().join(format!("temper-cli-memory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = Command::new(env!("CARGO_BIN_EXE_temper"))
+        .current_dir(root())
+        .env("TEMPER_MEMORY_LIMIT", "64M")
+        .args([
+            "train",
+            "--config",
+            "configs/tiny-smoke.toml",
+            "--set",
+            &format!("train.output_dir={}", dir.display()),
+            "--set",
+            &format!("model.tokenizer={}", gpt2_tokenizer().display()),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("a training step needs about ")
+            && stderr.contains(" (weights ")
+            && stderr.contains("and this machine has 0.07 GB left"),
+        "{stderr}"
+    );
+    assert!(!dir.exists(), "nothing was written");
+}
+
 #[test]
 fn prepare_never_writes_over_its_input_or_an_existing_file_unasked() {
     let dir = std::env::temp_dir().join(format!("temper-cli-own-input-{}", std::process::id()));

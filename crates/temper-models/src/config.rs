@@ -434,6 +434,16 @@ impl ModelConfig {
         self.dimensions().vocab
     }
 
+    /// The longest sequence the model reads (GPT-2's learned positions; the trained context
+    /// of RoPE models).
+    pub fn max_positions(&self) -> usize {
+        match self {
+            ModelConfig::Gpt2(c) => c.n_positions,
+            ModelConfig::Llama(c) => c.max_position_embeddings,
+            ModelConfig::Gemma3(c) => c.decoder.max_position_embeddings,
+        }
+    }
+
     pub fn dimensions(&self) -> Dimensions {
         match self {
             ModelConfig::Gpt2(c) => Dimensions {

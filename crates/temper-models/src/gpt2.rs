@@ -151,10 +151,6 @@ impl<B: Backend> Architecture<B> for Gpt2<B> {
         self.transformer.h.len()
     }
 
-    fn max_positions(&self) -> usize {
-        self.config.n_positions
-    }
-
     fn set_embedding_noise(&mut self, alpha: Option<f64>) {
         self.embedding_noise = alpha;
     }

@@ -218,10 +218,6 @@ impl<B: Backend> Architecture<B> for Llama<B> {
         self.model.layers.len()
     }
 
-    fn max_positions(&self) -> usize {
-        self.config.max_position_embeddings
-    }
-
     fn set_embedding_noise(&mut self, alpha: Option<f64>) {
         self.embedding_noise = alpha;
     }

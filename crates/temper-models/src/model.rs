@@ -107,8 +107,6 @@ pub trait Architecture<B: Backend> {
     /// See [`CausalLm::output_weight`].
     fn output_weight(&self) -> Option<Tensor<B, 2>>;
     fn n_layers(&self) -> usize;
-    /// See [`CausalLm::max_positions`].
-    fn max_positions(&self) -> usize;
     /// NEFTune's alpha (see [`CausalLm::with_embedding_noise`]).
     fn set_embedding_noise(&mut self, alpha: Option<f64>);
     /// Every linear layer, in module order (see [`CausalLm::map_linears`]).
@@ -298,7 +296,7 @@ impl<B: Backend> CausalLm<B> {
     /// The longest sequence the model can read (GPT-2's learned positions; the trained
     /// context for RoPE models).
     pub fn max_positions(&self) -> usize {
-        self.architecture().max_positions()
+        self.architecture().config().max_positions()
     }
 
     /// The tensors in HF names and layouts (adapters excepted: merge them first).

@@ -63,7 +63,7 @@ pub enum Error {
     },
     /// A step cannot fit in the machine's memory.
     #[error(
-        "a training step needs about {needed}, and this machine has {available} left; lower train.batch_size or data.max_length, or set train.gradient_checkpointing = true"
+        "a training step needs about {needed}, and this machine has {available} left (TEMPER_MEMORY_LIMIT caps it); lower train.batch_size or data.max_length, or set train.gradient_checkpointing = true"
     )]
     Memory { needed: String, available: String },
     /// Every example of the training (or held-out) file was dropped.

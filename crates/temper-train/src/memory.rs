@@ -4,6 +4,8 @@
 
 use temper_models::Dimensions;
 
+use crate::loss::chunk_rows;
+
 const F32: u64 = 4;
 
 /// Bytes a training step holds at its peak, by what holds them.
@@ -15,7 +17,9 @@ pub struct StepMemory {
     pub optimizer: u64,
     /// What the forward pass keeps for the backward pass, for one micro-batch.
     pub activations: u64,
-    /// The logits of one micro-batch with their log-softmax and gradient.
+    /// The logits of one chunk of rows (overwritten by their gradient) and the chunk's
+    /// output-weight gradient: the loss never holds a micro-batch's `[tokens, vocab]`
+    /// logits (see [`crate::loss`]).
     pub logits: u64,
 }
 
@@ -39,13 +43,19 @@ impl StepMemory {
         gradient_checkpointing: bool,
     ) -> StepMemory {
         let tokens = (batch.rows as u64).saturating_mul(batch.length as u64);
-        let per_token_layer = 6 * dims.width as u64
-            + 2 * dims.query_width as u64
-            + 3 * dims.key_width as u64
-            + 2 * (dims.heads as u64).saturating_mul(batch.length as u64)
-            + 4 * dims.mlp_width as u64;
+        let per_token_layer = [
+            6 * dims.width as u64,
+            2 * dims.query_width as u64,
+            3 * dims.key_width as u64,
+            (2 * dims.heads as u64).saturating_mul(batch.length as u64),
+            4 * dims.mlp_width as u64,
+        ]
+        .into_iter()
+        .fold(0, u64::saturating_add);
         let kept_layers = |per_token: u64| match gradient_checkpointing {
-            true => (dims.layers as u64).saturating_mul(dims.width as u64) + per_token,
+            true => (dims.layers as u64)
+                .saturating_mul(dims.width as u64)
+                .saturating_add(per_token),
             false => (dims.layers as u64).saturating_mul(per_token),
         };
         StepMemory {
@@ -55,7 +65,10 @@ impl StepMemory {
             activations: F32
                 .saturating_mul(tokens)
                 .saturating_mul(kept_layers(per_token_layer)),
-            logits: 3 * F32.saturating_mul(tokens).saturating_mul(dims.vocab as u64),
+            logits: F32.saturating_mul(
+                (tokens.min(chunk_rows(dims.vocab) as u64) + dims.width as u64)
+                    .saturating_mul(dims.vocab as u64),
+            ),
         }
     }
 
@@ -91,21 +104,53 @@ pub fn gigabytes(bytes: u64) -> String {
     format!("{:.2} GB", bytes as f64 / 1e9)
 }
 
-/// Memory this machine can still give a process: Linux's `MemAvailable` plus free swap.
-/// `None` where `/proc/meminfo` cannot be read.
+/// The environment variable that caps the memory temper plans for (bytes, or with a `K`,
+/// `M` or `G` suffix): to leave room for other work, or where the machine's own numbers
+/// overstate what a process may take.
+pub const MEMORY_LIMIT_VAR: &str = "TEMPER_MEMORY_LIMIT";
+
+/// Memory a process may still take: the least of Linux's `MemAvailable` plus free swap, what
+/// the cgroup (v2) allows beyond what it uses, and [`MEMORY_LIMIT_VAR`]. `None` where none of
+/// them can be read.
 pub fn available() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = meminfo.lines().find(|line| line.starts_with(name))?;
-        let kib: u64 = line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let meminfo = read("/proc/meminfo").and_then(|meminfo| {
+        let field = |name: &str| -> Option<u64> {
+            let line = meminfo.lines().find(|line| line.starts_with(name))?;
+            let kib: u64 = line[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some(kib * 1024)
+        };
+        Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
+    });
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .and_then(|max| max.trim().parse::<u64>().ok())
+        .map(|max| {
+            let current = read("/sys/fs/cgroup/memory.current")
+                .and_then(|current| current.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            max.saturating_sub(current)
+        });
+    let limit = std::env::var(MEMORY_LIMIT_VAR)
+        .ok()
+        .and_then(|value| parse_size(&value));
+    [meminfo, cgroup, limit].into_iter().flatten().min()
+}
+
+/// `123`, `64K`, `512M`, `8G` (powers of 1024) -> bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last()? {
+        (at, 'K' | 'k') => (&text[..at], 1 << 10),
+        (at, 'M' | 'm') => (&text[..at], 1 << 20),
+        (at, 'G' | 'g') => (&text[..at], 1 << 30),
+        _ => (text, 1),
     };
-    Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
+    number.trim().parse::<u64>().ok()?.checked_mul(unit)
 }
 
 #[cfg(test)]
@@ -134,8 +179,9 @@ mod tests {
         let lora = StepMemory::estimate(&smollm2(), 134_515_008, 4_884_480, batch, false);
         assert_eq!(lora.weights, 4 * 134_515_008);
         assert_eq!(lora.optimizer, 2 * lora.gradients);
-        // 4 x 256 tokens x 49,152 logits x 3 tensors x 4 bytes.
-        assert_eq!(lora.logits, 603_979_776);
+        // The 1,024 rows fit in one chunk (of up to 1,365 rows of 49,152 logits), and the
+        // chunk's 49,152 x 576 output-weight gradient.
+        assert_eq!(lora.logits, 4 * (1_024 + 576) * 49_152);
         let twice = StepMemory::estimate(
             &smollm2(),
             134_515_008,
@@ -146,6 +192,15 @@ mod tests {
         assert_eq!(twice.activations, 2 * lora.activations);
         let checkpointed = StepMemory::estimate(&smollm2(), 134_515_008, 4_884_480, batch, true);
         assert!(checkpointed.activations * 10 < lora.activations);
+    }
+
+    #[test]
+    fn sizes_read_with_binary_suffixes() {
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size(" 8g "), Some(8 << 30));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("99999999999G"), None);
     }
 
     #[test]
