@@ -88,8 +88,9 @@ impl Tokenizer {
                 error.column()
             ))
         })?;
-        let inner: tokenizers::Tokenizer =
-            serde_json::from_value(json.clone()).map_err(|error| bad(error.to_string()))?;
+        let inner: tokenizers::Tokenizer = text
+            .parse()
+            .map_err(|error: tokenizers::Error| bad(error.to_string()))?;
         let mut tokenizer = Tokenizer::new(inner, path, names)?;
         tokenizer.fast = crate::fast_bpe::FastByteLevel::for_tokenizer(&json, &tokenizer.inner);
         Ok(tokenizer)

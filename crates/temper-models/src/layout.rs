@@ -133,7 +133,7 @@ impl<B: Backend> PathMapper<B> for Loader<'_, B> {
                 } else {
                     tensor
                 };
-                let value = tensor.to_tensor::<B, D>(self.device).require_grad();
+                let value = tensor.into_tensor::<B, D>(self.device).require_grad();
                 Param::initialized(param.id, value)
             }
             Err(error) => {

@@ -24,7 +24,7 @@ pub struct RawTensor {
 
 impl RawTensor {
     /// The tensor as `[cols, rows]` (a 2-D transpose), for HF `nn.Linear` weights.
-    pub fn transposed(&self) -> RawTensor {
+    pub fn transposed(self) -> RawTensor {
         let (rows, cols) = (self.shape[0], self.shape[1]);
         let mut data = vec![0.0; self.data.len()];
         for r in 0..rows {
@@ -38,11 +38,8 @@ impl RawTensor {
         }
     }
 
-    pub fn to_tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
-        Tensor::from_data(
-            TensorData::new(self.data.clone(), self.shape.clone()),
-            device,
-        )
+    pub fn into_tensor<B: Backend, const D: usize>(self, device: &B::Device) -> Tensor<B, D> {
+        Tensor::from_data(TensorData::new(self.data, self.shape), device)
     }
 }
 
@@ -51,16 +48,11 @@ impl RawTensor {
 pub struct Weights {
     source: PathBuf,
     tensors: BTreeMap<String, RawTensor>,
-    used: BTreeSet<String>,
 }
 
 impl Weights {
     pub fn new(source: PathBuf, tensors: BTreeMap<String, RawTensor>) -> Weights {
-        Weights {
-            source,
-            tensors,
-            used: BTreeSet::new(),
-        }
+        Weights { source, tensors }
     }
 
     /// Reads `model.safetensors`, or the shards listed by `model.safetensors.index.json`.
@@ -142,33 +134,32 @@ impl Weights {
         self.tensors.contains_key(key)
     }
 
-    /// The tensor `key`, which must have shape `expected`.
+    /// The tensor `key`, which must have shape `expected`. Taken out, not copied: a model's
+    /// weights are held once while it is built.
     pub fn take(&mut self, key: &str, expected: &[usize]) -> Result<RawTensor> {
-        let tensor = self.tensors.get(key).ok_or_else(|| Error::MissingTensor {
-            source_file: self.source.clone(),
-            key: key.to_owned(),
-            expected: expected.to_vec(),
-        })?;
+        let tensor = self
+            .tensors
+            .remove(key)
+            .ok_or_else(|| Error::MissingTensor {
+                source_file: self.source.clone(),
+                key: key.to_owned(),
+                expected: expected.to_vec(),
+            })?;
         if tensor.shape != expected {
             return Err(Error::ShapeMismatch {
                 source_file: self.source.clone(),
                 key: key.to_owned(),
                 expected: expected.to_vec(),
-                actual: tensor.shape.clone(),
+                actual: tensor.shape,
             });
         }
-        self.used.insert(key.to_owned());
-        Ok(tensor.clone())
+        Ok(tensor)
     }
 
-    /// Marks every tensor whose key satisfies `ignored` as deliberately unused (buffers,
-    /// tied copies).
+    /// Drops every tensor whose key satisfies `ignored`: deliberately unused (buffers, tied
+    /// copies).
     pub fn ignore_matching(&mut self, ignored: impl Fn(&str) -> bool) {
-        for key in self.tensors.keys() {
-            if ignored(key) {
-                self.used.insert(key.clone());
-            }
-        }
+        self.tensors.retain(|key, _| !ignored(key));
     }
 
     /// Puts `prefix` before every key when no key starts with it (a file saved without the
@@ -183,14 +174,9 @@ impl Weights {
             .collect();
     }
 
-    /// Fails when tensors were left unused.
+    /// Fails when tensors were left unused (neither taken nor ignored).
     pub fn finish(self) -> Result<()> {
-        let unused: Vec<String> = self
-            .tensors
-            .keys()
-            .filter(|key| !self.used.contains(*key))
-            .cloned()
-            .collect();
+        let unused: Vec<String> = self.tensors.into_keys().collect();
         if unused.is_empty() {
             Ok(())
         } else {
