@@ -12,13 +12,14 @@ use crate::python;
 use crate::spans::{self, Rendered};
 
 /// Names and sources of the built-in templates.
-pub const BUILTIN_TEMPLATES: [(&str, &str); 7] = [
+pub const BUILTIN_TEMPLATES: [(&str, &str); 8] = [
     ("alpaca", include_str!("../templates/alpaca.jinja")),
     ("chatml", include_str!("../templates/chatml.jinja")),
     ("llama3", include_str!("../templates/llama3.jinja")),
     ("zephyr", include_str!("../templates/zephyr.jinja")),
     ("mistral", include_str!("../templates/mistral.jinja")),
     ("gemma", include_str!("../templates/gemma.jinja")),
+    ("gemma3", include_str!("../templates/gemma3.jinja")),
     ("phi3", include_str!("../templates/phi3.jinja")),
 ];
 
@@ -145,7 +146,7 @@ impl ChatTemplate {
         let (bos, eos) = match name {
             "llama3" => (Some("<|begin_of_text|>"), Some("<|eot_id|>")),
             "zephyr" | "mistral" => (Some("<s>"), Some("</s>")),
-            "gemma" => (Some("<bos>"), Some("<eos>")),
+            "gemma" | "gemma3" => (Some("<bos>"), Some("<eos>")),
             "phi3" => (Some("<s>"), Some("<|endoftext|>")),
             "chatml" => (None, Some("<|im_end|>")),
             _ => (None, None),

@@ -9,13 +9,12 @@ use burn::prelude::*;
 use burn::tensor::{Bool, Int};
 
 use crate::config::{AttentionType, Gemma3Config, ModelConfig};
-use crate::fused::gelu_tanh;
 use crate::layers::{
     Embedding, KvCache, Linear, LinearConfig, RmsNorm, head_logits, head_weight, neftune,
     rope_cos_sin, rope_inv_freq, sliding_window_mask,
 };
 use crate::layout::Layout;
-use crate::llama::{self, LlamaAttention, Projections};
+use crate::llama::{self, LlamaAttention, LlamaMlp};
 use crate::model::Architecture;
 
 #[derive(Module, Debug)]
@@ -42,25 +41,18 @@ pub struct Gemma3Model<B: Backend> {
 #[derive(Module, Debug)]
 pub struct Gemma3DecoderLayer<B: Backend> {
     pub self_attn: LlamaAttention<B>,
-    pub mlp: Gemma3Mlp<B>,
+    /// With tanh GELU.
+    pub mlp: LlamaMlp<B>,
     pub input_layernorm: RmsNorm<B>,
     pub post_attention_layernorm: RmsNorm<B>,
     pub pre_feedforward_layernorm: RmsNorm<B>,
     pub post_feedforward_layernorm: RmsNorm<B>,
 }
 
-#[derive(Module, Debug)]
-pub struct Gemma3Mlp<B: Backend> {
-    pub gate_proj: Linear<B>,
-    pub up_proj: Linear<B>,
-    pub down_proj: Linear<B>,
-}
-
 impl Gemma3Config {
     /// A model with zero norms (scale one) and random projections.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Gemma3<B> {
         let c = &self.decoder;
-        let Projections([.., gate, up, down]) = c.projections();
         let norm = || RmsNorm::init_offset_from_one(c.hidden_size, c.rms_norm_eps, device);
         let layers = (0..c.num_hidden_layers)
             .map(|_| Gemma3DecoderLayer {
@@ -69,11 +61,7 @@ impl Gemma3Config {
                     RmsNorm::init_offset_from_one,
                     device,
                 ),
-                mlp: Gemma3Mlp {
-                    gate_proj: gate.init(device),
-                    up_proj: up.init(device),
-                    down_proj: down.init(device),
-                },
+                mlp: c.init_mlp(true, device),
                 input_layernorm: norm(),
                 post_attention_layernorm: norm(),
                 pre_feedforward_layernorm: norm(),
@@ -167,19 +155,10 @@ impl<B: Backend> Architecture<B> for Gemma3<B> {
     fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
         let mut linears: Vec<&mut Linear<B>> = Vec::new();
         for layer in &mut self.model.layers {
-            let mlp = &mut layer.mlp;
             linears.extend(layer.self_attn.linears_mut());
-            linears.extend([&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj]);
+            linears.extend(layer.mlp.linears_mut());
         }
         linears.extend(self.lm_head.as_mut());
         linears
-    }
-}
-
-impl<B: Backend> Gemma3Mlp<B> {
-    /// `down(gelu_tanh(gate(x)) * up(x))`.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = gelu_tanh(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
     }
 }

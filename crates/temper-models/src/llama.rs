@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::{Bool, Int};
 
 use crate::config::{AttentionType, LlamaConfig, ModelConfig};
-use crate::fused::{rope, swiglu};
+use crate::fused::{gelu_tanh, rope, swiglu};
 use crate::layers::{
     Embedding, KvCache, LayerCache, Linear, LinearConfig, RmsNorm, attention, extend_cache,
     head_logits, head_weight, neftune, rope_cos_sin, rope_inv_freq, sliding_window_mask,
@@ -61,11 +61,14 @@ pub struct LlamaAttention<B: Backend> {
     pub scale: f64,
 }
 
+/// The gated MLP, `down(act(gate(x)) * up(x))`: SiLU (SwiGLU) in the Llama family, tanh GELU
+/// (GeGLU) in Gemma.
 #[derive(Module, Debug)]
 pub struct LlamaMlp<B: Backend> {
     pub gate_proj: Linear<B>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
+    pub gelu_tanh: bool,
 }
 
 /// Llama's checkpoints: `nn.Linear` weights stored `[out, in]`; some exports keep the
@@ -128,9 +131,19 @@ impl LlamaConfig {
         }
     }
 
+    /// A layer's MLP, with tanh GELU (Gemma) or SiLU.
+    pub(crate) fn init_mlp<B: Backend>(&self, gelu_tanh: bool, device: &B::Device) -> LlamaMlp<B> {
+        let Projections([.., gate, up, down]) = self.projections();
+        LlamaMlp {
+            gate_proj: gate.init(device),
+            up_proj: up.init(device),
+            down_proj: down.init(device),
+            gelu_tanh,
+        }
+    }
+
     /// A randomly initialised model.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
-        let Projections([.., gate, up, down]) = self.projections();
         let eps = self.rms_norm_eps;
         let layers = (0..self.num_hidden_layers)
             .map(|_| LlamaDecoderLayer {
@@ -139,11 +152,7 @@ impl LlamaConfig {
                     RmsNorm::init,
                     device,
                 ),
-                mlp: LlamaMlp {
-                    gate_proj: gate.init(device),
-                    up_proj: up.init(device),
-                    down_proj: down.init(device),
-                },
+                mlp: self.init_mlp(false, device),
                 input_layernorm: RmsNorm::init(self.hidden_size, eps, device),
                 post_attention_layernorm: RmsNorm::init(self.hidden_size, eps, device),
             })
@@ -225,9 +234,8 @@ impl<B: Backend> Architecture<B> for Llama<B> {
     fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
         let mut linears: Vec<&mut Linear<B>> = Vec::new();
         for layer in &mut self.model.layers {
-            let mlp = &mut layer.mlp;
             linears.extend(layer.self_attn.linears_mut());
-            linears.extend([&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj]);
+            linears.extend(layer.mlp.linears_mut());
         }
         linears.extend(self.lm_head.as_mut());
         linears
@@ -290,9 +298,15 @@ impl<B: Backend> LlamaAttention<B> {
 
 impl<B: Backend> LlamaMlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj.forward(swiglu(
-            self.gate_proj.forward(x.clone()),
-            self.up_proj.forward(x),
-        ))
+        let (gate, up) = (self.gate_proj.forward(x.clone()), self.up_proj.forward(x));
+        self.down_proj.forward(match self.gelu_tanh {
+            true => gelu_tanh(gate) * up,
+            false => swiglu(gate, up),
+        })
+    }
+
+    /// gate, up and down, in module order.
+    pub fn linears_mut(&mut self) -> [&mut Linear<B>; 3] {
+        [&mut self.gate_proj, &mut self.up_proj, &mut self.down_proj]
     }
 }
