@@ -96,7 +96,7 @@ fn unknown_names_list_the_built_ins() {
     assert!(
         error
             .to_string()
-            .contains("alpaca, chatml, llama3, zephyr, mistral, gemma, phi3"),
+            .contains("alpaca, chatml, llama3, zephyr, mistral, gemma, gemma3, phi3"),
         "{error}"
     );
 }
