@@ -681,7 +681,7 @@ impl GgufFile {
         let add_bos = self
             .metadata
             .get("tokenizer.ggml.add_bos_token")
-            .map_or(true, |v| matches!(v, GgufValue::Bool(true)));
+            .is_none_or(|v| matches!(v, GgufValue::Bool(true)));
         let post_processor = match (add_bos, token("tokenizer.ggml.bos_token_id")) {
             (true, Some(bos)) => {
                 let id = self.optional_usize("tokenizer.ggml.bos_token_id");
