@@ -83,10 +83,10 @@ pub const LAYOUT: Layout = Layout {
 };
 
 /// The projections of one layer: q, k, v, o, gate, up, down.
-pub(crate) struct Projections(pub(crate) [LinearConfig; 7]);
+struct Projections([LinearConfig; 7]);
 
 impl LlamaConfig {
-    pub(crate) fn projections(&self) -> Projections {
+    fn projections(&self) -> Projections {
         let (h, d, i) = (self.hidden_size, self.head_dim, self.intermediate_size);
         let (q, kv) = (self.num_attention_heads * d, self.num_key_value_heads * d);
         Projections([
