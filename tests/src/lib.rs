@@ -1,6 +1,7 @@
 //! Helpers shared by Temper's end-to-end tests.
 
 pub mod fuzz;
+pub mod reference;
 pub mod trajectory;
 
 use std::path::{Path, PathBuf};

@@ -12,9 +12,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use temper_data::{SpecialTokenNames, Tokenizer};
 use temper_models::gguf::GgufFile;
-use temper_models::{
-    AttentionType, CausalLm, GenerationConfig, ModelConfig, generate, token_logprobs,
-};
+use temper_models::{AttentionType, CausalLm, GenerationConfig, ModelConfig, generate};
+use temper_tests::reference::{check_perplexity, ids};
 use temper_tests::{asset, root};
 
 type B = Flex;
@@ -53,17 +52,7 @@ fn gemma() -> &'static Gemma {
 }
 
 fn reference() -> Value {
-    let path = root().join("crates/temper-models/tests/fixtures/gemma3_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect()
+    temper_tests::reference::load("gemma3_reference.json")
 }
 
 #[test]
@@ -141,39 +130,14 @@ fn the_rebuilt_sentencepiece_tokenizer_matches_transformers() {
 #[test]
 fn perplexity_on_botchan_matches_transformers_within_half_a_percent() {
     let reference = reference();
-    let perplexity = &reference["perplexity"];
-    let text: String = std::fs::read_to_string(asset("text/botchan.txt"))
-        .unwrap()
-        .chars()
-        .take(2000)
-        .collect();
-    let tokens: Vec<u32> = gemma()
-        .tokenizer
-        .encode(&text)
-        .unwrap()
-        .0
-        .into_iter()
-        .take(256)
-        .collect();
-    assert_eq!(tokens, ids(&perplexity["ids"]));
-    let logprobs = token_logprobs(&gemma().model, &tokens, &Default::default()).unwrap();
-    let nll = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
-    let expected = perplexity["ppl"].as_f64().unwrap();
-    assert!(
-        (expected - TRANSFORMERS_PERPLEXITY).abs() < 1e-4,
-        "the reference file says {expected}"
+    let gemma = gemma();
+    check_perplexity(
+        &gemma.model,
+        &gemma.tokenizer,
+        &reference["perplexity"],
+        TRANSFORMERS_PERPLEXITY,
+        5e-3,
     );
-    let ppl = nll.exp();
-    assert!(
-        (ppl - expected).abs() / expected < 0.005,
-        "perplexity {ppl} vs transformers {expected}"
-    );
-    let worst = logprobs
-        .iter()
-        .zip(perplexity["token_logprobs"].as_array().unwrap())
-        .map(|(a, b)| (a - b.as_f64().unwrap()).abs())
-        .fold(0.0, f64::max);
-    assert!(worst < 5e-3, "a token log-probability differs by {worst}");
 }
 
 #[test]

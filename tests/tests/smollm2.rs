@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use burn::backend::Flex;
 use serde_json::Value;
 use temper_data::{SpecialTokenNames, Tokenizer};
-use temper_models::{CausalLm, GenerationConfig, ModelConfig, generate, token_logprobs};
+use temper_models::{CausalLm, GenerationConfig, ModelConfig, generate};
+use temper_tests::reference::{check_perplexity, ids};
 use temper_tests::{asset, root};
 
 type B = Flex;
@@ -52,17 +53,7 @@ fn smol() -> &'static Smol {
 }
 
 fn reference() -> Value {
-    let path = root().join("crates/temper-models/tests/fixtures/smollm2_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect()
+    temper_tests::reference::load("smollm2_reference.json")
 }
 
 #[test]
@@ -113,43 +104,14 @@ fn the_rebuilt_tokenizer_matches_llama_cpp_and_transformers() {
 #[test]
 fn perplexity_on_botchan_matches_transformers_within_half_a_percent() {
     let reference = reference();
-    let perplexity = &reference["perplexity"];
-    let text: String = std::fs::read_to_string(asset("text/botchan.txt"))
-        .unwrap()
-        .chars()
-        .take(2000)
-        .collect();
-    let tokens: Vec<u32> = smol()
-        .tokenizer
-        .encode(&text)
-        .unwrap()
-        .0
-        .into_iter()
-        .take(256)
-        .collect();
-    assert_eq!(
-        tokens,
-        ids(&perplexity["ids"]),
-        "the 256-token slice tokenizes as in the reference"
+    let smol = smol();
+    check_perplexity(
+        &smol.model,
+        &smol.tokenizer,
+        &reference["perplexity"],
+        TRANSFORMERS_PERPLEXITY,
+        2e-3,
     );
-    let logprobs = token_logprobs(&smol().model, &tokens, &Default::default()).unwrap();
-    let nll = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
-    let expected = perplexity["ppl"].as_f64().unwrap();
-    assert!(
-        (expected - TRANSFORMERS_PERPLEXITY).abs() < 1e-4,
-        "the reference file says {expected}"
-    );
-    let ppl = nll.exp();
-    assert!(
-        (ppl - expected).abs() / expected < 0.005,
-        "perplexity {ppl} vs transformers {expected}"
-    );
-    let worst = logprobs
-        .iter()
-        .zip(perplexity["token_logprobs"].as_array().unwrap())
-        .map(|(a, b)| (a - b.as_f64().unwrap()).abs())
-        .fold(0.0, f64::max);
-    assert!(worst < 2e-3, "a token log-probability differs by {worst}");
 }
 
 #[test]
