@@ -471,35 +471,23 @@ impl ModelConfig {
     /// The HF `config.json` of this configuration.
     pub fn to_hf_json(&self) -> Value {
         match self {
+            // Gemma's keys are Llama's, less the SiLU and MLP bias, plus its own.
             ModelConfig::Gemma3(gemma) => {
-                let c = &gemma.decoder;
-                let rope_scaling = c
-                    .rope_scaling
-                    .as_ref()
-                    .map(|s| serde_json::to_value(s).unwrap_or(Value::Null));
-                serde_json::json!({
-                    "architectures": [c.family.architecture()],
-                    "model_type": c.family.model_type(),
-                    "hidden_activation": "gelu_pytorch_tanh",
-                    "vocab_size": c.vocab_size,
-                    "hidden_size": c.hidden_size,
-                    "intermediate_size": c.intermediate_size,
-                    "num_hidden_layers": c.num_hidden_layers,
-                    "num_attention_heads": c.num_attention_heads,
-                    "num_key_value_heads": c.num_key_value_heads,
-                    "head_dim": c.head_dim,
-                    "max_position_embeddings": c.max_position_embeddings,
-                    "rms_norm_eps": c.rms_norm_eps,
-                    "rope_theta": c.rope_theta,
-                    "rope_scaling": rope_scaling,
-                    "rope_local_base_freq": gemma.rope_local_base_freq,
-                    "query_pre_attn_scalar": gemma.query_pre_attn_scalar,
-                    "sliding_window": c.sliding_window,
-                    "layer_types": c.layer_types,
-                    "attention_bias": c.attention_bias,
-                    "tie_word_embeddings": c.tie_word_embeddings,
-                    "torch_dtype": "float32"
-                })
+                let mut json = ModelConfig::Llama(gemma.decoder.clone()).to_hf_json();
+                if let Some(keys) = json.as_object_mut() {
+                    keys.remove("hidden_act");
+                    keys.remove("mlp_bias");
+                    keys.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
+                    keys.insert(
+                        "rope_local_base_freq".into(),
+                        gemma.rope_local_base_freq.into(),
+                    );
+                    keys.insert(
+                        "query_pre_attn_scalar".into(),
+                        gemma.query_pre_attn_scalar.into(),
+                    );
+                }
+                json
             }
             ModelConfig::Gpt2(c) => serde_json::json!({
                 "architectures": ["GPT2LMHeadModel"],
