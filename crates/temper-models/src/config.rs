@@ -439,8 +439,17 @@ impl ModelConfig {
     pub fn max_positions(&self) -> usize {
         match self {
             ModelConfig::Gpt2(c) => c.n_positions,
-            ModelConfig::Llama(c) => c.max_position_embeddings,
-            ModelConfig::Gemma3(c) => c.decoder.max_position_embeddings,
+            ModelConfig::Llama(c) | ModelConfig::Gemma3(Gemma3Config { decoder: c, .. }) => {
+                c.max_position_embeddings
+            }
+        }
+    }
+
+    /// The Llama-family decoder settings (Llama, Mistral, Qwen, and Gemma 3's), `None` for GPT-2.
+    pub fn decoder(&self) -> Option<&LlamaConfig> {
+        match self {
+            ModelConfig::Gpt2(_) => None,
+            ModelConfig::Llama(c) | ModelConfig::Gemma3(Gemma3Config { decoder: c, .. }) => Some(c),
         }
     }
 
@@ -455,16 +464,17 @@ impl ModelConfig {
                 mlp_width: c.n_inner,
                 vocab: c.vocab_size,
             },
-            ModelConfig::Gemma3(c) => ModelConfig::Llama(c.decoder.clone()).dimensions(),
-            ModelConfig::Llama(c) => Dimensions {
-                layers: c.num_hidden_layers,
-                width: c.hidden_size,
-                heads: c.num_attention_heads,
-                query_width: c.num_attention_heads * c.head_dim,
-                key_width: c.num_key_value_heads * c.head_dim,
-                mlp_width: c.intermediate_size,
-                vocab: c.vocab_size,
-            },
+            ModelConfig::Llama(c) | ModelConfig::Gemma3(Gemma3Config { decoder: c, .. }) => {
+                Dimensions {
+                    layers: c.num_hidden_layers,
+                    width: c.hidden_size,
+                    heads: c.num_attention_heads,
+                    query_width: c.num_attention_heads * c.head_dim,
+                    key_width: c.num_key_value_heads * c.head_dim,
+                    mlp_width: c.intermediate_size,
+                    vocab: c.vocab_size,
+                }
+            }
         }
     }
 

@@ -8,13 +8,13 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::{Bool, Int};
 
-use crate::config::{AttentionType, Gemma3Config, ModelConfig};
+use crate::config::{Gemma3Config, ModelConfig};
 use crate::layers::{
     Embedding, KvCache, Linear, LinearConfig, RmsNorm, head_logits, head_weight, neftune,
-    rope_cos_sin, rope_inv_freq, sliding_window_mask,
+    rope_cos_sin, rope_inv_freq,
 };
 use crate::layout::Layout;
-use crate::llama::{self, LlamaAttention, LlamaMlp};
+use crate::llama::{self, LayerMasks, LlamaAttention, LlamaMlp, decoder_linears};
 use crate::model::Architecture;
 
 #[derive(Module, Debug)]
@@ -106,9 +106,7 @@ impl<B: Backend> Architecture<B> for Gemma3<B> {
         let [global, local] = &self.inv_freq;
         let global = rope_cos_sin(position_ids.clone(), global);
         let local = rope_cos_sin(position_ids, local);
-        let sliding = c
-            .sliding_window
-            .map(|window| sliding_window_mask(mask.clone(), window));
+        let masks = LayerMasks::new(c, mask);
         // transformers multiplies by the scale as a tensor of the weights' dtype.
         let scale = (c.hidden_size as f32).sqrt();
         let mut x = neftune(
@@ -116,10 +114,8 @@ impl<B: Backend> Architecture<B> for Gemma3<B> {
             self.embedding_noise,
         );
         for (i, layer) in self.model.layers.iter().enumerate() {
-            let ((cos, sin), layer_mask) = match (c.layer_types[i], &sliding) {
-                (AttentionType::SlidingAttention, Some(sliding)) => (&local, sliding.clone()),
-                _ => (&global, mask.clone()),
-            };
+            let (layer_mask, slides) = masks.layer(c, i);
+            let (cos, sin) = if slides { &local } else { &global };
             let attended = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 cos.clone(),
@@ -153,12 +149,11 @@ impl<B: Backend> Architecture<B> for Gemma3<B> {
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
-        let mut linears: Vec<&mut Linear<B>> = Vec::new();
-        for layer in &mut self.model.layers {
-            linears.extend(layer.self_attn.linears_mut());
-            linears.extend(layer.mlp.linears_mut());
-        }
-        linears.extend(self.lm_head.as_mut());
-        linears
+        let layers = self
+            .model
+            .layers
+            .iter_mut()
+            .map(|layer| (&mut layer.self_attn, &mut layer.mlp));
+        decoder_linears(layers, self.lm_head.as_mut())
     }
 }

@@ -452,13 +452,9 @@ impl GgufFile {
     /// Llama's q/k rows un-permuted, Gemma's norms (stored as `1 + weight`) shifted back.
     pub fn hf_weights(&self, config: &ModelConfig) -> Result<Weights> {
         let (architecture, family) = self.architecture()?;
-        let heads = match config {
-            ModelConfig::Llama(c) => (c.num_attention_heads, c.num_key_value_heads),
-            ModelConfig::Gemma3(c) => {
-                (c.decoder.num_attention_heads, c.decoder.num_key_value_heads)
-            }
-            ModelConfig::Gpt2(_) => (1, 1),
-        };
+        let heads = config
+            .decoder()
+            .map_or((1, 1), |c| (c.num_attention_heads, c.num_key_value_heads));
         let mut tensors = BTreeMap::new();
         for tensor in &self.tensors {
             let name = hf_name(&tensor.name, family).ok_or_else(|| Error::Gguf {

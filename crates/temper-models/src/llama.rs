@@ -189,19 +189,13 @@ impl<B: Backend> Architecture<B> for Llama<B> {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
         let (cos, sin) = rope_cos_sin(position_ids, &self.inv_freq);
-        let sliding = self
-            .config
-            .sliding_window
-            .map(|window| sliding_window_mask(mask.clone(), window));
+        let masks = LayerMasks::new(&self.config, mask);
         let mut x = neftune(
             self.model.embed_tokens.forward(input_ids),
             self.embedding_noise,
         );
         for (i, layer) in self.model.layers.iter().enumerate() {
-            let layer_mask = match (self.config.layer_types[i], &sliding) {
-                (AttentionType::SlidingAttention, Some(sliding)) => sliding.clone(),
-                _ => mask.clone(),
-            };
+            let (layer_mask, _) = masks.layer(&self.config, i);
             let attended = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 cos.clone(),
@@ -232,14 +226,55 @@ impl<B: Backend> Architecture<B> for Llama<B> {
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
-        let mut linears: Vec<&mut Linear<B>> = Vec::new();
-        for layer in &mut self.model.layers {
-            linears.extend(layer.self_attn.linears_mut());
-            linears.extend(layer.mlp.linears_mut());
-        }
-        linears.extend(self.lm_head.as_mut());
-        linears
+        let layers = self
+            .model
+            .layers
+            .iter_mut()
+            .map(|layer| (&mut layer.self_attn, &mut layer.mlp));
+        decoder_linears(layers, self.lm_head.as_mut())
     }
+}
+
+/// Each layer's attention mask: the causal (block-diagonal) mask, or for sliding-window
+/// layers the same narrowed to the window, made once for all of them.
+pub(crate) struct LayerMasks<B: Backend> {
+    full: Tensor<B, 4, Bool>,
+    sliding: Option<Tensor<B, 4, Bool>>,
+}
+
+impl<B: Backend> LayerMasks<B> {
+    pub(crate) fn new(config: &LlamaConfig, mask: Tensor<B, 4, Bool>) -> Self {
+        let sliding = config
+            .sliding_window
+            .map(|window| sliding_window_mask(mask.clone(), window));
+        LayerMasks {
+            full: mask,
+            sliding,
+        }
+    }
+
+    /// Layer `i`'s mask, and whether the layer slides.
+    pub(crate) fn layer(&self, config: &LlamaConfig, i: usize) -> (Tensor<B, 4, Bool>, bool) {
+        match (config.layer_types[i], &self.sliding) {
+            (AttentionType::SlidingAttention, Some(sliding)) => (sliding.clone(), true),
+            _ => (self.full.clone(), false),
+        }
+    }
+}
+
+/// Every linear layer of a decoder stack (attention, then MLP, per layer) and its output
+/// layer, in module order.
+pub(crate) fn decoder_linears<'a, B: Backend>(
+    layers: impl Iterator<Item = (&'a mut LlamaAttention<B>, &'a mut LlamaMlp<B>)>,
+    lm_head: Option<&'a mut Linear<B>>,
+) -> Vec<&'a mut Linear<B>> {
+    let mut linears: Vec<&mut Linear<B>> = Vec::new();
+    for (attention, mlp) in layers {
+        linears.extend(attention.linears_mut());
+        linears.extend(mlp.linears_mut());
+    }
+    linears.extend(lm_head);
+    linears
 }
 
 impl<B: Backend> LlamaAttention<B> {

@@ -81,18 +81,21 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// One fixture of each architecture and variant.
+const ARCHITECTURES: [&str; 7] = [
+    "gpt2",
+    "llama_gqa",
+    "llama_tied_rope_llama3",
+    "qwen2_bias",
+    "mistral_sliding",
+    "qwen3_qk_norm_sliding",
+    "gemma3_sliding",
+];
+
 #[test]
 fn a_saved_model_reloads_with_the_same_logits_and_the_same_keys() {
     let device = Default::default();
-    for case in [
-        "gpt2",
-        "llama_gqa",
-        "llama_tied_rope_llama3",
-        "qwen2_bias",
-        "mistral_sliding",
-        "qwen3_qk_norm_sliding",
-        "gemma3_sliding",
-    ] {
+    for case in ARCHITECTURES {
         let (model, config) = CausalLm::<B>::from_hf_dir(&fixture(case), &device).unwrap();
         let dir = scratch(&format!("save-{case}"));
         model.save_hf_dir(&dir).unwrap();
@@ -382,15 +385,7 @@ fn bad_files_give_clear_errors() {
 #[test]
 fn cached_decoding_equals_the_full_forward_pass() {
     let device = Default::default();
-    for case in [
-        "gpt2",
-        "llama_gqa",
-        "llama_tied_rope_llama3",
-        "qwen2_bias",
-        "mistral_sliding",
-        "qwen3_qk_norm_sliding",
-        "gemma3_sliding",
-    ] {
+    for case in ARCHITECTURES {
         let (model, config) = CausalLm::<B>::from_hf_dir(&fixture(case), &device).unwrap();
         let vocab = config.vocab_size();
         let full = logits(&model, &device);

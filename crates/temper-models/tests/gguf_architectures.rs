@@ -15,14 +15,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn decoder(config: &ModelConfig) -> &LlamaConfig {
-    match config {
-        ModelConfig::Llama(c) => c,
-        ModelConfig::Gemma3(c) => &c.decoder,
-        ModelConfig::Gpt2(_) => panic!("not a GGUF architecture"),
-    }
-}
-
 #[test]
 fn each_architecture_imports_to_the_safetensors_model() {
     let device = Default::default();
@@ -37,7 +29,7 @@ fn each_architecture_imports_to_the_safetensors_model() {
         let (hf, hf_config) =
             CausalLm::<Flex>::from_hf_dir(&fixtures().join(source), &device).unwrap();
 
-        let (g, h) = (decoder(&gguf_config), decoder(&hf_config));
+        let (g, h) = (gguf_config.decoder().unwrap(), hf_config.decoder().unwrap());
         assert_eq!(g.family, h.family, "{file}");
         let shape = |c: &LlamaConfig| {
             (
