@@ -57,7 +57,7 @@ impl ModelArgs {
             model,
             tokenizer,
             template,
-            ..
+            times,
         } = temper_train::load_model::<B>(path, &device)?;
         let loaded = Loaded {
             model,
@@ -66,10 +66,16 @@ impl ModelArgs {
             device,
             path: path.clone(),
         };
+        let read = times
+            .read
+            .map(|read| format!("read {:.2}s, ", read.as_secs_f64()))
+            .unwrap_or_default();
         eprintln!(
-            "loaded {} in {:.2}s",
+            "loaded {} in {:.2}s ({read}weights {:.2}s, tokenizer {:.2}s)",
             path.display(),
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            times.weights.as_secs_f64(),
+            times.tokenizer.as_secs_f64(),
         );
         Ok(loaded)
     }

@@ -14,7 +14,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -72,27 +72,35 @@ impl Tokenizer {
         Tokenizer::from_json(&text, path, names)
     }
 
-    /// A tokenizer from the text of a `tokenizer.json` (built in memory, from a GGUF file
-    /// say); `path` names it in messages and locates a `tokenizer_config.json` beside it.
+    /// A tokenizer from the text of a `tokenizer.json`; `path` names it in messages and
+    /// locates a `tokenizer_config.json` beside it.
     pub fn from_json(text: &str, path: &Path, names: &SpecialTokenNames) -> Result<Tokenizer> {
-        let bad = |message: String| Error::Tokenizer {
-            path: path.to_owned(),
-            message,
-        };
         // JSON first: `tokenizers` panics on some malformed JSON (its decoder deserializer
         // `expect`s), so only well-formed JSON reaches it.
-        let json: serde_json::Value = serde_json::from_str(text).map_err(|error| {
-            bad(format!(
-                "line {}, column {}: invalid JSON: {error}",
-                error.line(),
-                error.column()
-            ))
+        let json: serde_json::Value =
+            serde_json::from_str(text).map_err(|error| Error::Tokenizer {
+                path: path.to_owned(),
+                message: format!(
+                    "line {}, column {}: invalid JSON: {error}",
+                    error.line(),
+                    error.column()
+                ),
+            })?;
+        Tokenizer::from_value(&json, path, names)
+    }
+
+    /// A tokenizer from a parsed `tokenizer.json` (built in memory, from a GGUF file say).
+    pub fn from_value(
+        json: &serde_json::Value,
+        path: &Path,
+        names: &SpecialTokenNames,
+    ) -> Result<Tokenizer> {
+        let inner = tokenizers::Tokenizer::deserialize(json).map_err(|error| Error::Tokenizer {
+            path: path.to_owned(),
+            message: error.to_string(),
         })?;
-        let inner: tokenizers::Tokenizer = text
-            .parse()
-            .map_err(|error: tokenizers::Error| bad(error.to_string()))?;
         let mut tokenizer = Tokenizer::new(inner, path, names)?;
-        tokenizer.fast = crate::fast_bpe::FastByteLevel::for_tokenizer(&json, &tokenizer.inner);
+        tokenizer.fast = crate::fast_bpe::FastByteLevel::for_tokenizer(json, &tokenizer.inner);
         Ok(tokenizer)
     }
 

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use crate::config::{
@@ -12,7 +14,7 @@ use crate::config::{
 };
 use crate::error::{Error, Result};
 use crate::quants::{self, GgmlType};
-use crate::weights::{RawTensor, Weights};
+use crate::weights::{Decode, RawTensor, Weights};
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,7 +74,8 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, GgufValue>,
     pub tensors: Vec<GgufTensor>,
-    bytes: Vec<u8>,
+    /// The whole file; shared with the deferred tensors of [`GgufFile::hf_weights`].
+    bytes: Arc<Vec<u8>>,
     data_start: usize,
 }
 
@@ -248,7 +251,7 @@ impl GgufFile {
             version,
             metadata,
             tensors,
-            bytes,
+            bytes: Arc::new(bytes),
             data_start,
         };
         for tensor in &file.tensors {
@@ -323,9 +326,16 @@ impl GgufFile {
 
     /// The tensor's values as f32, dequantized.
     pub fn dequantize(&self, tensor: &GgufTensor) -> Result<Vec<f32>> {
+        Ok(quants::dequantize(
+            tensor.ggml_type,
+            &self.bytes[self.byte_range(tensor)?],
+        ))
+    }
+
+    /// Where the tensor's data lies in the file (checked against its length by `parse`).
+    fn byte_range(&self, tensor: &GgufTensor) -> Result<std::ops::Range<usize>> {
         let start = self.data_start + tensor.offset;
-        let data = &self.bytes[start..start + self.byte_len(tensor)?];
-        Ok(quants::dequantize(tensor.ggml_type, data))
+        Ok(start..start + self.byte_len(tensor)?)
     }
 
     /// `general.architecture`, if it is one temper maps to its model zoo.
@@ -448,14 +458,15 @@ impl GgufFile {
         Ok(config)
     }
 
-    /// The tensors under Hugging Face names, dequantized, with llama.cpp's changes undone:
-    /// Llama's q/k rows un-permuted, Gemma's norms (stored as `1 + weight`) shifted back.
+    /// The tensors under Hugging Face names, dequantized as the model takes them, with
+    /// llama.cpp's changes undone: Llama's q/k rows un-permuted, Gemma's norms (stored as
+    /// `1 + weight`) shifted back.
     pub fn hf_weights(&self, config: &ModelConfig) -> Result<Weights> {
         let (architecture, family) = self.architecture()?;
         let heads = config
             .decoder()
             .map_or((1, 1), |c| (c.num_attention_heads, c.num_key_value_heads));
-        let mut tensors = BTreeMap::new();
+        let mut tensors = Vec::with_capacity(self.tensors.len());
         for tensor in &self.tensors {
             let name = hf_name(&tensor.name, family).ok_or_else(|| Error::Gguf {
                 path: self.path.clone(),
@@ -464,24 +475,31 @@ impl GgufFile {
                     tensor.name
                 ),
             })?;
-            let mut raw = RawTensor {
-                shape: tensor.shape.clone(),
-                data: self.dequantize(tensor)?,
+            // llama.cpp's converter interleaves the two rotary halves of each head of q and k.
+            let permuted_heads = match family {
+                LlamaFamily::Llama if name.ends_with("self_attn.q_proj.weight") => Some(heads.0),
+                LlamaFamily::Llama if name.ends_with("self_attn.k_proj.weight") => Some(heads.1),
+                _ => None,
             };
-            if family == LlamaFamily::Llama {
-                // llama.cpp's converter interleaves the two rotary halves of each head of q and k.
-                if name.ends_with("self_attn.q_proj.weight") {
-                    raw = unpermute(raw, heads.0);
-                } else if name.ends_with("self_attn.k_proj.weight") {
-                    raw = unpermute(raw, heads.1);
+            let shifted = family == LlamaFamily::Gemma3 && name.ends_with("norm.weight");
+            let (bytes, range) = (Arc::clone(&self.bytes), self.byte_range(tensor)?);
+            let (shape, ggml_type) = (tensor.shape.clone(), tensor.ggml_type);
+            let decode: Decode = Box::new(move || {
+                let mut raw = RawTensor {
+                    data: quants::dequantize(ggml_type, &bytes[range]),
+                    shape,
+                };
+                if let Some(heads) = permuted_heads {
+                    raw = unpermute(raw, heads);
                 }
-            }
-            if family == LlamaFamily::Gemma3 && name.ends_with("norm.weight") {
-                raw.data.iter_mut().for_each(|w| *w -= 1.0);
-            }
-            tensors.insert(name, raw);
+                if shifted {
+                    raw.data.iter_mut().for_each(|w| *w -= 1.0);
+                }
+                raw.data
+            });
+            tensors.push((name, tensor.shape.clone(), decode));
         }
-        Ok(Weights::new(self.path.clone(), tensors))
+        Ok(Weights::deferred(self.path.clone(), tensors))
     }
 
     /// The chat template of `tokenizer.chat_template`, if any.
@@ -847,29 +865,35 @@ fn merges_by_score(pieces: &[String], scores: &[f64]) -> Vec<[String; 2]> {
         id.insert(piece.as_str(), index);
     }
     let mut seen = HashSet::with_capacity(pieces.len());
+    let first: Vec<bool> = pieces.iter().map(|p| seen.insert(p.as_str())).collect();
     // (score, left chars, right chars, first position, left id, right id, left, right)
-    let mut merges = Vec::new();
-    for (position, piece) in pieces.iter().enumerate() {
-        if !seen.insert(piece.as_str()) {
-            continue;
-        }
-        let score = scores[id[piece.as_str()]];
-        let length = piece.chars().count();
-        for (split, (at, _)) in piece.char_indices().enumerate().skip(1) {
-            let (left, right) = piece.split_at(at);
-            if let (Some(&l), Some(&r)) = (id.get(left), id.get(right)) {
-                merges.push((score, split, length - split, position, l, r, left, right));
-            }
-        }
-    }
-    merges.sort_unstable_by(|a, b| {
+    let mut merges: Vec<_> = pieces
+        .par_iter()
+        .enumerate()
+        .filter(|&(position, _)| first[position])
+        .flat_map_iter(|(position, piece)| {
+            let score = scores[id[piece.as_str()]];
+            let length = piece.chars().count();
+            let id = &id;
+            piece
+                .char_indices()
+                .enumerate()
+                .skip(1)
+                .filter_map(move |(split, (at, _))| {
+                    let (left, right) = piece.split_at(at);
+                    let (&l, &r) = (id.get(left)?, id.get(right)?);
+                    Some((score, split, length - split, position, l, r, left, right))
+                })
+        })
+        .collect();
+    merges.par_sort_unstable_by(|a, b| {
         b.0.total_cmp(&a.0)
             .then(b.1.cmp(&a.1))
             .then(b.2.cmp(&a.2))
             .then((a.3, a.4, a.5).cmp(&(b.3, b.4, b.5)))
     });
     merges
-        .into_iter()
+        .into_par_iter()
         .map(|(.., left, right)| [left.to_owned(), right.to_owned()])
         .collect()
 }

@@ -189,11 +189,20 @@ impl<B: Backend> CausalLm<B> {
         device: &B::Device,
     ) -> Result<(Self, ModelConfig, crate::gguf::GgufFile)> {
         let file = crate::gguf::GgufFile::open(path)?;
+        let (model, config) = CausalLm::from_gguf_file(&file, device)?;
+        Ok((model, config, file))
+    }
+
+    /// The model of an opened GGUF file and its configuration.
+    pub fn from_gguf_file(
+        file: &crate::gguf::GgufFile,
+        device: &B::Device,
+    ) -> Result<(Self, ModelConfig)> {
         let config = file.model_config()?;
         let mut weights = file.hf_weights(&config)?;
         let model = CausalLm::from_weights(&config, &mut weights, device)?;
         weights.finish()?;
-        Ok((model, config, file))
+        Ok((model, config))
     }
 
     /// Builds a model from tensors with HF names (see [`Weights`] and [`Layout`]); call

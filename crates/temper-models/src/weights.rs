@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -25,12 +26,24 @@ pub struct RawTensor {
 impl RawTensor {
     /// The tensor as `[cols, rows]` (a 2-D transpose), for HF `nn.Linear` weights.
     pub fn transposed(self) -> RawTensor {
+        /// Square tiles keep the strided reads within a few cache lines.
+        const TILE: usize = 32;
         let (rows, cols) = (self.shape[0], self.shape[1]);
         let mut data = vec![0.0; self.data.len()];
-        for r in 0..rows {
-            for c in 0..cols {
-                data[c * rows + r] = self.data[r * cols + c];
-            }
+        if rows > 0 {
+            // Each task writes TILE rows of the result: TILE columns of the input.
+            data.par_chunks_mut(TILE * rows)
+                .enumerate()
+                .for_each(|(tile, out)| {
+                    let first = tile * TILE;
+                    for r0 in (0..rows).step_by(TILE) {
+                        for c in first..(first + TILE).min(cols) {
+                            for r in r0..(r0 + TILE).min(rows) {
+                                out[(c - first) * rows + r] = self.data[r * cols + c];
+                            }
+                        }
+                    }
+                });
         }
         RawTensor {
             shape: vec![cols, rows],
@@ -43,15 +56,67 @@ impl RawTensor {
     }
 }
 
+/// Makes a tensor's values when it is taken (dequantizes a GGUF tensor, say).
+pub type Decode = Box<dyn FnOnce() -> Vec<f32> + Send>;
+
+/// A tensor of [`Weights`]: its values, or how to make them.
+enum Stored {
+    Ready(RawTensor),
+    Deferred { shape: Vec<usize>, decode: Decode },
+}
+
+impl Stored {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Stored::Ready(tensor) => &tensor.shape,
+            Stored::Deferred { shape, .. } => shape,
+        }
+    }
+
+    fn into_raw(self) -> RawTensor {
+        match self {
+            Stored::Ready(tensor) => tensor,
+            Stored::Deferred { shape, decode } => RawTensor {
+                shape,
+                data: decode(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self {
+            Stored::Ready(_) => "ready",
+            Stored::Deferred { .. } => "deferred",
+        };
+        write!(f, "{state} {:?}", self.shape())
+    }
+}
+
 /// The tensors of a checkpoint, taken one by one as a model is built.
 #[derive(Debug)]
 pub struct Weights {
     source: PathBuf,
-    tensors: BTreeMap<String, RawTensor>,
+    tensors: BTreeMap<String, Stored>,
 }
 
 impl Weights {
     pub fn new(source: PathBuf, tensors: BTreeMap<String, RawTensor>) -> Weights {
+        let tensors = tensors
+            .into_iter()
+            .map(|(key, tensor)| (key, Stored::Ready(tensor)))
+            .collect();
+        Weights { source, tensors }
+    }
+
+    /// Tensors whose values are made when they are taken: a model is then built holding one
+    /// decoded tensor at a time besides its own weights, not a second copy of all of them.
+    pub fn deferred(source: PathBuf, tensors: Vec<(String, Vec<usize>, Decode)>) -> Weights {
+        let tensors = tensors
+            .into_iter()
+            .map(|(key, shape, decode)| (key, Stored::Deferred { shape, decode }))
+            .collect();
         Weights { source, tensors }
     }
 
@@ -145,15 +210,15 @@ impl Weights {
                 key: key.to_owned(),
                 expected: expected.to_vec(),
             })?;
-        if tensor.shape != expected {
+        if tensor.shape() != expected {
             return Err(Error::ShapeMismatch {
                 source_file: self.source.clone(),
                 key: key.to_owned(),
                 expected: expected.to_vec(),
-                actual: tensor.shape,
+                actual: tensor.shape().to_vec(),
             });
         }
-        Ok(tensor)
+        Ok(tensor.into_raw())
     }
 
     /// Drops every tensor whose key satisfies `ignored`: deliberately unused (buffers, tied

@@ -23,7 +23,9 @@ pub use adapters::{attach_lora, extract_adapter, has_adapters};
 pub use config::RunConfig;
 pub use error::{Error, Result};
 pub use export::{Exported, export_checkpoint};
-pub use load::{Loaded, RunModel, gguf_tokenizer, load_for_run, load_model, stop_token_ids};
+pub use load::{
+    LoadTimes, Loaded, RunModel, gguf_tokenizer, load_for_run, load_model, stop_token_ids,
+};
 pub use loss::{LossSums, Targets, targets};
 pub use metrics::{Metric, loss_plot_svg};
 pub use output::Start;

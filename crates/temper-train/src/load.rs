@@ -2,6 +2,7 @@
 //! file.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use temper_chat::ChatTemplate;
@@ -20,6 +21,17 @@ pub struct Loaded<B: Backend> {
     pub tokenizer: Option<Tokenizer>,
     /// The model's own chat template (GGUF metadata or `tokenizer_config.json`), if any.
     pub template: Option<ChatTemplate>,
+    pub times: LoadTimes,
+}
+
+/// How long loading took: reading a GGUF file, building the model from the weights (for a
+/// directory, reading them included), and building the tokenizer (for a GGUF file, while
+/// the weights are built).
+#[derive(Debug, Clone, Default)]
+pub struct LoadTimes {
+    pub read: Option<Duration>,
+    pub weights: Duration,
+    pub tokenizer: Duration,
 }
 
 /// A model loaded for a run: its tokenizer is required, and checked against the model.
@@ -47,6 +59,7 @@ pub fn load_for_run<B: Backend>(
             model: CausalLm::init(&config, device),
             tokenizer: None,
             template: None,
+            times: LoadTimes::default(),
         }
     } else {
         load_model(&section.path, device)?
@@ -109,8 +122,8 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer> {
         eos,
         pad: None,
     };
-    Ok(Tokenizer::from_json(
-        &file.tokenizer_json()?.to_string(),
+    Ok(Tokenizer::from_value(
+        &file.tokenizer_json()?,
         &file.path,
         &names,
     )?)
@@ -121,8 +134,30 @@ pub fn gguf_tokenizer(file: &GgufFile) -> Result<Tokenizer> {
 /// and template come from its metadata). A template that does not compile is an error.
 pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Loaded<B>> {
     if path.extension().is_some_and(|ext| ext == "gguf") {
-        let (model, _, file) = CausalLm::from_gguf(path, device)?;
-        let tokenizer = gguf_tokenizer(&file)?;
+        let started = Instant::now();
+        let file = GgufFile::open(path)?;
+        let read = started.elapsed();
+        // The tokenizer (a second of work for a 262k vocabulary) is rebuilt while the
+        // weights are dequantized.
+        let ((model, weights), (tokenizer, tokenizer_time)) = std::thread::scope(|scope| {
+            let tokenizer = scope.spawn(|| {
+                let started = Instant::now();
+                (gguf_tokenizer(&file), started.elapsed())
+            });
+            let started = Instant::now();
+            let model = CausalLm::from_gguf_file(&file, device);
+            let model = (model, started.elapsed());
+            let tokenizer = tokenizer
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (model, tokenizer)
+        });
+        let ((model, _), tokenizer) = (model?, tokenizer?);
+        let times = LoadTimes {
+            read: Some(read),
+            weights,
+            tokenizer: tokenizer_time,
+        };
         let (bos, eos) = file.special_tokens();
         let template = file
             .chat_template()
@@ -135,20 +170,30 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<Loaded<
             model,
             tokenizer: Some(tokenizer),
             template,
+            times,
         })
     } else if path.is_dir() {
+        let started = Instant::now();
         let (model, _) = CausalLm::from_hf_dir(path, device)?;
+        let weights = started.elapsed();
+        let started = Instant::now();
         let tokenizer_path = path.join("tokenizer.json");
         let tokenizer = tokenizer_path
             .is_file()
             .then(|| Tokenizer::from_file(&tokenizer_path, &SpecialTokenNames::default()))
             .transpose()?;
+        let times = LoadTimes {
+            read: None,
+            weights,
+            tokenizer: started.elapsed(),
+        };
         let template =
             ChatTemplate::from_tokenizer_config_if_any(&path.join("tokenizer_config.json"))?;
         Ok(Loaded {
             model,
             tokenizer,
             template,
+            times,
         })
     } else {
         Err(Error::NotAModel {
