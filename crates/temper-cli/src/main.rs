@@ -5,6 +5,7 @@
 mod backend;
 mod bench;
 mod data;
+mod eval;
 mod model;
 mod template;
 mod train;
@@ -67,6 +68,9 @@ enum Command {
     Generate(model::GenerateArgs),
     /// Per-token log-probabilities, negative log-likelihood and perplexity of a text.
     Score(model::ScoreArgs),
+    /// Evaluate a model (and adapter) on a held-out dataset: loss, exact and normalised
+    /// match, instruction following, format overfitting; compare two evaluations.
+    Eval(eval::EvalArgs),
     /// Training-step throughput and peak memory of a model shape on a device.
     Bench(bench::BenchArgs),
 }
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Export(args) => train::export_command(&args),
         Command::Generate(args) => model::generate_command(&args),
         Command::Score(args) => model::score_command(&args),
+        Command::Eval(args) => eval::eval_command(&args),
         Command::Bench(args) => bench::bench_command(&args),
     };
     match result {

@@ -44,11 +44,23 @@ pub struct ModelArgs {
     /// llama.cpp `.gguf` file.
     #[arg(long)]
     model: PathBuf,
+    /// A PEFT adapter directory (adapter_config.json, adapter_model.safetensors) to apply to
+    /// the model in memory; nothing is written.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
     device: Device,
 }
 
 impl ModelArgs {
+    pub fn new(model: PathBuf, adapter: Option<PathBuf>, device: Device) -> ModelArgs {
+        ModelArgs {
+            model,
+            adapter,
+            device,
+        }
+    }
+
     pub fn load<B: Backend>(&self, device: &B::Device) -> Result<Loaded<B>> {
         let device = device.clone();
         let started = Instant::now();
@@ -59,6 +71,10 @@ impl ModelArgs {
             template,
             times,
         } = temper_train::load_model::<B>(path, &device)?;
+        let model = match &self.adapter {
+            Some(dir) => temper_train::apply_peft_adapter(model, dir, &device)?,
+            None => model,
+        };
         let loaded = Loaded {
             model,
             tokenizer,

@@ -153,6 +153,27 @@ pub fn token_logprobs<B: Backend>(
     tokens: &[u32],
     device: &B::Device,
 ) -> Result<Vec<f64>> {
+    Ok(token_scores(model, tokens, device)?
+        .into_iter()
+        .map(|score| score.logprob)
+        .collect())
+}
+
+/// How the model scored one token of a text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenScore {
+    /// log p(token | the tokens before it).
+    pub logprob: f64,
+    /// Whether the token is the model's most likely next token (argmax).
+    pub top: bool,
+}
+
+/// `scores[i]` scores `tokens[i + 1]` after `tokens[..=i]`, from one forward pass.
+pub fn token_scores<B: Backend>(
+    model: &CausalLm<B>,
+    tokens: &[u32],
+    device: &B::Device,
+) -> Result<Vec<TokenScore>> {
     if tokens.len() < 2 {
         return Err(Error::TooFewTokens {
             what: "scoring",
@@ -173,16 +194,30 @@ pub fn token_logprobs<B: Backend>(
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), device);
     let logits = model.forward(ModelInput::sequences(ids));
     let vocab = logits.dims()[2];
+    let logits = logits.slice([0..1, 0..n - 1, 0..vocab]);
     let next: Vec<i64> = tokens[1..].iter().map(|&t| i64::from(t)).collect();
     let next = Tensor::<B, 3, Int>::from_data(TensorData::new(next, [1, n - 1, 1]), device);
-    let logprobs = log_softmax(logits.slice([0..1, 0..n - 1, 0..vocab]), 2).gather(2, next);
-    Ok(logprobs
+    let top: Vec<i64> = logits
+        .clone()
+        .argmax(2)
+        .into_data()
+        .convert::<i64>()
+        .to_vec()
+        .unwrap_or_default();
+    let logprobs: Vec<f32> = log_softmax(logits, 2)
+        .gather(2, next)
         .into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default()
+        .to_vec()
+        .unwrap_or_default();
+    Ok(logprobs
         .into_iter()
-        .map(f64::from)
+        .zip(top)
+        .zip(&tokens[1..])
+        .map(|((logprob, top), &token)| TokenScore {
+            logprob: f64::from(logprob),
+            top: top == i64::from(token),
+        })
         .collect())
 }
 

@@ -525,9 +525,7 @@ impl GgufFile {
             self.token_text("tokenizer.ggml.eos_token_id"),
         )
     }
-
 }
-
 
 /// What the metadata leaves out of a Gemma 3 file: as llama.cpp assumes, the local RoPE base
 /// is 10,000 and attention scores are scaled by the head width, except in the 27B model (62

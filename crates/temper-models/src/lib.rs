@@ -51,7 +51,9 @@ pub use config::{
     RopeScaling,
 };
 pub use error::{Error, Result};
-pub use generate::{Generation, GenerationConfig, StopReason, generate, token_logprobs};
+pub use generate::{
+    Generation, GenerationConfig, StopReason, TokenScore, generate, token_logprobs, token_scores,
+};
 pub use layers::{Linear, LowRank};
 pub use layout::{Layout, WeightLayout};
 pub use model::{Architecture, CausalLm, ModelInput};

@@ -58,3 +58,22 @@ pub fn extract_adapter<B: Backend>(model: &CausalLm<B>, config: &LoraConfig) -> 
     adapter.fan_in_fan_out = model.layout().linear == WeightLayout::Conv1d;
     adapter
 }
+
+/// `model` with the PEFT adapter of `dir` (`adapter_config.json`, `adapter_model.safetensors`)
+/// merged into its weights, in memory: nothing is written. An adapter that does not fit the
+/// model is an error naming the key and the shapes.
+pub fn apply_peft_adapter<B: Backend>(
+    model: CausalLm<B>,
+    dir: &std::path::Path,
+    device: &B::Device,
+) -> Result<CausalLm<B>> {
+    let adapter = Adapter::load_peft(dir)?;
+    let model = temper_lora::apply(attach_lora(model, &adapter.config, device)?, &adapter)?;
+    // Merged, the slots would only add idle matmuls.
+    Ok(
+        temper_lora::merge(model, &adapter.config).map_linears(&mut |_, mut linear| {
+            linear.lora = None;
+            linear
+        }),
+    )
+}

@@ -6,10 +6,12 @@
 //! no backend: everything is generic over `B: AutodiffBackend`; the CLI chooses one.
 
 pub mod adapters;
+pub mod answer_metrics;
 pub mod checkpoint;
 pub mod config;
 mod error;
 mod evaluate;
+pub mod evaluator;
 mod export;
 pub mod load;
 pub mod loss;
@@ -19,7 +21,7 @@ pub mod output;
 pub mod run;
 pub mod step;
 
-pub use adapters::{attach_lora, extract_adapter, has_adapters};
+pub use adapters::{apply_peft_adapter, attach_lora, extract_adapter, has_adapters};
 pub use config::RunConfig;
 pub use error::{Error, Result};
 pub use export::{Exported, export_checkpoint};

@@ -1,0 +1,193 @@
+//! `temper eval`: a model (with an optional adapter) on a held-out dataset: answer loss, exact
+//! and normalised match, instruction-following metrics, format overfitting, pass@k; and
+//! `--compare BEFORE AFTER` for two evaluations.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use burn::tensor::backend::Backend;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use temper_chat::TrainOn;
+use temper_data::{DataConfig, Format, OnError, Truncation};
+use temper_train::evaluator::{
+    EvalSettings, compare, eval_cases, evaluate_cases, read_results, summary_markdown,
+    write_results,
+};
+
+use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device};
+use crate::model::ModelArgs;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// As for `temper generate` (a model directory or `.gguf` file); not with `--compare`.
+    #[arg(long, required_unless_present = "compare")]
+    model: Option<PathBuf>,
+    /// A PEFT adapter directory to apply to the model in memory.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
+    device: Device,
+    /// The held-out dataset (`.jsonl` or `.json`): the last assistant message of each chat
+    /// (or the alpaca `output`, or the completion) is the reference answer.
+    #[arg(long, required_unless_present = "compare")]
+    dataset: Option<PathBuf>,
+    /// A built-in template name, a `.jinja` file or a `tokenizer_config.json` (default: as
+    /// `temper train` picks it).
+    #[arg(long)]
+    template: Option<String>,
+    /// alpaca, messages, sharegpt, prompt_completion (detected when absent).
+    #[arg(long)]
+    format: Option<Format>,
+    /// Map a field to another JSON key, e.g. `--field instruction=question`.
+    #[arg(long = "field", value_parser = crate::key_value)]
+    fields: Vec<(String, String)>,
+    /// Skip (and count) bad records instead of stopping at the first.
+    #[arg(long)]
+    skip_errors: bool,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Evaluate only the first N examples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Sampled answers per example besides the greedy one (pass@k).
+    #[arg(long, default_value_t = 0)]
+    samples: usize,
+    /// The temperature of the sampled answers.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write `results.jsonl` (every example) and `summary.md` into this directory.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Compare two `--output` directories: which examples changed.
+    #[arg(long, num_args = 2, value_names = ["BEFORE", "AFTER"], conflicts_with = "dataset")]
+    compare: Option<Vec<PathBuf>>,
+}
+
+pub fn eval_command(args: &EvalArgs) -> Result<()> {
+    if let Some(dirs) = &args.compare {
+        return compare_command(&dirs[0], &dirs[1]);
+    }
+    let Some(model) = &args.model else {
+        bail!("--model is required to evaluate");
+    };
+    let model = ModelArgs::new(model.clone(), args.adapter.clone(), args.device);
+    if args.samples > 0 && !(args.temperature.is_finite() && args.temperature > 0.0) {
+        bail!(
+            "--temperature must be above 0 to sample (got {})",
+            args.temperature
+        );
+    }
+    on_device(args.device, Eval(args, &model))
+}
+
+struct Eval<'a>(&'a EvalArgs, &'a ModelArgs);
+
+impl OnDevice for Eval<'_> {
+    type Output = ();
+    fn run<B: Backend>(self, device: &B::Device, _: &str) -> Result<()> {
+        eval_on::<B>(self.0, self.1, device)
+    }
+}
+
+fn eval_on<B: Backend>(args: &EvalArgs, model: &ModelArgs, device: &B::Device) -> Result<()> {
+    let Some(path) = &args.dataset else {
+        bail!("--dataset is required");
+    };
+    let mut loaded = model.load::<B>(device)?;
+    let own_template = loaded.template.take();
+    let tokenizer = loaded.tokenizer()?;
+    let mut config = DataConfig {
+        format: args.format,
+        template: args.template.clone(),
+        // The loss is the answer's: the last assistant message, kept whole.
+        train_on: TrainOn::LastAssistant,
+        max_length: loaded.model.max_positions(),
+        truncation: Truncation::KeepEnd,
+        on_error: if args.skip_errors {
+            OnError::Skip
+        } else {
+            OnError::Fail
+        },
+        ..DataConfig::default()
+    };
+    for (field, key) in &args.fields {
+        config.fields.set(field, key)?;
+    }
+    let read = temper_data::pipeline::read_dataset(path, &config)?;
+    let template =
+        temper_data::pipeline::resolve_template(&config, tokenizer, &read.records, own_template)?;
+    let prepared =
+        temper_data::pipeline::prepare_records(path, read, template.as_ref(), tokenizer, &config)?;
+    let cases = eval_cases(&prepared, template.as_ref(), tokenizer, args.limit)?;
+    if cases.is_empty() {
+        bail!(
+            "{}: no example to evaluate (chats must end with an assistant message)",
+            path.display()
+        );
+    }
+    let settings = EvalSettings {
+        max_new_tokens: args.max_new_tokens,
+        samples: args.samples,
+        temperature: args.temperature,
+        seed: args.seed,
+        stop_token_ids: temper_train::stop_token_ids(tokenizer),
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(cases.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} examples, {per_sec} [{elapsed_precise} < {eta_precise}]",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    });
+    let (results, summary) = evaluate_cases(
+        &loaded.model,
+        tokenizer,
+        &cases,
+        &settings,
+        device,
+        |done| {
+            if let Some(bar) = &bar {
+                bar.set_position(done as u64);
+            }
+        },
+    )?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if let Some(dir) = &args.output {
+        write_results(dir, &results, &summary)?;
+        eprintln!("wrote {}/results.jsonl and summary.md", dir.display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", summary_markdown(&summary));
+    }
+    Ok(())
+}
+
+fn compare_command(before: &std::path::Path, after: &std::path::Path) -> Result<()> {
+    let (old, new) = (read_results(before)?, read_results(after)?);
+    let changed = compare(&old, &new);
+    let fixed = changed.iter().filter(|c| c.4).count();
+    println!(
+        "{} example(s) changed: {fixed} now match, {} no longer match",
+        changed.len(),
+        changed.len() - fixed
+    );
+    for (line, instruction, was, now, matches) in &changed {
+        let mark = if *matches { "+" } else { "-" };
+        println!("{mark} line {line}: {instruction:?}\n    before: {was:?}\n    after:  {now:?}");
+    }
+    Ok(())
+}

@@ -1,0 +1,464 @@
+//! The evaluator of `temper eval`: for each held-out example, the loss on its answer, the
+//! greedy answer and its metrics (`answer_metrics.rs`), sampled answers (pass@k), and the same
+//! question asked without the chat template (format overfitting). Writes `results.jsonl` and
+//! `summary.md`, and compares two such directories.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use temper_chat::{ChatTemplate, Conversation, RenderOptions, Role};
+use temper_data::{Prepared, Sample, Tokenizer};
+use temper_models::{CausalLm, GenerationConfig, StopReason, generate, token_scores};
+
+use crate::answer_metrics::{AnswerMetrics, answer_metrics, leaks_template};
+use crate::error::{Error, Result};
+
+/// How to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalSettings {
+    pub max_new_tokens: usize,
+    /// Sampled answers per example besides the greedy one (0: none).
+    pub samples: usize,
+    /// The temperature of the sampled answers.
+    pub temperature: f64,
+    pub seed: u64,
+    /// Tokens that end an answer (EOS, end-of-turn).
+    pub stop_token_ids: Vec<u32>,
+}
+
+/// One held-out example, ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalCase {
+    /// Line of the record in its file.
+    pub line: usize,
+    /// The question: the last user message, or a completion's prompt.
+    pub instruction: String,
+    /// The prompt as the model sees it (rendered with the template and a generation prompt).
+    pub prompt: String,
+    pub reference: String,
+    prompt_ids: Vec<u32>,
+    /// The question alone, without the template; `None` when the prompt has no template.
+    plain_ids: Option<Vec<u32>>,
+    /// The whole example and which tokens are the answer's (for the loss).
+    scored: (Vec<u32>, Vec<bool>),
+}
+
+/// The held-out examples of `prepared` (prepared with `train_on = last_assistant`, so the
+/// loss mask covers the answer): chats whose last message is the assistant's, and
+/// prompt/completion records; at most `limit`.
+pub fn eval_cases(
+    prepared: &Prepared,
+    template: Option<&ChatTemplate>,
+    tokenizer: &Tokenizer,
+    limit: Option<usize>,
+) -> Result<Vec<EvalCase>> {
+    let options = RenderOptions {
+        add_generation_prompt: true,
+        ..Default::default()
+    };
+    let mut cases = Vec::new();
+    for (record, example) in prepared.records.iter().zip(&prepared.untruncated) {
+        if limit.is_some_and(|limit| cases.len() == limit) {
+            break;
+        }
+        let (instruction, prompt, reference, plain) = match (&record.sample, template) {
+            (Sample::Chat(conversation), Some(template)) => {
+                let Some((last, before)) = conversation.messages.split_last() else {
+                    continue;
+                };
+                if last.role != Role::Assistant {
+                    continue;
+                }
+                let instruction = before
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == Role::User)
+                    .and_then(|m| m.content.clone())
+                    .unwrap_or_default();
+                let prompt = Conversation {
+                    messages: before.to_vec(),
+                    ..conversation.clone()
+                };
+                let text = template.render_text(&prompt, &options)?;
+                let reference = last.content.clone().unwrap_or_default();
+                (instruction.clone(), text, reference, Some(instruction))
+            }
+            (Sample::Completion { prompt, completion }, _) => {
+                (prompt.clone(), prompt.clone(), completion.clone(), None)
+            }
+            _ => continue,
+        };
+        let plain_ids = match plain {
+            Some(text) => Some(tokenizer.encode(&text)?.0),
+            None => None,
+        };
+        cases.push(EvalCase {
+            line: record.line,
+            instruction,
+            prompt_ids: tokenizer.encode(&prompt)?.0,
+            prompt,
+            reference,
+            plain_ids,
+            scored: (example.input_ids.clone(), example.loss_mask.clone()),
+        });
+    }
+    Ok(cases)
+}
+
+/// What one example gave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExampleResult {
+    pub line: usize,
+    pub instruction: String,
+    pub prompt: String,
+    pub reference: String,
+    /// The greedy answer.
+    pub answer: String,
+    /// Whether it ended with an end-of-turn token (not at `max_new_tokens`).
+    pub stopped: bool,
+    pub metrics: AnswerMetrics,
+    /// Whether the answer matches (exactly, normalised or as a number).
+    pub matches: bool,
+    /// Mean negative log-likelihood of the reference answer's tokens.
+    pub loss: Option<f64>,
+    pub answer_tokens: usize,
+    /// Share of the reference answer's tokens that are the model's top prediction.
+    pub token_accuracy: Option<f64>,
+    /// Sampled answers and how many of them match.
+    pub samples: Vec<String>,
+    pub sample_matches: usize,
+    /// The greedy answer to the question asked without the template.
+    pub plain_answer: Option<String>,
+    /// Whether that answer contains template markers (`### `, `<|im_start|>`, ...).
+    pub plain_leak: Option<bool>,
+    /// Words of the plain answer over words of the templated answer.
+    pub plain_length_ratio: Option<f64>,
+}
+
+/// Totals over the examples.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct EvalSummary {
+    pub examples: usize,
+    /// Token-weighted mean loss on the reference answers, and its perplexity.
+    pub loss: Option<f64>,
+    pub perplexity: Option<f64>,
+    pub token_accuracy: Option<f64>,
+    pub exact: usize,
+    pub normalized: usize,
+    /// Numeric matches, out of the examples whose reference is a number.
+    pub numeric: usize,
+    pub numeric_of: usize,
+    /// Exact, normalised or numeric.
+    pub matches: usize,
+    pub mean_length_ratio: Option<f64>,
+    pub mean_completion: Option<f64>,
+    /// Answers with no format problem, and each problem's count.
+    pub adherent: usize,
+    pub empty: usize,
+    pub template_leak: usize,
+    pub runaway: usize,
+    /// Examples asked without the template, the answers that leaked template markers, and
+    /// the mean length ratio of plain to templated answers.
+    pub plain_asked: usize,
+    pub plain_leaks: usize,
+    pub mean_plain_length_ratio: Option<f64>,
+    /// With samples: examples where at least one sample matches (pass@k), and the share of
+    /// matching samples.
+    pub samples_per_example: usize,
+    pub pass_at_k: usize,
+    pub sample_match_rate: Option<f64>,
+}
+
+/// Evaluates `cases` with `model`, calling `progress` after each example.
+pub fn evaluate_cases<B: Backend>(
+    model: &CausalLm<B>,
+    tokenizer: &Tokenizer,
+    cases: &[EvalCase],
+    settings: &EvalSettings,
+    device: &B::Device,
+    mut progress: impl FnMut(usize),
+) -> Result<(Vec<ExampleResult>, EvalSummary)> {
+    let greedy = GenerationConfig {
+        max_new_tokens: settings.max_new_tokens,
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+        seed: settings.seed,
+        stop_token_ids: settings.stop_token_ids.clone(),
+    };
+    let answer = |prompt: &[u32], config: &GenerationConfig| -> Result<(String, bool)> {
+        let generation = generate(model, prompt, config, device, |_| ControlFlow::Continue(()))?;
+        let stopped = generation.stop_reason == StopReason::StopToken;
+        Ok((tokenizer.decode(&generation.tokens), stopped))
+    };
+    let mut results = Vec::with_capacity(cases.len());
+    for (index, case) in cases.iter().enumerate() {
+        let (text, stopped) = answer(&case.prompt_ids, &greedy)?;
+        let metrics = answer_metrics(&case.instruction, &case.reference, &text, stopped);
+        let mut samples = Vec::with_capacity(settings.samples);
+        for k in 0..settings.samples {
+            let config = GenerationConfig {
+                temperature: settings.temperature,
+                seed: settings.seed ^ ((index * settings.samples + k) as u64 + 1),
+                ..greedy.clone()
+            };
+            samples.push(answer(&case.prompt_ids, &config)?.0);
+        }
+        let sample_matches = samples
+            .iter()
+            .filter(|s| matches(&answer_metrics(&case.instruction, &case.reference, s, true)))
+            .count();
+        let plain = match &case.plain_ids {
+            Some(ids) => Some(answer(ids, &greedy)?.0),
+            None => None,
+        };
+        let (loss, answer_tokens, token_accuracy) = answer_loss(model, &case.scored, device)?;
+        results.push(ExampleResult {
+            line: case.line,
+            instruction: case.instruction.clone(),
+            prompt: case.prompt.clone(),
+            reference: case.reference.clone(),
+            matches: matches(&metrics),
+            plain_leak: plain.as_deref().map(leaks_template),
+            plain_length_ratio: plain.as_deref().and_then(|p| word_ratio(p, &text)),
+            plain_answer: plain,
+            answer: text,
+            stopped,
+            metrics,
+            loss,
+            answer_tokens,
+            token_accuracy,
+            samples,
+            sample_matches,
+        });
+        progress(index + 1);
+    }
+    let summary = summarize(&results, settings.samples);
+    Ok((results, summary))
+}
+
+/// An answer matches when it is exact, normalised or numerically equal.
+fn matches(metrics: &AnswerMetrics) -> bool {
+    metrics.exact || metrics.normalized || metrics.numeric == Some(true)
+}
+
+fn word_ratio(text: &str, to: &str) -> Option<f64> {
+    let words = to.split_whitespace().count();
+    (words > 0).then(|| text.split_whitespace().count() as f64 / words as f64)
+}
+
+/// Mean loss and token accuracy of the masked (answer) tokens of `scored`.
+fn answer_loss<B: Backend>(
+    model: &CausalLm<B>,
+    (ids, mask): &(Vec<u32>, Vec<bool>),
+    device: &B::Device,
+) -> Result<(Option<f64>, usize, Option<f64>)> {
+    let trained = mask.iter().skip(1).filter(|&&m| m).count();
+    if trained == 0 || ids.len() < 2 {
+        return Ok((None, 0, None));
+    }
+    let scores = token_scores(model, ids, device)?;
+    let (mut nll, mut correct) = (0.0, 0);
+    for (score, _) in scores.iter().zip(&mask[1..]).filter(|(_, m)| **m) {
+        nll -= score.logprob;
+        correct += usize::from(score.top);
+    }
+    Ok((
+        Some(nll / trained as f64),
+        trained,
+        Some(correct as f64 / trained as f64),
+    ))
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// The totals of `results`.
+pub fn summarize(results: &[ExampleResult], samples: usize) -> EvalSummary {
+    let metrics: Vec<&AnswerMetrics> = results.iter().map(|r| &r.metrics).collect();
+    let count = |f: &dyn Fn(&AnswerMetrics) -> bool| metrics.iter().filter(|m| f(m)).count();
+    let tokens: usize = results.iter().map(|r| r.answer_tokens).sum();
+    let loss = (tokens > 0).then(|| {
+        results
+            .iter()
+            .filter_map(|r| Some(r.loss? * r.answer_tokens as f64))
+            .sum::<f64>()
+            / tokens as f64
+    });
+    let token_accuracy = (tokens > 0).then(|| {
+        results
+            .iter()
+            .filter_map(|r| Some(r.token_accuracy? * r.answer_tokens as f64))
+            .sum::<f64>()
+            / tokens as f64
+    });
+    let plain: Vec<&ExampleResult> = results.iter().filter(|r| r.plain_leak.is_some()).collect();
+    EvalSummary {
+        examples: results.len(),
+        loss,
+        perplexity: loss.map(f64::exp),
+        token_accuracy,
+        exact: count(&|m| m.exact),
+        normalized: count(&|m| m.normalized),
+        numeric: count(&|m| m.numeric == Some(true)),
+        numeric_of: count(&|m| m.numeric.is_some()),
+        matches: results.iter().filter(|r| r.matches).count(),
+        mean_length_ratio: mean(metrics.iter().filter_map(|m| m.length_ratio)),
+        mean_completion: mean(metrics.iter().filter_map(|m| m.completion)),
+        adherent: count(&|m| m.format.adheres()),
+        empty: count(&|m| m.format.empty),
+        template_leak: count(&|m| m.format.template_leak),
+        runaway: count(&|m| m.format.runaway),
+        plain_asked: plain.len(),
+        plain_leaks: plain.iter().filter(|r| r.plain_leak == Some(true)).count(),
+        mean_plain_length_ratio: mean(plain.iter().filter_map(|r| r.plain_length_ratio)),
+        samples_per_example: samples,
+        pass_at_k: results.iter().filter(|r| r.sample_matches > 0).count(),
+        sample_match_rate: (samples > 0 && !results.is_empty()).then(|| {
+            results.iter().map(|r| r.sample_matches).sum::<usize>() as f64
+                / (samples * results.len()) as f64
+        }),
+    }
+}
+
+/// The summary as a Markdown table a person reads.
+pub fn summary_markdown(summary: &EvalSummary) -> String {
+    let n = summary.examples.max(1) as f64;
+    let share = |count: usize| {
+        format!(
+            "{count} / {} ({:.1}%)",
+            summary.examples,
+            100.0 * count as f64 / n
+        )
+    };
+    let number = |value: Option<f64>| value.map_or("-".into(), |v| format!("{v:.4}"));
+    let mut rows: Vec<(&str, String)> = vec![
+        ("examples", summary.examples.to_string()),
+        ("answer loss", number(summary.loss)),
+        ("answer perplexity", number(summary.perplexity)),
+        ("answer token accuracy", number(summary.token_accuracy)),
+        ("exact match", share(summary.exact)),
+        (
+            "normalised match (case, surrounding space)",
+            share(summary.normalized),
+        ),
+        (
+            "numeric match",
+            format!("{} / {}", summary.numeric, summary.numeric_of),
+        ),
+        ("any match", share(summary.matches)),
+        (
+            "mean length ratio (answer / reference words)",
+            number(summary.mean_length_ratio),
+        ),
+        (
+            "mean completion (instruction keywords present)",
+            number(summary.mean_completion),
+        ),
+        ("format adherent", share(summary.adherent)),
+        ("empty answers", share(summary.empty)),
+        ("template markers in answers", share(summary.template_leak)),
+        ("runaway (hit max_new_tokens)", share(summary.runaway)),
+        (
+            "without template: answers leaking markers",
+            format!("{} / {}", summary.plain_leaks, summary.plain_asked),
+        ),
+        (
+            "without template: length ratio to templated answer",
+            number(summary.mean_plain_length_ratio),
+        ),
+    ];
+    if summary.samples_per_example > 0 {
+        rows.push((
+            "pass@k (a sampled answer matches)",
+            format!(
+                "{} (k = {})",
+                share(summary.pass_at_k),
+                summary.samples_per_example
+            ),
+        ));
+        rows.push(("matching samples", number(summary.sample_match_rate)));
+    }
+    let mut text = String::from("| metric | value |\n|---|---|\n");
+    for (name, value) in rows {
+        let _ = writeln!(text, "| {name} | {value} |");
+    }
+    text
+}
+
+/// Writes `results.jsonl` and `summary.md` into `dir` (created if needed). Refuses a
+/// directory that already holds either file: an evaluation never overwrites another.
+pub fn write_results(dir: &Path, results: &[ExampleResult], summary: &EvalSummary) -> Result<()> {
+    let files = [dir.join(RESULTS_FILE), dir.join(SUMMARY_FILE)];
+    if let Some(existing) = files.iter().find(|f| f.exists()) {
+        return Err(Error::File {
+            path: existing.clone(),
+            reason: "an earlier evaluation's results are there; choose another --output".into(),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(|error| Error::Io {
+        path: dir.to_owned(),
+        error,
+    })?;
+    let mut lines = String::new();
+    for result in results {
+        lines.push_str(&serde_json::to_string(result).unwrap_or_default());
+        lines.push('\n');
+    }
+    temper_store::write_atomic(&files[0], lines.as_bytes())?;
+    let markdown = format!("# Evaluation\n\n{}", summary_markdown(summary));
+    temper_store::write_atomic(&files[1], markdown.as_bytes())?;
+    Ok(())
+}
+
+pub const RESULTS_FILE: &str = "results.jsonl";
+pub const SUMMARY_FILE: &str = "summary.md";
+
+/// Reads the `results.jsonl` of an evaluation directory.
+pub fn read_results(dir: &Path) -> Result<Vec<ExampleResult>> {
+    let path = dir.join(RESULTS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|error| Error::Io {
+        path: path.clone(),
+        error,
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            serde_json::from_str(line).map_err(|error| Error::File {
+                path: path.clone(),
+                reason: format!("line {}: not an evaluation result: {error}", index + 1),
+            })
+        })
+        .collect()
+}
+
+/// Examples whose match changed between two evaluations of the same data, by line:
+/// `(line, instruction, before's answer, after's answer, now matches)`.
+pub fn compare(
+    before: &[ExampleResult],
+    after: &[ExampleResult],
+) -> Vec<(usize, String, String, String, bool)> {
+    let before: BTreeMap<usize, &ExampleResult> = before.iter().map(|r| (r.line, r)).collect();
+    after
+        .iter()
+        .filter_map(|a| {
+            let b = before.get(&a.line)?;
+            (b.matches != a.matches).then(|| {
+                (
+                    a.line,
+                    a.instruction.clone(),
+                    b.answer.clone(),
+                    a.answer.clone(),
+                    a.matches,
+                )
+            })
+        })
+        .collect()
+}
