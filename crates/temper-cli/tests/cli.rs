@@ -408,3 +408,65 @@ fn prepare_never_writes_over_its_input_or_an_existing_file_unasked() {
     assert_ne!(std::fs::read_to_string(&rows).unwrap(), "keep me");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn eval_writes_every_example_and_a_summary_and_never_overwrites_them() {
+    let dir = std::env::temp_dir().join(format!("temper-cli-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = dir.join("before");
+    let model = smollm2();
+    let args = [
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--dataset",
+        "datasets/tasks/test.messages.jsonl",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--samples",
+        "2",
+        "--json",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    let summary = json_output(&temper(&args));
+    assert_eq!(summary["examples"], 3);
+    assert_eq!(summary["samples_per_example"], 2);
+    assert_eq!(summary["plain_asked"], 3, "asked without the template too");
+    assert!(summary["loss"].as_f64().unwrap() > 0.0);
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = results
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["line"], 1);
+    assert_eq!(lines[0]["reference"], "180");
+    assert_eq!(lines[0]["samples"].as_array().unwrap().len(), 2);
+    assert!(lines[0]["metrics"]["format"]["runaway"].is_boolean());
+    let markdown = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(markdown.contains("| exact match |"), "{markdown}");
+
+    // A second run into the same directory is refused and changes nothing.
+    let again = temper(&args);
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("results.jsonl"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.jsonl")).unwrap(),
+        results
+    );
+
+    // The same evaluation compared with itself: nothing changed.
+    let compared = temper(&[
+        "eval",
+        "--compare",
+        out.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(compared.status.success());
+    assert!(String::from_utf8_lossy(&compared.stdout).starts_with("0 example(s) changed"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
