@@ -48,6 +48,9 @@ pub struct EvalArgs {
     skip_errors: bool,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
+    /// Prompts generated at once (left-padded, one key/value cache).
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
     /// Evaluate only the first N examples.
     #[arg(long)]
     limit: Option<usize>,
@@ -78,6 +81,9 @@ pub fn eval_command(args: &EvalArgs) -> Result<()> {
         bail!("--model is required to evaluate");
     };
     let model = ModelArgs::new(model.clone(), args.adapter.clone(), args.device);
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
     if args.samples > 0 && !(args.temperature.is_finite() && args.temperature > 0.0) {
         bail!(
             "--temperature must be above 0 to sample (got {})",
@@ -134,6 +140,7 @@ fn eval_on<B: Backend>(args: &EvalArgs, model: &ModelArgs, device: &B::Device) -
     }
     let settings = EvalSettings {
         max_new_tokens: args.max_new_tokens,
+        batch_size: args.batch_size,
         samples: args.samples,
         temperature: args.temperature,
         seed: args.seed,

@@ -94,57 +94,149 @@ pub fn generate<B: Backend>(
     device: &B::Device,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Generation> {
+    let mut generations =
+        generate_batch(model, &[prompt], config, device, |_, token| on_token(token))?;
+    Ok(generations.remove(0))
+}
+
+/// Generates after each of `prompts` at once, with one key/value cache: prompts of different
+/// lengths are left-padded (padding is neither attended to nor counted as positions), and a
+/// row that finishes leaves the batch, so it stops costing compute. Row `r` samples with seed
+/// `config.seed + r`; greedy rows give what [`generate`] gives for the prompt alone.
+/// `on_token(row, token)` sees each new token; `Break` ends that row.
+pub fn generate_batch<B: Backend>(
+    model: &CausalLm<B>,
+    prompts: &[&[u32]],
+    config: &GenerationConfig,
+    device: &B::Device,
+    mut on_token: impl FnMut(usize, u32) -> ControlFlow<()>,
+) -> Result<Vec<Generation>> {
     config.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::TooFewTokens {
-            what: "the prompt",
-            needed: 1,
-            got: 0,
-        });
-    }
     let limit = model.max_positions();
-    if prompt.len() >= limit {
-        return Err(Error::TooManyTokens {
-            what: "the prompt",
-            got: prompt.len(),
-            limit: limit - 1,
-        });
+    for prompt in prompts {
+        if prompt.is_empty() {
+            return Err(Error::TooFewTokens {
+                what: "the prompt",
+                needed: 1,
+                got: 0,
+            });
+        }
+        if prompt.len() >= limit {
+            return Err(Error::TooManyTokens {
+                what: "the prompt",
+                got: prompt.len(),
+                limit: limit - 1,
+            });
+        }
     }
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let mut samplers: Vec<Sampler> = (0..prompts.len())
+        .map(|row| {
+            Sampler::new(&GenerationConfig {
+                seed: config.seed.wrapping_add(row as u64),
+                ..config.clone()
+            })
+        })
+        .collect();
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut stop_reasons: Vec<Option<StopReason>> = vec![None; prompts.len()];
+    // The rows still generating (indexes into `prompts`), their padding, and their input.
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
+    let mut pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut input: Vec<i64> = prompts
+        .iter()
+        .flat_map(|p| {
+            std::iter::repeat_n(0, longest - p.len()).chain(p.iter().map(|&t| i64::from(t)))
+        })
+        .collect();
+    let mut width = longest;
     let mut cache = model.new_cache();
-    let mut sampler = Sampler::new(config);
-    let mut tokens = Vec::new();
-    let mut input = prompt.to_vec();
-    let stop_reason = loop {
-        if tokens.len() == config.max_new_tokens {
-            break StopReason::MaxTokens;
+    loop {
+        // Rows that end before the next step: enough tokens, or no room for one more.
+        let mut kept = Vec::with_capacity(active.len());
+        for (slot, &row) in active.iter().enumerate() {
+            let reason = if tokens[row].len() == config.max_new_tokens {
+                Some(StopReason::MaxTokens)
+            } else if (cache.len + width).saturating_sub(pads[slot]) > limit {
+                Some(StopReason::ContextFull)
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => stop_reasons[row] = Some(reason),
+                None => kept.push(slot),
+            }
         }
-        if cache.len + input.len() > limit {
-            break StopReason::ContextFull;
+        if kept.is_empty() {
+            break;
         }
-        let ids: Vec<i64> = input.iter().map(|&t| i64::from(t)).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, input.len()]), device);
-        let logits = model.forward_cached(ids, &mut cache);
-        let [_, new, vocab] = logits.dims();
+        if kept.len() < active.len() {
+            (active, pads, input) = keep(&kept, &active, &pads, &input, width);
+            cache.keep_rows(&kept);
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(std::mem::take(&mut input), [active.len(), width]),
+            device,
+        );
+        let logits = model.forward_cached_rows(ids, &pads, &mut cache);
+        let [rows, new, vocab] = logits.dims();
         let last: Vec<f32> = logits
-            .slice([0..1, new - 1..new, 0..vocab])
+            .slice([0..rows, new - 1..new, 0..vocab])
             .into_data()
             .convert::<f32>()
             .to_vec()
             .unwrap_or_default();
-        let token = sampler.pick(&last);
-        if config.stop_token_ids.contains(&token) {
-            break StopReason::StopToken;
+        let mut kept = Vec::with_capacity(active.len());
+        for (slot, &row) in active.iter().enumerate() {
+            let token = samplers[row].pick(&last[slot * vocab..(slot + 1) * vocab]);
+            if config.stop_token_ids.contains(&token) {
+                stop_reasons[row] = Some(StopReason::StopToken);
+                continue;
+            }
+            tokens[row].push(token);
+            if on_token(row, token).is_break() {
+                stop_reasons[row] = Some(StopReason::Caller);
+                continue;
+            }
+            kept.push(slot);
+            input.push(i64::from(token));
         }
-        tokens.push(token);
-        if on_token(token).is_break() {
-            break StopReason::Caller;
+        width = 1;
+        if kept.is_empty() {
+            break;
         }
-        input = vec![token];
-    };
-    Ok(Generation {
-        tokens,
-        stop_reason,
-    })
+        if kept.len() < active.len() {
+            let next = std::mem::take(&mut input);
+            (active, pads, _) = keep(&kept, &active, &pads, &[], 0);
+            input = next;
+            cache.keep_rows(&kept);
+        }
+    }
+    Ok(tokens
+        .into_iter()
+        .zip(stop_reasons)
+        .map(|(tokens, reason)| Generation {
+            tokens,
+            stop_reason: reason.unwrap_or(StopReason::MaxTokens),
+        })
+        .collect())
+}
+
+/// The rows, padding and inputs (`width` ids per row) of the batch slots `kept`.
+fn keep(
+    kept: &[usize],
+    active: &[usize],
+    pads: &[usize],
+    input: &[i64],
+    width: usize,
+) -> (Vec<usize>, Vec<usize>, Vec<i64>) {
+    (
+        kept.iter().map(|&slot| active[slot]).collect(),
+        kept.iter().map(|&slot| pads[slot]).collect(),
+        kept.iter()
+            .flat_map(|&slot| input[slot * width..(slot + 1) * width].iter().copied())
+            .collect(),
+    )
 }
 
 /// `logprobs[i]` = log p(`tokens[i + 1]` | `tokens[..=i]`), from one forward pass.

@@ -4,7 +4,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
-use burn::tensor::{Bool, Distribution, Int};
+use burn::tensor::{Bool, Distribution, Int, TensorData};
 
 use crate::config::RopeScaling;
 use crate::fused::masked_softmax;
@@ -454,6 +454,20 @@ impl<B: Backend> KvCache<B> {
             len: 0,
         }
     }
+
+    /// Keeps only the batch rows `rows` (in that order): rows that finished stop costing
+    /// compute.
+    pub fn keep_rows(&mut self, rows: &[usize]) {
+        for (key, value) in self.layers.iter_mut().flatten() {
+            let device = key.device();
+            let index = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
+                &device,
+            );
+            *key = key.clone().select(0, index.clone());
+            *value = value.clone().select(0, index);
+        }
+    }
 }
 
 /// Prepends cached keys/values and stores the result (no-op without a cache).
@@ -474,26 +488,6 @@ pub fn extend_cache<B: Backend>(
     };
     *slot = Some((key.clone(), value.clone()));
     (key, value)
-}
-
-/// The mask of `new` queries that follow `past` cached positions: query `i` sees keys up to
-/// `past + i`.
-///
-/// # Shapes
-/// -> `[1, 1, new, past + new]` (true = masked)
-pub fn decoding_mask<B: Backend>(
-    past: usize,
-    new: usize,
-    device: &B::Device,
-) -> Tensor<B, 4, Bool> {
-    let total = past + new;
-    let query = Tensor::<B, 1, Int>::arange(past as i64..total as i64, device)
-        .reshape([new, 1])
-        .expand([new, total]);
-    let key = Tensor::<B, 1, Int>::arange(0..total as i64, device)
-        .reshape([1, total])
-        .expand([new, total]);
-    key.greater(query).unsqueeze::<4>()
 }
 
 /// Logits of an output layer that is `lm_head`, or tied to the token embedding `embed`.

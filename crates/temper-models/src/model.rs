@@ -10,7 +10,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gemma3::Gemma3;
 use crate::gpt2::Gpt2;
-use crate::layers::{KvCache, Linear, block_causal_mask, decoding_mask};
+use crate::layers::{KvCache, Linear, block_causal_mask};
 use crate::layout::Layout;
 use crate::llama::Llama;
 use crate::weights::{WeightWriter, Weights};
@@ -280,23 +280,51 @@ impl<B: Backend> CausalLm<B> {
         KvCache::new(self.architecture().n_layers())
     }
 
-    /// Incremental decoding of one sequence: logits of `input_ids` (the positions after
-    /// those already in `cache`), reusing and extending the cache.
+    /// Incremental decoding: logits of `input_ids` (the positions after those already in
+    /// `cache`), reusing and extending the cache.
     ///
     /// # Shapes
-    /// input_ids: `[1, new]` -> `[1, new, vocab_size]`
+    /// input_ids: `[batch, new]` -> `[batch, new, vocab_size]`
     pub fn forward_cached(
         &self,
         input_ids: Tensor<B, 2, Int>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
+        let pads = vec![0; input_ids.dims()[0]];
+        self.forward_cached_rows(input_ids, &pads, cache)
+    }
+
+    /// [`CausalLm::forward_cached`] for rows of different lengths, left-padded: row `r`
+    /// starts with `pads[r]` padding positions, which nothing attends to (each attends only
+    /// to itself, so no softmax is over nothing) and which do not count as positions: the
+    /// row's first real token is at position 0.
+    ///
+    /// # Shapes
+    /// input_ids: `[batch, new]` -> `[batch, new, vocab_size]`
+    pub fn forward_cached_rows(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        pads: &[usize],
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
         let [batch, new] = input_ids.dims();
         let device = input_ids.device();
         let past = cache.len;
-        let position_ids = Tensor::<B, 1, Int>::arange(past as i64..(past + new) as i64, &device)
-            .unsqueeze::<2>()
-            .expand([batch, new]);
-        let mask = decoding_mask::<B>(past, new, &device).expand([batch, 1, new, past + new]);
+        let total = past + new;
+        let mut positions = Vec::with_capacity(batch * new);
+        let mut masked = Vec::with_capacity(batch * new * total);
+        for &pad in pads {
+            for query in past..total {
+                positions.push(query.saturating_sub(pad) as i64);
+                masked.extend((0..total).map(|key| key > query || (key < pad && key != query)));
+            }
+        }
+        let position_ids =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [batch, new]), &device);
+        let mask = Tensor::<B, 4, Bool>::from_data(
+            TensorData::new(masked, [batch, 1, new, total]),
+            &device,
+        );
         cache.len += new;
         let model = self.architecture();
         model.logits(model.hidden(input_ids, position_ids, mask, Some(cache)))

@@ -4,13 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Int;
 use safetensors::{Dtype, SafeTensors};
-use temper_models::{CausalLm, Error, ModelInput, RawTensor, Weights};
+use temper_models::{
+    CausalLm, Error, Generation, GenerationConfig, ModelInput, RawTensor, StopReason, Weights,
+    generate, generate_batch,
+};
 
 type B = Flex;
 
@@ -416,5 +420,62 @@ fn cached_decoding_equals_the_full_forward_pass() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
         assert!(diff < 1e-4, "{case}: cached decoding differs by {diff}");
+    }
+}
+
+/// Prompts of different lengths generated in one left-padded batch give, token for token,
+/// what each gives alone; rows that stop early (a stop token) leave the batch, and the
+/// others go on unchanged. Sequences pass the sliding-window fixtures' window.
+#[test]
+fn a_batch_generates_what_each_prompt_generates_alone() {
+    let device = Default::default();
+    let prompts: [&[u32]; 4] = [&[5, 17, 3], &[42], &[8, 1, 29, 30, 31, 2, 9], &[11, 12]];
+    for case in ARCHITECTURES {
+        let (model, _) = CausalLm::<B>::from_hf_dir(&fixture(case), &device).unwrap();
+        let mut config = GenerationConfig {
+            max_new_tokens: 10,
+            ..Default::default()
+        };
+        let alone = |config: &GenerationConfig| -> Vec<Generation> {
+            prompts
+                .iter()
+                .map(|p| {
+                    generate(&model, p, config, &device, |_| ControlFlow::Continue(())).unwrap()
+                })
+                .collect()
+        };
+        let expected = alone(&config);
+        let batch = generate_batch(&model, &prompts, &config, &device, |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(batch, expected, "{case}: greedy");
+        // A token the first row produces stops it early; the others are unaffected.
+        config.stop_token_ids = vec![expected[0].tokens[2]];
+        let expected = alone(&config);
+        assert_eq!(expected[0].stop_reason, StopReason::StopToken);
+        let batch = generate_batch(&model, &prompts, &config, &device, |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(batch, expected, "{case}: with a stop token");
+        // Sampled rows are seeded by row: row r as a prompt alone with seed + r.
+        config.temperature = 0.8;
+        config.stop_token_ids.clear();
+        let batch = generate_batch(&model, &prompts, &config, &device, |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        for (row, prompt) in prompts.iter().enumerate() {
+            let seeded = GenerationConfig {
+                seed: config.seed + row as u64,
+                ..config.clone()
+            };
+            let one = generate(&model, prompt, &seeded, &device, |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            assert_eq!(batch[row], one, "{case}: sampled row {row}");
+        }
     }
 }

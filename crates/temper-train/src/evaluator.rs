@@ -12,7 +12,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use temper_chat::{ChatTemplate, Conversation, RenderOptions, Role};
 use temper_data::{Prepared, Sample, Tokenizer};
-use temper_models::{CausalLm, GenerationConfig, StopReason, generate, token_scores};
+use temper_models::{CausalLm, GenerationConfig, StopReason, generate_batch, token_scores};
 
 use crate::answer_metrics::{AnswerMetrics, answer_metrics, leaks_template};
 use crate::error::{Error, Result};
@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct EvalSettings {
     pub max_new_tokens: usize,
+    /// Prompts generated at once.
+    pub batch_size: usize,
     /// Sampled answers per example besides the greedy one (0: none).
     pub samples: usize,
     /// The temperature of the sampled answers.
@@ -190,52 +192,77 @@ pub fn evaluate_cases<B: Backend>(
         seed: settings.seed,
         stop_token_ids: settings.stop_token_ids.clone(),
     };
-    let answer = |prompt: &[u32], config: &GenerationConfig| -> Result<(String, bool)> {
-        let generation = generate(model, prompt, config, device, |_| ControlFlow::Continue(()))?;
-        let stopped = generation.stop_reason == StopReason::StopToken;
-        Ok((tokenizer.decode(&generation.tokens), stopped))
+    // Answers to many prompts at once: (text, ended with an end-of-turn token).
+    let answers = |prompts: &[&[u32]], config: &GenerationConfig| -> Result<Vec<(String, bool)>> {
+        let generations = generate_batch(model, prompts, config, device, |_, _| {
+            ControlFlow::Continue(())
+        })?;
+        Ok(generations
+            .into_iter()
+            .map(|g| {
+                let stopped = g.stop_reason == StopReason::StopToken;
+                (tokenizer.decode(&g.tokens), stopped)
+            })
+            .collect())
     };
     let mut results = Vec::with_capacity(cases.len());
-    for (index, case) in cases.iter().enumerate() {
-        let (text, stopped) = answer(&case.prompt_ids, &greedy)?;
-        let metrics = answer_metrics(&case.instruction, &case.reference, &text, stopped);
-        let mut samples = Vec::with_capacity(settings.samples);
-        for k in 0..settings.samples {
-            let config = GenerationConfig {
-                temperature: settings.temperature,
-                seed: settings.seed ^ ((index * settings.samples + k) as u64 + 1),
-                ..greedy.clone()
-            };
-            samples.push(answer(&case.prompt_ids, &config)?.0);
-        }
-        let sample_matches = samples
+    for (chunk_index, chunk) in cases.chunks(settings.batch_size.max(1)).enumerate() {
+        let first = chunk_index * settings.batch_size.max(1);
+        let prompts: Vec<&[u32]> = chunk.iter().map(|c| c.prompt_ids.as_slice()).collect();
+        let greedy_answers = answers(&prompts, &greedy)?;
+        let plain_prompts: Vec<&[u32]> = chunk
             .iter()
-            .filter(|s| matches(&answer_metrics(&case.instruction, &case.reference, s, true)))
-            .count();
-        let plain = match &case.plain_ids {
-            Some(ids) => Some(answer(ids, &greedy)?.0),
-            None => None,
-        };
-        let (loss, answer_tokens, token_accuracy) = answer_loss(model, &case.scored, device)?;
-        results.push(ExampleResult {
-            line: case.line,
-            instruction: case.instruction.clone(),
-            prompt: case.prompt.clone(),
-            reference: case.reference.clone(),
-            matches: matches(&metrics),
-            plain_leak: plain.as_deref().map(leaks_template),
-            plain_length_ratio: plain.as_deref().and_then(|p| word_ratio(p, &text)),
-            plain_answer: plain,
-            answer: text,
-            stopped,
-            metrics,
-            loss,
-            answer_tokens,
-            token_accuracy,
-            samples,
-            sample_matches,
-        });
-        progress(index + 1);
+            .filter_map(|c| c.plain_ids.as_deref())
+            .collect();
+        let mut plain_answers = answers(&plain_prompts, &greedy)?.into_iter();
+        for (offset, (case, (text, stopped))) in chunk.iter().zip(greedy_answers).enumerate() {
+            let index = first + offset;
+            let metrics = answer_metrics(&case.instruction, &case.reference, &text, stopped);
+            // The samples of one example are one batch, seeded by the example's index alone,
+            // so they do not depend on the batch size.
+            let samples: Vec<String> = match settings.samples {
+                0 => Vec::new(),
+                k => {
+                    let config = GenerationConfig {
+                        temperature: settings.temperature,
+                        seed: settings.seed.wrapping_add((index * k) as u64),
+                        ..greedy.clone()
+                    };
+                    answers(&vec![case.prompt_ids.as_slice(); k], &config)?
+                        .into_iter()
+                        .map(|(text, _)| text)
+                        .collect()
+                }
+            };
+            let sample_matches = samples
+                .iter()
+                .filter(|s| matches(&answer_metrics(&case.instruction, &case.reference, s, true)))
+                .count();
+            let plain = match case.plain_ids {
+                Some(_) => plain_answers.next().map(|(text, _)| text),
+                None => None,
+            };
+            let (loss, answer_tokens, token_accuracy) = answer_loss(model, &case.scored, device)?;
+            results.push(ExampleResult {
+                line: case.line,
+                instruction: case.instruction.clone(),
+                prompt: case.prompt.clone(),
+                reference: case.reference.clone(),
+                matches: matches(&metrics),
+                plain_leak: plain.as_deref().map(leaks_template),
+                plain_length_ratio: plain.as_deref().and_then(|p| word_ratio(p, &text)),
+                plain_answer: plain,
+                answer: text,
+                stopped,
+                metrics,
+                loss,
+                answer_tokens,
+                token_accuracy,
+                samples,
+                sample_matches,
+            });
+            progress(index + 1);
+        }
     }
     let summary = summarize(&results, settings.samples);
     Ok((results, summary))
