@@ -105,8 +105,7 @@ fn an_adapter_for_another_model_is_refused_with_the_key_and_shapes() {
         &peft_dir("llama").join("adapter"),
         &Default::default(),
     )
-    .err()
-    .expect("refused")
+    .expect_err("refused")
     .to_string();
     assert!(error.contains("base_model.model."), "{error}");
     assert!(

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use temper_chat::TrainOn;
 use temper_data::{DataConfig, Format, OnError, Truncation};
 use temper_train::evaluator::{
-    EvalSettings, compare, eval_cases, evaluate_cases, read_results, summary_markdown,
+    EvalSettings, Replace, compare, eval_cases, evaluate_cases, read_results, summary_markdown,
     write_results,
 };
 
@@ -172,7 +172,7 @@ fn eval_on<B: Backend>(args: &EvalArgs, model: &ModelArgs, device: &B::Device) -
         bar.finish_and_clear();
     }
     if let Some(dir) = &args.output {
-        write_results(dir, &results, &summary)?;
+        write_results(dir, &results, &summary, Replace::No)?;
         eprintln!("wrote {}/results.jsonl and summary.md", dir.display());
     }
     if args.json {

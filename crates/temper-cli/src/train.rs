@@ -150,14 +150,20 @@ fn train_on<B: Backend>(args: &TrainArgs, device: &B::Device, name: &str) -> Res
                 None => eprintln!("{text}"),
             }
         }
-        Event::ExactMatch {
-            when,
-            correct,
-            total,
-        } => {
+        Event::Evaluation { when, summary, dir } => {
             let text = format!(
-                "exact match {when} training: {correct}/{total} ({:.1}%)",
-                100.0 * correct as f64 / total.max(1) as f64
+                "{when} training: {} ({}/summary.md)",
+                summary.headline(),
+                dir.display()
+            );
+            match &bar {
+                Some(bar) => bar.println(text),
+                None => eprintln!("{text}"),
+            }
+        }
+        Event::Changed { fixed, broken } => {
+            let text = format!(
+                "training fixed {fixed} answer(s) and broke {broken} (temper eval --compare shows them)"
             );
             match &bar {
                 Some(bar) => bar.println(text),
@@ -201,15 +207,12 @@ fn train_on<B: Backend>(args: &TrainArgs, device: &B::Device, name: &str) -> Res
             100.0 * token_accuracy
         );
     }
-    for (when, value) in [
-        ("before", summary.exact_match_before),
-        ("after", summary.exact_match_after),
+    for (when, evaluation) in [
+        ("before", &summary.evaluation_before),
+        ("after", &summary.evaluation_after),
     ] {
-        if let Some((correct, total)) = value {
-            println!(
-                "exact match {when} training: {correct}/{total} ({:.1}%)",
-                100.0 * correct as f64 / total.max(1) as f64
-            );
+        if let Some(evaluation) = evaluation {
+            println!("{when} training: {}", evaluation.headline());
         }
     }
     println!(

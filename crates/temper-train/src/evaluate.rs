@@ -1,32 +1,28 @@
-//! Evaluation during a run: the held-out loss, and exact match of greedy answers to
-//! held-out chats, prompted with the template the data was rendered with.
+//! Evaluation during a run: the held-out loss, and the evaluator's metrics of greedy answers
+//! to held-out examples, prompted with the template the data was rendered with.
 
-use std::ops::ControlFlow;
+use std::path::Path;
 
 use burn::prelude::*;
-use temper_chat::{ChatTemplate, Conversation, RenderOptions, Role};
-use temper_data::{Batch, Pack, Prepared, Sample, Tokenizer, collate};
-use temper_models::{CausalLm, GenerationConfig, generate};
+use temper_chat::ChatTemplate;
+use temper_data::{Batch, Pack, Tokenizer, collate};
+use temper_models::CausalLm;
 
 use crate::config::RunConfig;
 use crate::error::Result;
+use crate::evaluator::{
+    EvalCase, EvalSettings, EvalSummary, Replace, eval_cases, evaluate_cases, write_results,
+};
 use crate::load::stop_token_ids;
 use crate::metrics::Metric;
 use crate::run::Event;
 use crate::step::evaluate;
 
-/// The held-out data, prepared once: batches for the loss, chats for exact match.
+/// The held-out data, prepared once: batches for the loss, examples to answer.
 pub(crate) struct HeldOut {
     batches: Vec<Batch>,
-    cases: Vec<GenerationCase>,
-    generation: GenerationConfig,
-}
-
-/// One held-out chat: the prompt as rendered, its token ids, and the expected answer.
-struct GenerationCase {
-    text: String,
-    prompt: Vec<u32>,
-    expected: String,
+    cases: Vec<EvalCase>,
+    settings: EvalSettings,
 }
 
 /// The held-out file's batches and generation cases, rendered with the training template.
@@ -35,11 +31,11 @@ pub(crate) fn held_out(
     tokenizer: &Tokenizer,
     template: Option<&ChatTemplate>,
 ) -> Result<HeldOut> {
-    let generation = GenerationConfig {
+    let settings = EvalSettings {
         max_new_tokens: config.eval.max_new_tokens,
+        batch_size: GENERATION_BATCH,
+        samples: 0,
         temperature: 0.0,
-        top_k: None,
-        top_p: None,
         seed: config.train.seed,
         stop_token_ids: stop_token_ids(tokenizer),
     };
@@ -47,7 +43,7 @@ pub(crate) fn held_out(
         return Ok(HeldOut {
             batches: Vec::new(),
             cases: Vec::new(),
-            generation,
+            settings,
         });
     };
     let read = temper_data::pipeline::read_dataset(path, &config.data)?;
@@ -62,16 +58,14 @@ pub(crate) fn held_out(
         tokenizer.pad_id,
         config.data.pad_to_multiple_of,
     );
-    let cases = match template {
-        Some(template) if config.eval.generate_examples > 0 => {
-            generation_cases(&eval, template, tokenizer, config.eval.generate_examples)?
-        }
-        _ => Vec::new(),
+    let cases = match config.eval.generate_examples {
+        0 => Vec::new(),
+        count => eval_cases(&eval, template, tokenizer, Some(count))?,
     };
     Ok(HeldOut {
         batches,
         cases,
-        generation,
+        settings,
     })
 }
 
@@ -120,92 +114,47 @@ fn batches_of(
         .collect()
 }
 
-/// The first `count` chat examples of `eval` whose last message is the assistant's: their
-/// prompt (everything before it, with the generation prompt) and the expected answer.
-fn generation_cases(
-    eval: &Prepared,
-    template: &ChatTemplate,
-    tokenizer: &Tokenizer,
-    count: usize,
-) -> Result<Vec<GenerationCase>> {
-    let options = RenderOptions {
-        add_generation_prompt: true,
-        ..Default::default()
-    };
-    let mut cases = Vec::new();
-    for record in &eval.records {
-        if cases.len() == count {
-            break;
-        }
-        let Sample::Chat(conversation) = &record.sample else {
-            continue;
-        };
-        let Some((last, before)) = conversation.messages.split_last() else {
-            continue;
-        };
-        if last.role != Role::Assistant {
-            continue;
-        }
-        let prompt = Conversation {
-            messages: before.to_vec(),
-            ..conversation.clone()
-        };
-        let text = template.render_text(&prompt, &options)?;
-        let encoded = tokenizer.encode(&text)?;
-        cases.push(GenerationCase {
-            text,
-            prompt: encoded.0,
-            expected: last.content.clone().unwrap_or_default(),
-        });
-    }
-    Ok(cases)
-}
+/// Prompts answered at once in the trainer's evaluations.
+const GENERATION_BATCH: usize = 16;
 
-/// How many greedy answers to the held-out chats equal the expected answer (both trimmed),
-/// out of how many; reports the first few answers and the count as events labelled `when`.
-/// `None` when there are no held-out chats to answer.
-pub(crate) fn exact_matches<B: Backend>(
+/// Answers the held-out examples with `model` (see [`crate::evaluator`]), writes
+/// `results.jsonl` and `summary.md` into `output_dir/eval/{when}`, and reports the first few
+/// answers and the summary as events labelled `when`. `None` when there is nothing to answer.
+pub(crate) fn answer_held_out<B: Backend>(
     model: &CausalLm<B>,
     eval: &HeldOut,
     tokenizer: &Tokenizer,
     device: &B::Device,
+    output_dir: &Path,
     when: &'static str,
     on_event: &mut dyn FnMut(Event),
-) -> Result<Option<(usize, usize)>> {
+) -> Result<Option<EvalSummary>> {
     const SHOWN: usize = 3;
     if eval.cases.is_empty() {
         return Ok(None);
     }
-    let config = &eval.generation;
-    let mut correct = 0;
-    for (index, case) in eval.cases.iter().enumerate() {
-        let generation = generate(model, &case.prompt, config, device, |_| {
-            ControlFlow::Continue(())
-        })?;
-        let answer: Vec<u32> = generation
-            .tokens
-            .iter()
-            .copied()
-            .filter(|id| !config.stop_token_ids.contains(id))
-            .collect();
-        let answer = tokenizer.decode(&answer);
-        if answer.trim() == case.expected.trim() {
-            correct += 1;
-        }
-        if index < SHOWN {
-            on_event(Event::Answer {
-                when,
-                prompt: case.text.clone(),
-                expected: case.expected.clone(),
-                answer,
-            });
-        }
+    let (results, summary) = evaluate_cases(
+        model,
+        tokenizer,
+        &eval.cases,
+        &eval.settings,
+        device,
+        |_| {},
+    )?;
+    for result in results.iter().take(SHOWN) {
+        on_event(Event::Answer {
+            when,
+            prompt: result.prompt.clone(),
+            expected: result.reference.clone(),
+            answer: result.answer.clone(),
+        });
     }
-    let total = eval.cases.len();
-    on_event(Event::ExactMatch {
+    let dir = output_dir.join("eval").join(when);
+    write_results(&dir, &results, &summary, Replace::Yes)?;
+    on_event(Event::Evaluation {
         when,
-        correct,
-        total,
+        summary: Box::new(summary.clone()),
+        dir,
     });
-    Ok(Some((correct, total)))
+    Ok(Some(summary))
 }

@@ -354,6 +354,31 @@ pub fn summarize(results: &[ExampleResult], samples: usize) -> EvalSummary {
     }
 }
 
+impl EvalSummary {
+    /// One line of the main numbers.
+    pub fn headline(&self) -> String {
+        let n = self.examples;
+        let mut line = format!(
+            "exact {}/{n}, normalised {}/{n}, numeric {}/{}, format adherent {}/{n} (template markers {}, runaway {})",
+            self.exact,
+            self.normalized,
+            self.numeric,
+            self.numeric_of,
+            self.adherent,
+            self.template_leak,
+            self.runaway
+        );
+        if self.plain_asked > 0 {
+            let _ = write!(
+                line,
+                "; without the template {}/{} leak markers",
+                self.plain_leaks, self.plain_asked
+            );
+        }
+        line
+    }
+}
+
 /// The summary as a Markdown table a person reads.
 pub fn summary_markdown(summary: &EvalSummary) -> String {
     let n = summary.examples.max(1) as f64;
@@ -419,11 +444,25 @@ pub fn summary_markdown(summary: &EvalSummary) -> String {
     text
 }
 
-/// Writes `results.jsonl` and `summary.md` into `dir` (created if needed). Refuses a
-/// directory that already holds either file: an evaluation never overwrites another.
-pub fn write_results(dir: &Path, results: &[ExampleResult], summary: &EvalSummary) -> Result<()> {
+/// Whether [`write_results`] may replace an earlier evaluation's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// The directory belongs to the caller (a run's `eval/before`).
+    Yes,
+    /// A user's `--output`: an earlier evaluation there is refused.
+    No,
+}
+
+/// Writes `results.jsonl` and `summary.md` into `dir` (created if needed), each through a
+/// temporary file.
+pub fn write_results(
+    dir: &Path,
+    results: &[ExampleResult],
+    summary: &EvalSummary,
+    replace: Replace,
+) -> Result<()> {
     let files = [dir.join(RESULTS_FILE), dir.join(SUMMARY_FILE)];
-    if let Some(existing) = files.iter().find(|f| f.exists()) {
+    if let Some(existing) = files.iter().find(|f| replace == Replace::No && f.exists()) {
         return Err(Error::File {
             path: existing.clone(),
             reason: "an earlier evaluation's results are there; choose another --output".into(),

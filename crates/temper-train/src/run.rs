@@ -18,7 +18,8 @@ use temper_optim::{AdamW, LrSchedule, lr_at};
 use crate::checkpoint::{self, Fingerprint, Saved, TrainerState};
 use crate::config::RunConfig;
 use crate::error::{Error, Result, io};
-use crate::evaluate::{HeldOut, eval_loss, exact_matches, held_out};
+use crate::evaluate::{HeldOut, answer_held_out, eval_loss, held_out};
+use crate::evaluator::{EvalSummary, compare, read_results};
 use crate::export::{Export, export};
 use crate::load::{RunModel, load_for_run};
 use crate::memory::{self, MicroBatch, StepMemory};
@@ -49,12 +50,15 @@ pub enum Event {
         expected: String,
         answer: String,
     },
-    /// Exact match over generated answers; `when` is `before` or `after`.
-    ExactMatch {
+    /// The evaluation of the held-out answers (`when` is `before` or `after`), written to
+    /// `dir` (`results.jsonl`, `summary.md`).
+    Evaluation {
         when: &'static str,
-        correct: usize,
-        total: usize,
+        summary: Box<EvalSummary>,
+        dir: PathBuf,
     },
+    /// Examples whose answer went from wrong to right (`fixed`) or back (`broken`) in training.
+    Changed { fixed: usize, broken: usize },
 }
 
 /// Paths and numbers of a finished run.
@@ -64,8 +68,9 @@ pub struct RunSummary {
     pub steps: u64,
     pub final_loss: f64,
     pub eval: Option<Metric>,
-    pub exact_match_before: Option<(usize, usize)>,
-    pub exact_match_after: Option<(usize, usize)>,
+    /// The evaluations of the held-out answers before and after training.
+    pub evaluation_before: Option<EvalSummary>,
+    pub evaluation_after: Option<EvalSummary>,
     pub metrics: PathBuf,
     pub loss_plot: PathBuf,
     pub adapter: Option<PathBuf>,
@@ -112,15 +117,16 @@ pub fn run<B: AutodiffBackend>(
     let first_step = resumed.as_ref().map_or(0, |(_, step)| *step) + 1;
     let metrics_path = output_dir.join("metrics.jsonl");
     let mut metrics = MetricsLog::open(&metrics_path, first_step - 1)?;
-    let mut exact_match_before = None;
+    let mut evaluation_before = None;
     if resumed.is_none() && config.eval.before_training {
         let inference = model.valid();
         if let Some(metric) = eval_loss(&inference, &eval, 0, device)? {
             metrics.push(metric.clone())?;
             on_event(Event::Eval(metric));
         }
-        exact_match_before =
-            exact_matches(&inference, &eval, &tokenizer, device, "before", on_event)?;
+        evaluation_before = answer_held_out(
+            &inference, &eval, &tokenizer, device, output_dir, "before", on_event,
+        )?;
     }
     let mut run = Training {
         config,
@@ -138,12 +144,31 @@ pub fn run<B: AutodiffBackend>(
     let mut last_eval = trained.last_eval;
 
     let trained_model = model.valid();
-    let exact_match_after =
-        exact_matches(&trained_model, &eval, &tokenizer, device, "after", on_event)?;
-    if let (Some((correct, total)), Some(Metric::Eval { exact_match, .. })) =
-        (exact_match_after, &mut last_eval)
+    let evaluation_after = answer_held_out(
+        &trained_model,
+        &eval,
+        &tokenizer,
+        device,
+        output_dir,
+        "after",
+        on_event,
+    )?;
+    if let (Some(summary), Some(Metric::Eval { exact_match, .. })) =
+        (&evaluation_after, &mut last_eval)
     {
-        *exact_match = Some(correct as f64 / total as f64);
+        *exact_match = Some(summary.exact as f64 / summary.examples.max(1) as f64);
+    }
+    if evaluation_before.is_some() && evaluation_after.is_some() {
+        let eval_dir = output_dir.join("eval");
+        let changed = compare(
+            &read_results(&eval_dir.join("before"))?,
+            &read_results(&eval_dir.join("after"))?,
+        );
+        let fixed = changed.iter().filter(|c| c.4).count();
+        on_event(Event::Changed {
+            fixed,
+            broken: changed.len() - fixed,
+        });
     }
 
     let loss_plot = output_dir.join("loss.svg");
@@ -179,8 +204,8 @@ pub fn run<B: AutodiffBackend>(
         steps: trained.total_steps,
         final_loss: trained.final_loss,
         eval: last_eval,
-        exact_match_before,
-        exact_match_after,
+        evaluation_before,
+        evaluation_after,
         metrics: metrics_path,
         loss_plot,
         adapter,
