@@ -57,12 +57,8 @@ pub struct InputArgs {
     /// A built-in template name, a `.jinja` file or a `tokenizer_config.json`.
     #[arg(long)]
     template: Option<String>,
-    /// alpaca, messages, sharegpt, prompt_completion or text (detected when absent).
-    #[arg(long)]
-    format: Option<Format>,
-    /// Map a field to another JSON key, e.g. `--field instruction=question`.
-    #[arg(long = "field", value_parser = crate::key_value)]
-    fields: Vec<(String, String)>,
+    #[command(flatten)]
+    records: RecordArgs,
     /// Which messages are trained: assistant, all, last_assistant.
     #[arg(long, default_value = "assistant")]
     train_on: TrainOn,
@@ -75,9 +71,6 @@ pub struct InputArgs {
     /// Pack examples into rows of max_length instead of padding them.
     #[arg(long)]
     packing: bool,
-    /// Skip (and count) bad records instead of stopping at the first.
-    #[arg(long)]
-    skip_errors: bool,
     #[arg(long)]
     /// The end-of-sequence token, when the tokenizer files do not say.
     eos_token: Option<String>,
@@ -89,28 +82,50 @@ pub struct InputArgs {
     bos_token: Option<String>,
 }
 
+/// How records are read from a dataset file (shared by `temper data` and `temper eval`).
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// alpaca, messages, sharegpt, prompt_completion or text (detected when absent).
+    #[arg(long)]
+    format: Option<Format>,
+    /// Map a field to another JSON key, e.g. `--field instruction=question`.
+    #[arg(long = "field", value_parser = crate::key_value)]
+    fields: Vec<(String, String)>,
+    /// Skip (and count) bad records instead of stopping at the first.
+    #[arg(long)]
+    skip_errors: bool,
+}
+
+impl RecordArgs {
+    /// Sets the format, field names and error policy of `config`.
+    pub fn apply(&self, config: &mut DataConfig) -> Result<()> {
+        config.format = self.format;
+        config.on_error = if self.skip_errors {
+            OnError::Skip
+        } else {
+            OnError::Fail
+        };
+        for (field, key) in &self.fields {
+            config.fields.set(field, key)?;
+        }
+        Ok(())
+    }
+}
+
 impl InputArgs {
     fn config(&self) -> Result<DataConfig> {
         let mut config = DataConfig {
-            format: self.format,
             template: self.template.clone(),
             train_on: self.train_on,
             max_length: self.max_length,
             truncation: self.truncation,
             packing: self.packing,
-            on_error: if self.skip_errors {
-                OnError::Skip
-            } else {
-                OnError::Fail
-            },
             eos_token: self.eos_token.clone(),
             bos_token: self.bos_token.clone(),
             pad_token: self.pad_token.clone(),
             ..DataConfig::default()
         };
-        for (field, key) in &self.fields {
-            config.fields.set(field, key)?;
-        }
+        self.records.apply(&mut config)?;
         config.validate()?;
         Ok(config)
     }

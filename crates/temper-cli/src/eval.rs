@@ -10,13 +10,14 @@ use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use temper_chat::TrainOn;
-use temper_data::{DataConfig, Format, OnError, Truncation};
+use temper_data::{DataConfig, Truncation};
 use temper_train::evaluator::{
     EvalSettings, Replace, compare, eval_cases, evaluate_cases, read_results, summary_markdown,
     write_results,
 };
 
 use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device};
+use crate::data::RecordArgs;
 use crate::model::ModelArgs;
 
 #[derive(Debug, Args)]
@@ -37,15 +38,8 @@ pub struct EvalArgs {
     /// `temper train` picks it).
     #[arg(long)]
     template: Option<String>,
-    /// alpaca, messages, sharegpt, prompt_completion (detected when absent).
-    #[arg(long)]
-    format: Option<Format>,
-    /// Map a field to another JSON key, e.g. `--field instruction=question`.
-    #[arg(long = "field", value_parser = crate::key_value)]
-    fields: Vec<(String, String)>,
-    /// Skip (and count) bad records instead of stopping at the first.
-    #[arg(long)]
-    skip_errors: bool,
+    #[command(flatten)]
+    records: RecordArgs,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// Prompts generated at once (left-padded, one key/value cache).
@@ -110,22 +104,14 @@ fn eval_on<B: Backend>(args: &EvalArgs, model: &ModelArgs, device: &B::Device) -
     let own_template = loaded.template.take();
     let tokenizer = loaded.tokenizer()?;
     let mut config = DataConfig {
-        format: args.format,
         template: args.template.clone(),
         // The loss is the answer's: the last assistant message, kept whole.
         train_on: TrainOn::LastAssistant,
         max_length: loaded.model.max_positions(),
         truncation: Truncation::KeepEnd,
-        on_error: if args.skip_errors {
-            OnError::Skip
-        } else {
-            OnError::Fail
-        },
         ..DataConfig::default()
     };
-    for (field, key) in &args.fields {
-        config.fields.set(field, key)?;
-    }
+    args.records.apply(&mut config)?;
     let read = temper_data::pipeline::read_dataset(path, &config)?;
     let template =
         temper_data::pipeline::resolve_template(&config, tokenizer, &read.records, own_template)?;

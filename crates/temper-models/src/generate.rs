@@ -178,10 +178,9 @@ pub fn generate_batch<B: Backend>(
             TensorData::new(std::mem::take(&mut input), [active.len(), width]),
             device,
         );
-        let logits = model.forward_cached_rows(ids, &pads, &mut cache);
-        let [rows, new, vocab] = logits.dims();
+        let logits = model.next_token_logits(ids, &pads, &mut cache);
+        let vocab = logits.dims()[1];
         let last: Vec<f32> = logits
-            .slice([0..rows, new - 1..new, 0..vocab])
             .into_data()
             .convert::<f32>()
             .to_vec()

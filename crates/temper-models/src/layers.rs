@@ -529,8 +529,10 @@ pub fn tied_logits<B: Backend>(hidden: Tensor<B, 3>, weight: Tensor<B, 2>) -> Te
     let rows = batch * seq_len;
     // A matmul against the transposed (strided) embedding is pathologically slow on the CPU
     // backend when there are few rows (decoding: 150 ms instead of 4 ms for SmolLM2's 49k x 576
-    // table), so few rows are multiplied from the other side.
-    if rows <= 16 {
+    // table), and with more rows it copies the whole table into a contiguous transpose on
+    // every call. Multiplied from the other side, only the `[vocab, rows]` result is
+    // transposed: cheaper while there are fewer rows than the table has columns.
+    if rows <= d_model {
         let vocab = weight.dims()[0];
         let logits = weight.matmul(hidden.reshape([rows, d_model]).transpose());
         return logits.transpose().reshape([batch, seq_len, vocab]);

@@ -307,6 +307,37 @@ impl<B: Backend> CausalLm<B> {
         pads: &[usize],
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
+        let model = self.architecture();
+        model.logits(self.hidden_cached_rows(input_ids, pads, cache))
+    }
+
+    /// [`CausalLm::forward_cached_rows`], but only the logits of each row's last position:
+    /// what decoding needs. The output layer (a large share of a small model's work) runs
+    /// once per row, not once per prompt token.
+    ///
+    /// # Shapes
+    /// input_ids: `[batch, new]` -> `[batch, vocab_size]`
+    pub fn next_token_logits(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        pads: &[usize],
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
+        let hidden = self.hidden_cached_rows(input_ids, pads, cache);
+        let [batch, new, d_model] = hidden.dims();
+        let last = hidden.slice([0..batch, new - 1..new, 0..d_model]);
+        let logits = self.architecture().logits(last);
+        let vocab = logits.dims()[2];
+        logits.reshape([batch, vocab])
+    }
+
+    /// The final hidden states of [`CausalLm::forward_cached_rows`].
+    fn hidden_cached_rows(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        pads: &[usize],
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
         let [batch, new] = input_ids.dims();
         let device = input_ids.device();
         let past = cache.len;
@@ -326,8 +357,8 @@ impl<B: Backend> CausalLm<B> {
             &device,
         );
         cache.len += new;
-        let model = self.architecture();
-        model.logits(model.hidden(input_ids, position_ids, mask, Some(cache)))
+        self.architecture()
+            .hidden(input_ids, position_ids, mask, Some(cache))
     }
 
     /// The longest sequence the model can read (GPT-2's learned positions; the trained
