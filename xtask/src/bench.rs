@@ -172,3 +172,113 @@ pub fn write_section(path: &std::path::Path, heading: &str, section: &str) -> Re
     std::fs::rename(&temporary, path)?;
     Ok(())
 }
+
+/// `cargo xtask bench generate`: `temper bench --model` (one sequence, and 16 prompts as a
+/// batch, 32 new tokens each) next to transformers' `generate` on the same prompts and the
+/// same dequantized SmolLM2-135M weights, same threads, in this run.
+pub fn generate(args: &[&str]) -> Result<()> {
+    if !args.is_empty() {
+        bail!("usage: cargo xtask bench generate");
+    }
+    const PROMPTS: usize = 16;
+    const NEW_TOKENS: &str = "32";
+    let assets = assets::fetch_all()?;
+    let root = root();
+    // The first 16 held-out task instructions: prompts of different lengths.
+    let tasks = std::fs::read_to_string(root.join("datasets/tasks/test.alpaca.jsonl"))?;
+    let prompts: Vec<String> = tasks
+        .lines()
+        .take(PROMPTS)
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line)?;
+            Ok(record["instruction"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned())
+        })
+        .collect::<Result<_>>()?;
+    let work = crate::cache_dir().join("bench");
+    std::fs::create_dir_all(&work)?;
+    let prompts_path = work.join("generate-prompts.json");
+    std::fs::write(&prompts_path, serde_json::to_string(&prompts)?)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let temper = crate::release_temper("cpu")?;
+    let model = assets.smollm2_gguf.display().to_string();
+    let prompts_arg = prompts_path.display().to_string();
+    let ours = json_of(Command::new(&temper).args([
+        "bench",
+        "--model",
+        &model,
+        "--prompts",
+        &prompts_arg,
+        "--new-tokens",
+        NEW_TOKENS,
+        "--json",
+    ]))?;
+    let output = Command::new("python3")
+        .current_dir(&root)
+        .args([
+            "xtask/bench/generate.py",
+            "--gguf",
+            &model,
+            "--prompts",
+            &prompts_arg,
+        ])
+        .args([
+            "--new-tokens",
+            NEW_TOKENS,
+            "--threads",
+            &threads.to_string(),
+        ])
+        .output()
+        .context("cannot run python3")?;
+    let theirs: Option<serde_json::Value> = match output.status.code() {
+        Some(3) => {
+            println!(
+                "transformers baseline skipped: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            None
+        }
+        Some(0) => {
+            Some(serde_json::from_slice(&output.stdout).context("generate.py printed no JSON")?)
+        }
+        _ => bail!(
+            "transformers baseline failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    };
+    let rate = |v: &serde_json::Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
+    let mut table = String::from(
+        "| | one sequence, tokens/s | 16 prompts in a batch, tokens/s |\n|---|---:|---:|\n",
+    );
+    for (name, report) in [
+        ("temper", Some(&ours)),
+        ("transformers `generate`", theirs.as_ref()),
+    ] {
+        if let Some(report) = report {
+            table.push_str(&format!(
+                "| {name} | {:.1} | {:.1} |\n",
+                rate(report, "single_tokens_per_second"),
+                rate(report, "batch_tokens_per_second")
+            ));
+        }
+    }
+    if let Some(theirs) = &theirs {
+        table.push_str(&format!(
+            "| temper / transformers | {:.2}x | {:.2}x |\n",
+            rate(&ours, "single_tokens_per_second") / rate(theirs, "single_tokens_per_second"),
+            rate(&ours, "batch_tokens_per_second") / rate(theirs, "batch_tokens_per_second")
+        ));
+    }
+    let machine = machine_description();
+    let section = format!(
+        "## Generation\n\nGreedy generation with SmolLM2-135M-Instruct (the Q4_1 GGUF, dequantized to f32 by both), \
+         {NEW_TOKENS} new tokens per prompt (no stop token), timed around the whole generation (prefill included): \
+         the first prompt alone, and the first {PROMPTS} held-out task instructions of `datasets/tasks` as one \
+         left-padded batch. transformers runs with {threads} threads.\n\nMachine: {machine}.\n\n\
+         Command: `cargo xtask bench generate`\n\n{table}"
+    );
+    println!("\n{section}");
+    write_section(&root.join("docs/benchmarks.md"), "## Generation", &section)
+}

@@ -10,6 +10,7 @@
 //!   * `bench train [--steps N] [--device D]`   training-step throughput and peak memory next to
 //!     PyTorch (GPT-2 124M full and LoRA, SmolLM2-135M shape LoRA)
 //!   * `bench packing [--steps N]`   trained tokens per second with packing vs padding
+//!   * `bench generate`   generation tokens/s (one sequence, a batch of 16) next to transformers
 //! * `fuzz [TARGET] [--seconds N] [--seed S]`   mutation-fuzz the parsers of user files
 //!   (records, templates, tokenizer configs, run configs, GGUF, safetensors, trainer states,
 //!   tokenizers); N seconds per target, default 60
@@ -27,7 +28,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 const BENCH_USAGE: &str =
-    "bench [data [--n N] | train [--steps N] [--device D] | packing [--steps N]]";
+    "bench [data [--n N] | train [--steps N] [--device D] | packing [--steps N] | generate]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,10 +39,12 @@ fn main() -> Result<()> {
         ["train", rest @ ..] => train::train(rest),
         ["bench"] => bench::data(&[])
             .and_then(|()| bench_train::train(&[]))
-            .and_then(|()| bench_train::packing(&[])),
+            .and_then(|()| bench_train::packing(&[]))
+            .and_then(|()| bench::generate(&[])),
         ["bench", "data", rest @ ..] => bench::data(rest),
         ["bench", "train", rest @ ..] => bench_train::train(rest),
         ["bench", "packing", rest @ ..] => bench_train::packing(rest),
+        ["bench", "generate", rest @ ..] => bench::generate(rest),
         ["bench", ..] => bail!("usage: {BENCH_USAGE}"),
         ["fuzz", rest @ ..] => fuzz(rest),
         _ => {

@@ -6,7 +6,7 @@
 //! of the batch. `cargo xtask bench train` runs this next to the PyTorch script
 //! `xtask/bench/train_step.py` with the same shapes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -21,6 +21,7 @@ use temper_models::{CausalLm, ModelConfig};
 use temper_optim::{AdamW, AdamWConfig};
 
 use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device};
+use crate::model::ModelArgs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,8 +36,18 @@ pub enum Mode {
 pub struct BenchArgs {
     /// A Hugging Face `config.json` giving the model's shape (e.g.
     /// `configs/models/gpt2-124m/config.json`); weights are random.
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    model_config: Option<PathBuf>,
+    /// Instead of a training step: generation throughput of this model (a directory or
+    /// `.gguf` file) on `--prompts`, one sequence and all of them as a batch.
+    #[arg(long, requires = "prompts")]
+    model: Option<PathBuf>,
+    /// A JSON array of prompt texts (with `--model`).
     #[arg(long)]
-    model_config: PathBuf,
+    prompts: Option<PathBuf>,
+    /// Tokens generated per prompt (with `--model`).
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
     #[arg(long, value_enum, default_value = "full")]
     mode: Mode,
     /// LoRA rank (with `--mode lora`).
@@ -95,10 +106,23 @@ pub struct Report {
 }
 
 pub fn bench_command(args: &BenchArgs) -> Result<()> {
+    let model_config = match (&args.model, &args.prompts, &args.model_config) {
+        (Some(model), Some(prompts), _) => {
+            let model = ModelArgs::new(model.clone(), None, args.device);
+            return crate::bench_generate::bench_generation(
+                &model,
+                prompts,
+                args.new_tokens,
+                args.json,
+            );
+        }
+        (_, _, Some(config)) => config,
+        _ => bail!("--model-config (a training step) or --model and --prompts (generation)"),
+    };
     if args.batch == 0 || args.seq < 2 || args.steps == 0 {
         bail!("--batch and --steps must be at least 1 and --seq at least 2");
     }
-    let report = on_device(args.device, Bench(args))?;
+    let report = on_device(args.device, Bench(args, model_config))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -125,22 +149,27 @@ pub fn bench_command(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-struct Bench<'a>(&'a BenchArgs);
+struct Bench<'a>(&'a BenchArgs, &'a Path);
 
 impl OnDevice for Bench<'_> {
     type Output = Report;
     fn run<B: Backend>(self, device: &B::Device, name: &str) -> Result<Report> {
-        bench_on::<B>(self.0, device, name)
+        bench_on::<B>(self.0, self.1, device, name)
     }
 }
 
-fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device, name: &str) -> Result<Report> {
-    let config = ModelConfig::from_file(&args.model_config)?;
+fn bench_on<B: Backend>(
+    args: &BenchArgs,
+    model_config: &Path,
+    device: &B::Device,
+    name: &str,
+) -> Result<Report> {
+    let config = ModelConfig::from_file(model_config)?;
     if args.seq > config.max_positions() {
         bail!(
             "--seq {}: {} has room for {} positions",
             args.seq,
-            args.model_config.display(),
+            model_config.display(),
             config.max_positions()
         );
     }
@@ -196,8 +225,7 @@ fn bench_on<B: Backend>(args: &BenchArgs, device: &B::Device, name: &str) -> Res
     Ok(Report {
         implementation: "temper",
         device: format!("{name} ({})", B::name(device)),
-        model: args
-            .model_config
+        model: model_config
             .parent()
             .and_then(|dir| dir.file_name())
             .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned()),

@@ -172,15 +172,21 @@ fn eval_on<B: Backend>(args: &EvalArgs, model: &ModelArgs, device: &B::Device) -
 fn compare_command(before: &std::path::Path, after: &std::path::Path) -> Result<()> {
     let (old, new) = (read_results(before)?, read_results(after)?);
     let changed = compare(&old, &new);
-    let fixed = changed.iter().filter(|c| c.4).count();
+    let fixed = changed.iter().filter(|c| c.fixed).count();
     println!(
         "{} example(s) changed: {fixed} now match, {} no longer match",
         changed.len(),
         changed.len() - fixed
     );
-    for (line, instruction, was, now, matches) in &changed {
-        let mark = if *matches { "+" } else { "-" };
-        println!("{mark} line {line}: {instruction:?}\n    before: {was:?}\n    after:  {now:?}");
+    for change in &changed {
+        println!(
+            "{} line {}: {:?}\n    before: {:?}\n    after:  {:?}",
+            if change.fixed { "+" } else { "-" },
+            change.line,
+            change.instruction,
+            change.before,
+            change.after
+        );
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod backend;
 mod bench;
+mod bench_generate;
 mod data;
 mod eval;
 mod model;

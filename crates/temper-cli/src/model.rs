@@ -53,6 +53,10 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
     pub fn new(model: PathBuf, adapter: Option<PathBuf>, device: Device) -> ModelArgs {
         ModelArgs {
             model,

@@ -205,14 +205,20 @@ pub fn evaluate_cases<B: Backend>(
             })
             .collect())
     };
+    // A prompt longer than the model's context keeps its end (the question), leaving room
+    // for one new token; generation then stops when the context is full.
+    let limit = model.max_positions();
     let mut results = Vec::with_capacity(cases.len());
     for (chunk_index, chunk) in cases.chunks(settings.batch_size.max(1)).enumerate() {
         let first = chunk_index * settings.batch_size.max(1);
-        let prompts: Vec<&[u32]> = chunk.iter().map(|c| c.prompt_ids.as_slice()).collect();
+        let prompts: Vec<&[u32]> = chunk
+            .iter()
+            .map(|c| prompt_end(&c.prompt_ids, limit))
+            .collect();
         let greedy_answers = answers(&prompts, &greedy)?;
         let plain_prompts: Vec<&[u32]> = chunk
             .iter()
-            .filter_map(|c| c.plain_ids.as_deref())
+            .filter_map(|c| c.plain_ids.as_deref().map(|ids| prompt_end(ids, limit)))
             .collect();
         let mut plain_answers = answers(&plain_prompts, &greedy)?.into_iter();
         for (offset, (case, (text, stopped))) in chunk.iter().zip(greedy_answers).enumerate() {
@@ -228,7 +234,7 @@ pub fn evaluate_cases<B: Backend>(
                         seed: settings.seed.wrapping_add((index * k) as u64),
                         ..greedy.clone()
                     };
-                    answers(&vec![case.prompt_ids.as_slice(); k], &config)?
+                    answers(&vec![prompt_end(&case.prompt_ids, limit); k], &config)?
                         .into_iter()
                         .map(|(text, _)| text)
                         .collect()
@@ -268,6 +274,11 @@ pub fn evaluate_cases<B: Backend>(
     Ok((results, summary))
 }
 
+/// The end of a prompt that leaves room for one new token in a context of `limit`.
+fn prompt_end(ids: &[u32], limit: usize) -> &[u32] {
+    &ids[ids.len().saturating_sub(limit.saturating_sub(1))..]
+}
+
 /// An answer matches when it is exact, normalised or numerically equal.
 fn matches(metrics: &AnswerMetrics) -> bool {
     metrics.exact || metrics.normalized || metrics.numeric == Some(true)
@@ -284,6 +295,9 @@ fn answer_loss<B: Backend>(
     (ids, mask): &(Vec<u32>, Vec<bool>),
     device: &B::Device,
 ) -> Result<(Option<f64>, usize, Option<f64>)> {
+    // An example longer than the model's context is scored on its end (the answer).
+    let start = ids.len().saturating_sub(model.max_positions());
+    let (ids, mask) = (&ids[start..], &mask[start..]);
     let trained = mask.iter().skip(1).filter(|&&m| m).count();
     if trained == 0 || ids.len() < 2 {
         return Ok((None, 0, None));
@@ -505,26 +519,102 @@ pub fn read_results(dir: &Path) -> Result<Vec<ExampleResult>> {
         .collect()
 }
 
-/// Examples whose match changed between two evaluations of the same data, by line:
-/// `(line, instruction, before's answer, after's answer, now matches)`.
-pub fn compare(
-    before: &[ExampleResult],
-    after: &[ExampleResult],
-) -> Vec<(usize, String, String, String, bool)> {
+/// An example whose answer went from wrong to right, or from right to wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub line: usize,
+    pub instruction: String,
+    pub before: String,
+    pub after: String,
+    /// Whether the answer matches after (it did not before).
+    pub fixed: bool,
+}
+
+/// Examples whose match changed between two evaluations of the same data, by line.
+pub fn compare(before: &[ExampleResult], after: &[ExampleResult]) -> Vec<Change> {
     let before: BTreeMap<usize, &ExampleResult> = before.iter().map(|r| (r.line, r)).collect();
     after
         .iter()
         .filter_map(|a| {
             let b = before.get(&a.line)?;
-            (b.matches != a.matches).then(|| {
-                (
-                    a.line,
-                    a.instruction.clone(),
-                    b.answer.clone(),
-                    a.answer.clone(),
-                    a.matches,
-                )
+            (b.matches != a.matches).then(|| Change {
+                line: a.line,
+                instruction: a.instruction.clone(),
+                before: b.answer.clone(),
+                after: a.answer.clone(),
+                fixed: a.matches,
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(line: usize, reference: &str, answer: &str, stopped: bool) -> ExampleResult {
+        let metrics = answer_metrics("Multiply 15 by 12.", reference, answer, stopped);
+        ExampleResult {
+            line,
+            instruction: "Multiply 15 by 12.".into(),
+            prompt: String::new(),
+            reference: reference.into(),
+            answer: answer.into(),
+            stopped,
+            matches: matches(&metrics),
+            metrics,
+            loss: Some(0.5),
+            answer_tokens: 2,
+            token_accuracy: Some(0.5),
+            samples: Vec::new(),
+            sample_matches: 0,
+            plain_answer: Some("### Response: 180".into()),
+            plain_leak: Some(true),
+            plain_length_ratio: Some(3.0),
+        }
+    }
+
+    #[test]
+    fn the_summary_counts_each_kind_of_match_and_problem() {
+        let results = [
+            result(1, "180", "180", true),
+            result(2, "180", " 180.", true),
+            result(3, "Paris", "paris", true),
+            result(4, "180", "the answer is", false),
+        ];
+        let summary = summarize(&results, 0);
+        assert_eq!(
+            (
+                summary.exact,
+                summary.normalized,
+                summary.numeric,
+                summary.numeric_of
+            ),
+            (1, 2, 2, 3)
+        );
+        assert_eq!(
+            (summary.matches, summary.adherent, summary.runaway),
+            (3, 3, 1)
+        );
+        assert_eq!((summary.plain_asked, summary.plain_leaks), (4, 4));
+        assert_eq!(summary.loss, Some(0.5));
+        assert!(summary_markdown(&summary).contains("| exact match | 1 / 4 (25.0%) |"));
+    }
+
+    #[test]
+    fn compare_lists_answers_that_changed_by_line() {
+        let before = [result(1, "180", "15 * 12", true), result(2, "5", "5", true)];
+        let after = [result(1, "180", "180", true), result(2, "5", "7", true)];
+        let changes = compare(&before, &after);
+        assert_eq!(changes.len(), 2);
+        assert!(changes[0].fixed && changes[0].line == 1 && changes[0].after == "180");
+        assert!(!changes[1].fixed && changes[1].before == "5");
+        assert!(compare(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn a_long_prompt_keeps_its_end() {
+        assert_eq!(prompt_end(&[1, 2, 3, 4, 5], 3), &[4, 5]);
+        assert_eq!(prompt_end(&[1, 2], 8), &[1, 2]);
+    }
 }

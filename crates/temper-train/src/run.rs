@@ -164,7 +164,7 @@ pub fn run<B: AutodiffBackend>(
             &read_results(&eval_dir.join("before"))?,
             &read_results(&eval_dir.join("after"))?,
         );
-        let fixed = changed.iter().filter(|c| c.4).count();
+        let fixed = changed.iter().filter(|c| c.fixed).count();
         on_event(Event::Changed {
             fixed,
             broken: changed.len() - fixed,
