@@ -149,7 +149,7 @@ pub(crate) fn answer_held_out<B: Backend>(
             answer: result.answer.clone(),
         });
     }
-    let dir = output_dir.join("eval").join(when);
+    let dir = output_dir.join(crate::run::EVAL_DIR).join(when);
     write_results(&dir, &results, &summary, Replace::Yes)?;
     on_event(Event::Evaluation {
         when,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::list_checkpoints;
 use crate::config::RunConfig;
 use crate::error::{Error, Result, io};
-use crate::run::TEMPLATE_FILE;
+use crate::run::{EVAL_DIR, TEMPLATE_FILE};
 
 /// How a run treats its output directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +27,12 @@ pub enum Start<'a> {
 
 /// The files and directories a run writes into its output directory, besides its
 /// `checkpoint-NNNNNN` directories.
-pub const RUN_FILES: [&str; 6] = [
+pub const RUN_FILES: [&str; 7] = [
     "config.toml",
     "metrics.jsonl",
     "loss.svg",
     TEMPLATE_FILE,
+    EVAL_DIR,
     "adapter",
     "merged",
 ];

@@ -31,6 +31,9 @@ use crate::step::train_step;
 /// the model was trained with.
 pub const TEMPLATE_FILE: &str = "chat_template.jinja";
 
+/// The directory of a run's answer evaluations (`before/`, `after/`), in its output directory.
+pub const EVAL_DIR: &str = "eval";
+
 /// What a run reports while it works (the CLI draws a progress bar from it).
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -159,7 +162,7 @@ pub fn run<B: AutodiffBackend>(
         *exact_match = Some(summary.exact as f64 / summary.examples.max(1) as f64);
     }
     if evaluation_before.is_some() && evaluation_after.is_some() {
-        let eval_dir = output_dir.join("eval");
+        let eval_dir = output_dir.join(EVAL_DIR);
         let changed = compare(
             &read_results(&eval_dir.join("before"))?,
             &read_results(&eval_dir.join("after"))?,
