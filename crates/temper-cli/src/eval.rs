@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use temper_chat::TrainOn;
 use temper_data::{DataConfig, Truncation};
 use temper_train::evaluator::{
-    EvalSettings, Replace, compare, eval_cases, evaluate_cases, read_results, summary_markdown,
-    write_results,
+    EvalSettings, Replace, check_output, compare, eval_cases, evaluate_cases, read_results,
+    summary_markdown, write_results,
 };
 
 use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device};
@@ -100,6 +100,10 @@ fn eval_on<B: Backend>(args: &EvalArgs, model: &ModelArgs, device: &B::Device) -
     let Some(path) = &args.dataset else {
         bail!("--dataset is required");
     };
+    // A refused --output fails before the model is loaded, not after the evaluation.
+    if let Some(dir) = &args.output {
+        check_output(dir)?;
+    }
     let mut loaded = model.load::<B>(device)?;
     let own_template = loaded.template.take();
     let tokenizer = loaded.tokenizer()?;

@@ -209,8 +209,9 @@ pub fn evaluate_cases<B: Backend>(
     // for one new token; generation then stops when the context is full.
     let limit = model.max_positions();
     let mut results = Vec::with_capacity(cases.len());
-    for (chunk_index, chunk) in cases.chunks(settings.batch_size.max(1)).enumerate() {
-        let first = chunk_index * settings.batch_size.max(1);
+    let batch_size = settings.batch_size.max(1);
+    for (chunk_index, chunk) in cases.chunks(batch_size).enumerate() {
+        let first = chunk_index * batch_size;
         let prompts: Vec<&[u32]> = chunk
             .iter()
             .map(|c| prompt_end(&c.prompt_ids, limit))
@@ -475,13 +476,10 @@ pub fn write_results(
     summary: &EvalSummary,
     replace: Replace,
 ) -> Result<()> {
-    let files = [dir.join(RESULTS_FILE), dir.join(SUMMARY_FILE)];
-    if let Some(existing) = files.iter().find(|f| replace == Replace::No && f.exists()) {
-        return Err(Error::File {
-            path: existing.clone(),
-            reason: "an earlier evaluation's results are there; choose another --output".into(),
-        });
+    if replace == Replace::No {
+        check_output(dir)?;
     }
+    let files = [dir.join(RESULTS_FILE), dir.join(SUMMARY_FILE)];
     std::fs::create_dir_all(dir).map_err(|error| Error::Io {
         path: dir.to_owned(),
         error,
@@ -495,6 +493,22 @@ pub fn write_results(
     let markdown = format!("# Evaluation\n\n{}", summary_markdown(summary));
     temper_store::write_atomic(&files[1], markdown.as_bytes())?;
     Ok(())
+}
+
+/// Refuses an output directory that holds an earlier evaluation's files (checked before an
+/// evaluation starts, and again before it writes).
+pub fn check_output(dir: &Path) -> Result<()> {
+    let existing = [RESULTS_FILE, SUMMARY_FILE]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.exists());
+    match existing {
+        Some(path) => Err(Error::File {
+            path,
+            reason: "an earlier evaluation's results are there; choose another --output".into(),
+        }),
+        None => Ok(()),
+    }
 }
 
 pub const RESULTS_FILE: &str = "results.jsonl";
