@@ -12,7 +12,7 @@ use burn::tensor::Int;
 use serde_json::Value;
 use temper_models::{CausalLm, ModelInput};
 use temper_tests::{asset, root};
-use temper_train::{RunConfig, Start, checkpoint};
+use temper_train::{EvalPoint, RunConfig, Start, checkpoint};
 
 type A = Autodiff<Flex>;
 
@@ -388,6 +388,62 @@ fn model_dir_with_template(dir: &Path) {
         tokenizer_config.to_string(),
     )
     .unwrap();
+}
+
+#[test]
+fn held_out_answers_during_training_are_written_per_step_with_samples() {
+    let _serial = serial();
+    let dir = scratch("answers");
+    let config = tiny(
+        &dir,
+        &[
+            "train.max_steps=4".into(),
+            "train.eval_steps=2".into(),
+            "eval.generate_examples=3".into(),
+            "eval.max_new_tokens=3".into(),
+            "eval.during_training=true".into(),
+            "eval.samples=2".into(),
+        ],
+    );
+    let mut evaluations = Vec::new();
+    let mut sampled = 0;
+    temper_train::run::<A>(
+        &config,
+        Start::Fresh,
+        &Default::default(),
+        &mut |event| match event {
+            temper_train::Event::Evaluation { when, summary, .. } => {
+                evaluations.push((when, summary.samples_per_example, summary.exact_share()))
+            }
+            temper_train::Event::Answer { sample, .. } => sampled += usize::from(sample.is_some()),
+            _ => {}
+        },
+    )
+    .unwrap();
+    // At step 2 (the eval_steps), and after training: step 4 is the "after" evaluation.
+    let points: Vec<_> = evaluations.iter().map(|(when, _, _)| *when).collect();
+    assert_eq!(points, [EvalPoint::Step(2), EvalPoint::After]);
+    assert!(evaluations.iter().all(|(_, k, _)| *k == 2));
+    assert_eq!(
+        sampled, 6,
+        "the first three answers of each evaluation show a sample"
+    );
+    for name in ["step-2", "after"] {
+        let results =
+            std::fs::read_to_string(dir.join("eval").join(name).join("results.jsonl")).unwrap();
+        assert_eq!(results.lines().count(), 3, "{name}");
+        for line in results.lines() {
+            let result: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(result["samples"].as_array().unwrap().len(), 2, "{name}");
+        }
+    }
+    // The step's exact match goes with its held-out loss into metrics.jsonl.
+    let at_step_2 = metrics(&dir)
+        .into_iter()
+        .find(|m| m["kind"] == "eval" && m["step"] == 2)
+        .unwrap();
+    assert_eq!(at_step_2["exact_match"].as_f64(), Some(evaluations[0].2));
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -163,7 +163,9 @@ pub fn write_section(path: &std::path::Path, heading: &str, section: &str) -> Re
             let end = rest
                 .find("\n## ")
                 .map_or(existing.len(), |i| start + heading.len() + i + 1);
-            format!("{}{}{}", &existing[..start], section, &existing[end..])
+            let rest = &existing[end..];
+            let gap = if rest.is_empty() { "\n" } else { "\n\n" };
+            format!("{}{}{gap}{rest}", &existing[..start], section.trim_end())
         }
         None => format!("{}\n\n{section}", existing.trim_end()),
     };

@@ -43,7 +43,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// Prompts generated at once (left-padded, one key/value cache).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = temper_train::evaluator::GENERATION_BATCH)]
     batch_size: usize,
     /// Evaluate only the first N examples.
     #[arg(long)]

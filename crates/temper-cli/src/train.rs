@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use temper_train::{Event, Metric, RunConfig, Start};
+use temper_train::{EvalPoint, Event, Metric, RunConfig, Start};
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
@@ -142,17 +142,26 @@ fn train_on<B: Backend>(args: &TrainArgs, device: &B::Device, name: &str) -> Res
             when,
             expected,
             answer,
+            sample,
             ..
         } => {
-            let text = format!("  {when}: expected {expected:?}, generated {answer:?}");
+            let mut text = format!("  {when}: expected {expected:?}, generated {answer:?}");
+            if let Some(sample) = sample {
+                text += &format!(", sampled {sample:?}");
+            }
             match &bar {
                 Some(bar) => bar.println(text),
                 None => eprintln!("{text}"),
             }
         }
-        Event::Evaluation { when, summary, dir } => {
+        Event::Evaluation {
+            when,
+            summary,
+            dir,
+            seconds,
+        } => {
             let text = format!(
-                "{when} training: {} ({}/summary.md)",
+                "{when}: {} ({}/summary.md, {seconds:.1} s)",
                 summary.headline(),
                 dir.display()
             );
@@ -208,11 +217,11 @@ fn train_on<B: Backend>(args: &TrainArgs, device: &B::Device, name: &str) -> Res
         );
     }
     for (when, evaluation) in [
-        ("before", &summary.evaluation_before),
-        ("after", &summary.evaluation_after),
+        (EvalPoint::Before, &summary.evaluation_before),
+        (EvalPoint::After, &summary.evaluation_after),
     ] {
         if let Some(evaluation) = evaluation {
-            println!("{when} training: {}", evaluation.headline());
+            println!("{when}: {}", evaluation.headline());
         }
     }
     println!(

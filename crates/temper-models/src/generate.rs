@@ -7,6 +7,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, TensorData};
 
 use crate::error::{Error, Result};
+use crate::fused::{CrossEntropySums, grouped_cross_entropy};
 use crate::model::{CausalLm, ModelInput};
 
 /// How to pick each new token.
@@ -109,11 +110,41 @@ pub fn generate_batch<B: Backend>(
     prompts: &[&[u32]],
     config: &GenerationConfig,
     device: &B::Device,
-    mut on_token: impl FnMut(usize, u32) -> ControlFlow<()>,
+    on_token: impl FnMut(usize, u32) -> ControlFlow<()>,
 ) -> Result<Vec<Generation>> {
+    let none = vec![Continuation::default(); prompts.len()];
+    Ok(generate_scored(model, prompts, &none, config, device, on_token)?.0)
+}
+
+/// Tokens that follow a prompt, scored in the prompt's own forward pass (an evaluator's
+/// reference answer), and which of them count.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Continuation<'a> {
+    pub tokens: &'a [u32],
+    /// One per token: whether it is scored.
+    pub scored: &'a [bool],
+}
+
+/// [`generate_batch`], and the loss of each row's `continuation` after its prompt, from the
+/// same forward pass over the prompts: the continuations follow the prompts in that pass
+/// (their positions come after every prompt token, so the prompts' keys and values do not
+/// change), and are then cut from the cache.
+pub fn generate_scored<B: Backend>(
+    model: &CausalLm<B>,
+    prompts: &[&[u32]],
+    continuations: &[Continuation],
+    config: &GenerationConfig,
+    device: &B::Device,
+    mut on_token: impl FnMut(usize, u32) -> ControlFlow<()>,
+) -> Result<(Vec<Generation>, Vec<CrossEntropySums>)> {
     config.validate()?;
     let limit = model.max_positions();
-    for prompt in prompts {
+    assert_eq!(
+        prompts.len(),
+        continuations.len(),
+        "one continuation per prompt"
+    );
+    for (prompt, continuation) in prompts.iter().zip(continuations) {
         if prompt.is_empty() {
             return Err(Error::TooFewTokens {
                 what: "the prompt",
@@ -121,16 +152,55 @@ pub fn generate_batch<B: Backend>(
                 got: 0,
             });
         }
-        if prompt.len() >= limit {
+        if prompt.len() + continuation.tokens.len().max(1) > limit {
             return Err(Error::TooManyTokens {
                 what: "the prompt",
-                got: prompt.len(),
+                got: prompt.len() + continuation.tokens.len(),
                 limit: limit - 1,
             });
         }
+        assert_eq!(continuation.tokens.len(), continuation.scored.len());
     }
+    let rows = prompts.len();
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); rows];
+    let mut stop_reasons = vec![StopReason::MaxTokens; rows];
+    let scoring = continuations.iter().any(|c| c.scored.contains(&true));
+    if rows == 0 || (config.max_new_tokens == 0 && !scoring) {
+        return Ok((
+            generations(tokens, stop_reasons),
+            vec![Default::default(); rows],
+        ));
+    }
+    // The prompts left-padded to end at the same column, each followed by its continuation.
     let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-    let mut samplers: Vec<Sampler> = (0..prompts.len())
+    let following = continuations
+        .iter()
+        .map(|c| c.tokens.len())
+        .max()
+        .unwrap_or(0);
+    let width = longest + following;
+    let mut pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let input: Vec<i64> = prompts
+        .iter()
+        .zip(continuations)
+        .flat_map(|(p, c)| {
+            let padded = std::iter::repeat_n(0, longest - p.len()).chain(p.iter().copied());
+            let after = c.tokens.iter().copied().chain(std::iter::repeat(0));
+            padded.chain(after.take(following)).map(i64::from)
+        })
+        .collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [rows, width]), device);
+    let mut cache = model.new_cache();
+    let hidden = model.hidden_cached_rows(ids, &pads, &mut cache);
+    let d_model = hidden.dims()[2];
+    let scores = continuation_scores(model, &hidden, continuations, longest);
+    cache.truncate(longest);
+    let last = hidden.slice([0..rows, longest - 1..longest, 0..d_model]);
+    let mut logits = model.logits_2d(last.reshape([rows, d_model]));
+    if config.max_new_tokens == 0 {
+        return Ok((generations(tokens, stop_reasons), scores));
+    }
+    let mut samplers: Vec<Sampler> = (0..rows)
         .map(|row| {
             Sampler::new(&GenerationConfig {
                 seed: config.seed.wrapping_add(row as u64),
@@ -138,47 +208,9 @@ pub fn generate_batch<B: Backend>(
             })
         })
         .collect();
-    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    let mut stop_reasons: Vec<Option<StopReason>> = vec![None; prompts.len()];
-    // The rows still generating (indexes into `prompts`), their padding, and their input.
-    let mut active: Vec<usize> = (0..prompts.len()).collect();
-    let mut pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    let mut input: Vec<i64> = prompts
-        .iter()
-        .flat_map(|p| {
-            std::iter::repeat_n(0, longest - p.len()).chain(p.iter().map(|&t| i64::from(t)))
-        })
-        .collect();
-    let mut width = longest;
-    let mut cache = model.new_cache();
+    // The rows still generating (indexes into `prompts`) and their padding.
+    let mut active: Vec<usize> = (0..rows).collect();
     loop {
-        // Rows that end before the next step: enough tokens, or no room for one more.
-        let mut kept = Vec::with_capacity(active.len());
-        for (slot, &row) in active.iter().enumerate() {
-            let reason = if tokens[row].len() == config.max_new_tokens {
-                Some(StopReason::MaxTokens)
-            } else if (cache.len + width).saturating_sub(pads[slot]) > limit {
-                Some(StopReason::ContextFull)
-            } else {
-                None
-            };
-            match reason {
-                Some(reason) => stop_reasons[row] = Some(reason),
-                None => kept.push(slot),
-            }
-        }
-        if kept.is_empty() {
-            break;
-        }
-        if kept.len() < active.len() {
-            (active, pads, input) = keep(&kept, &active, &pads, &input, width);
-            cache.keep_rows(&kept);
-        }
-        let ids = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(std::mem::take(&mut input), [active.len(), width]),
-            device,
-        );
-        let logits = model.next_token_logits(ids, &pads, &mut cache);
         let vocab = logits.dims()[1];
         let last: Vec<f32> = logits
             .into_data()
@@ -186,56 +218,92 @@ pub fn generate_batch<B: Backend>(
             .to_vec()
             .unwrap_or_default();
         let mut kept = Vec::with_capacity(active.len());
+        let mut input = Vec::with_capacity(active.len());
         for (slot, &row) in active.iter().enumerate() {
             let token = samplers[row].pick(&last[slot * vocab..(slot + 1) * vocab]);
-            if config.stop_token_ids.contains(&token) {
-                stop_reasons[row] = Some(StopReason::StopToken);
-                continue;
+            let reason = if config.stop_token_ids.contains(&token) {
+                Some(StopReason::StopToken)
+            } else {
+                tokens[row].push(token);
+                if on_token(row, token).is_break() {
+                    Some(StopReason::Caller)
+                } else if tokens[row].len() == config.max_new_tokens {
+                    Some(StopReason::MaxTokens)
+                } else if (cache.len + 1).saturating_sub(pads[slot]) > limit {
+                    Some(StopReason::ContextFull)
+                } else {
+                    None
+                }
+            };
+            match reason {
+                Some(reason) => stop_reasons[row] = reason,
+                None => {
+                    kept.push(slot);
+                    input.push(i64::from(token));
+                }
             }
-            tokens[row].push(token);
-            if on_token(row, token).is_break() {
-                stop_reasons[row] = Some(StopReason::Caller);
-                continue;
-            }
-            kept.push(slot);
-            input.push(i64::from(token));
         }
-        width = 1;
         if kept.is_empty() {
             break;
         }
         if kept.len() < active.len() {
-            let next = std::mem::take(&mut input);
-            (active, pads, _) = keep(&kept, &active, &pads, &[], 0);
-            input = next;
+            active = kept.iter().map(|&slot| active[slot]).collect();
+            pads = kept.iter().map(|&slot| pads[slot]).collect();
             cache.keep_rows(&kept);
         }
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [active.len(), 1]), device);
+        logits = model.next_token_logits(ids, &pads, &mut cache);
     }
-    Ok(tokens
-        .into_iter()
-        .zip(stop_reasons)
-        .map(|(tokens, reason)| Generation {
-            tokens,
-            stop_reason: reason.unwrap_or(StopReason::MaxTokens),
-        })
-        .collect())
+    Ok((generations(tokens, stop_reasons), scores))
 }
 
-/// The rows, padding and inputs (`width` ids per row) of the batch slots `kept`.
-fn keep(
-    kept: &[usize],
-    active: &[usize],
-    pads: &[usize],
-    input: &[i64],
-    width: usize,
-) -> (Vec<usize>, Vec<usize>, Vec<i64>) {
-    (
-        kept.iter().map(|&slot| active[slot]).collect(),
-        kept.iter().map(|&slot| pads[slot]).collect(),
-        kept.iter()
-            .flat_map(|&slot| input[slot * width..(slot + 1) * width].iter().copied())
-            .collect(),
-    )
+fn generations(tokens: Vec<Vec<u32>>, stop_reasons: Vec<StopReason>) -> Vec<Generation> {
+    tokens
+        .into_iter()
+        .zip(stop_reasons)
+        .map(|(tokens, stop_reason)| Generation {
+            tokens,
+            stop_reason,
+        })
+        .collect()
+}
+
+/// The cross-entropy of each row's scored continuation tokens, from the hidden states of a
+/// pass whose prompts end at column `prompt_end`.
+fn continuation_scores<B: Backend>(
+    model: &CausalLm<B>,
+    hidden: &Tensor<B, 3>,
+    continuations: &[Continuation],
+    prompt_end: usize,
+) -> Vec<CrossEntropySums> {
+    let [rows, width, d_model] = hidden.dims();
+    // Position `prompt_end - 1 + j` of a row predicts its continuation's token `j`.
+    let mut sources = Vec::new();
+    let mut labels = Vec::new();
+    let mut counts = Vec::with_capacity(rows);
+    for (row, continuation) in continuations.iter().enumerate() {
+        let before = labels.len();
+        for (j, (&token, &scored)) in continuation
+            .tokens
+            .iter()
+            .zip(continuation.scored)
+            .enumerate()
+        {
+            if scored {
+                sources.push((row * width + prompt_end - 1 + j) as i64);
+                labels.push(token as usize);
+            }
+        }
+        counts.push(labels.len() - before);
+    }
+    let index =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(sources, [labels.len()]), &hidden.device());
+    let picked = hidden
+        .clone()
+        .reshape([rows * width, d_model])
+        .select(0, index);
+    let vocab = model.config().vocab_size();
+    grouped_cross_entropy(picked, &labels, &counts, vocab, |h| model.logits_2d(h))
 }
 
 /// `logprobs[i]` = log p(`tokens[i + 1]` | `tokens[..=i]`), from one forward pass.

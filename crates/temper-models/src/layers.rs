@@ -144,15 +144,23 @@ impl<B: Backend> Linear<B> {
     /// # Shapes
     /// input: `[..., d_input]` -> `[..., d_output]`
     pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        // All rows as one matrix: the CPU backend multiplies a `[batch, seq, d]` input by the
+        // broadcast weight as `batch` separate matmuls, reading the whole weight for each
+        // (decoding 16 sequences at once read every weight 16 times per token).
+        let mut dims = input.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let input = input.reshape([rows, dims[D - 1]]);
         let output = burn::tensor::module::linear(
             input.clone(),
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
         );
-        match &self.lora {
+        let output = match &self.lora {
             Some(lora) => output + lora.forward(input),
             None => output,
-        }
+        };
+        dims[D - 1] = self.dims()[1];
+        output.reshape(dims)
     }
 
     /// `[d_input, d_output]` of the weight.
@@ -453,6 +461,19 @@ impl<B: Backend> KvCache<B> {
             layers: vec![None; n_layers],
             len: 0,
         }
+    }
+
+    /// Keeps only the first `len` positions.
+    pub fn truncate(&mut self, len: usize) {
+        for (key, value) in self.layers.iter_mut().flatten() {
+            let [batch, heads, _, head_dim] = key.dims();
+            *key = key.clone().slice([0..batch, 0..heads, 0..len, 0..head_dim]);
+            let [batch, heads, _, head_dim] = value.dims();
+            *value = value
+                .clone()
+                .slice([0..batch, 0..heads, 0..len, 0..head_dim]);
+        }
+        self.len = self.len.min(len);
     }
 
     /// Keeps only the batch rows `rows` (in that order): rows that finished stop costing

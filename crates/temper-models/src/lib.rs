@@ -52,8 +52,8 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use generate::{
-    Generation, GenerationConfig, StopReason, TokenScore, generate, generate_batch, token_logprobs,
-    token_scores,
+    Continuation, Generation, GenerationConfig, StopReason, TokenScore, generate, generate_batch,
+    generate_scored, token_logprobs, token_scores,
 };
 pub use layers::{Linear, LowRank};
 pub use layout::{Layout, WeightLayout};

@@ -326,13 +326,21 @@ impl<B: Backend> CausalLm<B> {
         let hidden = self.hidden_cached_rows(input_ids, pads, cache);
         let [batch, new, d_model] = hidden.dims();
         let last = hidden.slice([0..batch, new - 1..new, 0..d_model]);
-        let logits = self.architecture().logits(last);
-        let vocab = logits.dims()[2];
-        logits.reshape([batch, vocab])
+        self.logits_2d(last.reshape([batch, d_model]))
+    }
+
+    /// The output layer on rows of final hidden states.
+    ///
+    /// # Shapes
+    /// hidden: `[rows, d_model]` -> `[rows, vocab_size]`
+    pub fn logits_2d(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        let logits = self.architecture().logits(hidden.unsqueeze_dim(0));
+        let [_, rows, vocab] = logits.dims();
+        logits.reshape([rows, vocab])
     }
 
     /// The final hidden states of [`CausalLm::forward_cached_rows`].
-    fn hidden_cached_rows(
+    pub(crate) fn hidden_cached_rows(
         &self,
         input_ids: Tensor<B, 2, Int>,
         pads: &[usize],

@@ -12,8 +12,8 @@ use burn::prelude::*;
 use burn::tensor::Int;
 use safetensors::{Dtype, SafeTensors};
 use temper_models::{
-    CausalLm, Error, Generation, GenerationConfig, ModelInput, RawTensor, StopReason, Weights,
-    generate, generate_batch,
+    CausalLm, Continuation, Error, Generation, GenerationConfig, ModelInput, RawTensor, StopReason,
+    Weights, generate, generate_batch, generate_scored, token_scores,
 };
 
 type B = Flex;
@@ -476,6 +476,61 @@ fn a_batch_generates_what_each_prompt_generates_alone() {
             })
             .unwrap();
             assert_eq!(batch[row], one, "{case}: sampled row {row}");
+        }
+    }
+}
+
+#[test]
+fn continuations_scored_in_the_prompts_pass_equal_a_pass_of_their_own() {
+    let device = Default::default();
+    let prompts: [&[u32]; 3] = [&[5, 17, 3], &[42], &[8, 1, 29, 30, 31, 2, 9]];
+    let tokens: [&[u32]; 3] = [&[7, 7, 40], &[], &[3, 14, 15, 9, 26]];
+    let scored: [&[bool]; 3] = [&[true, false, true], &[], &[true; 5]];
+    for case in ARCHITECTURES {
+        let (model, _) = CausalLm::<B>::from_hf_dir(&fixture(case), &device).unwrap();
+        let config = GenerationConfig {
+            max_new_tokens: 6,
+            ..Default::default()
+        };
+        let continuations: Vec<Continuation> = tokens
+            .iter()
+            .zip(scored)
+            .map(|(tokens, scored)| Continuation { tokens, scored })
+            .collect();
+        let (generations, scores) = generate_scored(
+            &model,
+            &prompts,
+            &continuations,
+            &config,
+            &device,
+            |_, _| ControlFlow::Continue(()),
+        )
+        .unwrap();
+        // The continuations are cut from the cache: generation is as without them.
+        let plain = generate_batch(&model, &prompts, &config, &device, |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(generations, plain, "{case}");
+        for (row, prompt) in prompts.iter().enumerate() {
+            let whole: Vec<u32> = prompt.iter().chain(tokens[row]).copied().collect();
+            let (mut nll, mut correct) = (0.0, 0);
+            if whole.len() > 1 {
+                let alone = token_scores(&model, &whole, &device).unwrap();
+                for (j, &counted) in scored[row].iter().enumerate() {
+                    if counted {
+                        let score = alone[prompt.len() - 1 + j];
+                        nll -= score.logprob;
+                        correct += usize::from(score.top);
+                    }
+                }
+            }
+            assert!(
+                (scores[row].nll - nll).abs() < 1e-4,
+                "{case} row {row}: {} vs {nll}",
+                scores[row].nll
+            );
+            assert_eq!(scores[row].correct, correct, "{case} row {row}");
         }
     }
 }

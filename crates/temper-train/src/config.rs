@@ -142,6 +142,13 @@ pub struct EvalSection {
     pub max_new_tokens: usize,
     /// Also measure exact match before the first step.
     pub before_training: bool,
+    /// Also answer the held-out examples at every `train.eval_steps` (into
+    /// `output_dir/eval/step-N`), not only before and after training.
+    pub during_training: bool,
+    /// Answers sampled per example besides the greedy one (0: none), at `temperature`:
+    /// the share that match, and whether any does (pass@k).
+    pub samples: usize,
+    pub temperature: f64,
 }
 
 impl Default for EvalSection {
@@ -151,6 +158,9 @@ impl Default for EvalSection {
             generate_examples: 0,
             max_new_tokens: 32,
             before_training: false,
+            during_training: false,
+            samples: 0,
+            temperature: 0.7,
         }
     }
 }
@@ -269,6 +279,16 @@ impl RunConfig {
         }
         if t.save_total_limit == 0 {
             return fail("train.save_total_limit", "must be at least 1");
+        }
+        let e = &self.eval;
+        if e.samples > 0 && !(e.temperature.is_finite() && e.temperature > 0.0) {
+            return fail("eval.temperature", "must be above 0 to sample answers");
+        }
+        if e.during_training && t.eval_steps == 0 {
+            return fail(
+                "eval.during_training",
+                "needs train.eval_steps: how many steps apart to answer",
+            );
         }
         if let Some(lora) = &self.lora {
             lora.targets().map_err(|e| Error::Config {
@@ -493,6 +513,17 @@ mod tests {
         assert_eq!(error, "run.toml: lora: lora.rank: must be at least 1");
         let error = parse(MINIMAL, &["nonsense"]).unwrap_err().to_string();
         assert!(error.contains("expected KEY=VALUE"), "{error}");
+        let error = parse(MINIMAL, &["eval.samples=4", "eval.temperature=0"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "run.toml: eval.temperature: must be above 0 to sample answers"
+        );
+        let error = parse(MINIMAL, &["eval.during_training=true"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("train.eval_steps"), "{error}");
     }
 
     /// The error of loading `text` from a file with `overrides`.

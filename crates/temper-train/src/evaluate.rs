@@ -11,11 +11,12 @@ use temper_models::CausalLm;
 use crate::config::RunConfig;
 use crate::error::Result;
 use crate::evaluator::{
-    EvalCase, EvalSettings, EvalSummary, Replace, eval_cases, evaluate_cases, write_results,
+    EvalCase, EvalSettings, EvalSummary, GENERATION_BATCH, Replace, eval_cases, evaluate_cases,
+    write_results,
 };
 use crate::load::stop_token_ids;
 use crate::metrics::Metric;
-use crate::run::Event;
+use crate::run::{EVAL_DIR, EvalPoint, Event};
 use crate::step::evaluate;
 
 /// The held-out data, prepared once: batches for the loss, examples to answer.
@@ -34,8 +35,8 @@ pub(crate) fn held_out(
     let settings = EvalSettings {
         max_new_tokens: config.eval.max_new_tokens,
         batch_size: GENERATION_BATCH,
-        samples: 0,
-        temperature: 0.0,
+        samples: config.eval.samples,
+        temperature: config.eval.temperature,
         seed: config.train.seed,
         stop_token_ids: stop_token_ids(tokenizer),
     };
@@ -114,9 +115,6 @@ fn batches_of(
         .collect()
 }
 
-/// Prompts answered at once in the trainer's evaluations.
-const GENERATION_BATCH: usize = 16;
-
 /// Answers the held-out examples with `model` (see [`crate::evaluator`]), writes
 /// `results.jsonl` and `summary.md` into `output_dir/eval/{when}`, and reports the first few
 /// answers and the summary as events labelled `when`. `None` when there is nothing to answer.
@@ -126,13 +124,14 @@ pub(crate) fn answer_held_out<B: Backend>(
     tokenizer: &Tokenizer,
     device: &B::Device,
     output_dir: &Path,
-    when: &'static str,
+    when: EvalPoint,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Option<EvalSummary>> {
     const SHOWN: usize = 3;
     if eval.cases.is_empty() {
         return Ok(None);
     }
+    let started = std::time::Instant::now();
     let (results, summary) = evaluate_cases(
         model,
         tokenizer,
@@ -147,14 +146,16 @@ pub(crate) fn answer_held_out<B: Backend>(
             prompt: result.prompt.clone(),
             expected: result.reference.clone(),
             answer: result.answer.clone(),
+            sample: result.samples.first().cloned(),
         });
     }
-    let dir = output_dir.join(crate::run::EVAL_DIR).join(when);
+    let dir = output_dir.join(EVAL_DIR).join(when.dir_name());
     write_results(&dir, &results, &summary, Replace::Yes)?;
     on_event(Event::Evaluation {
         when,
         summary: Box::new(summary.clone()),
         dir,
+        seconds: started.elapsed().as_secs_f64(),
     });
     Ok(Some(summary))
 }

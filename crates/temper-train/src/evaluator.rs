@@ -11,11 +11,13 @@ use std::path::Path;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use temper_chat::{ChatTemplate, Conversation, RenderOptions, Role};
-use temper_data::{Prepared, Sample, Tokenizer};
-use temper_models::{CausalLm, GenerationConfig, StopReason, generate_batch, token_scores};
+use temper_data::{Example, Pack, Prepared, Sample, Tokenizer, collate};
+use temper_models::fused::CrossEntropySums;
+use temper_models::{CausalLm, Continuation, GenerationConfig, StopReason, generate_scored};
 
 use crate::answer_metrics::{AnswerMetrics, answer_metrics, leaks_template};
 use crate::error::{Error, Result};
+use crate::step::row_losses;
 
 /// How to evaluate.
 #[derive(Debug, Clone)]
@@ -45,8 +47,26 @@ pub struct EvalCase {
     prompt_ids: Vec<u32>,
     /// The question alone, without the template; `None` when the prompt has no template.
     plain_ids: Option<Vec<u32>>,
-    /// The whole example and which tokens are the answer's (for the loss).
-    scored: (Vec<u32>, Vec<bool>),
+    /// The whole example, its answer's tokens trained (for the loss).
+    scored: Example,
+}
+
+impl EvalCase {
+    /// The scored example after the prompt, up to its last scored token, when the example
+    /// begins with the prompt's own tokens, scores none of them, and fits in `limit`
+    /// positions (else it is scored in a pass of its own).
+    fn continuation(&self, limit: usize) -> Option<Continuation<'_>> {
+        let prompt = self.prompt_ids.len();
+        let last = self.scored.loss_mask.iter().rposition(|&s| s)? + 1;
+        let fits = last <= limit && last > prompt;
+        (fits
+            && self.scored.input_ids.starts_with(&self.prompt_ids)
+            && !self.scored.loss_mask[..prompt].contains(&true))
+        .then(|| Continuation {
+            tokens: &self.scored.input_ids[prompt..last],
+            scored: &self.scored.loss_mask[prompt..last],
+        })
+    }
 }
 
 /// The held-out examples of `prepared` (prepared with `train_on = last_assistant`, so the
@@ -105,7 +125,7 @@ pub fn eval_cases(
             prompt,
             reference,
             plain_ids,
-            scored: (example.input_ids.clone(), example.loss_mask.clone()),
+            scored: example.clone(),
         });
     }
     Ok(cases)
@@ -175,6 +195,10 @@ pub struct EvalSummary {
     pub sample_match_rate: Option<f64>,
 }
 
+/// Prompts answered at once unless told otherwise. On the 2-core machine, 100 held-out tasks
+/// with SmolLM2-135M took 20.3 s 16 at a time, 18.3 s 32 at a time and 17.9 s 64 at a time.
+pub const GENERATION_BATCH: usize = 32;
+
 /// Evaluates `cases` with `model`, calling `progress` after each example.
 pub fn evaluate_cases<B: Backend>(
     model: &CausalLm<B>,
@@ -192,38 +216,66 @@ pub fn evaluate_cases<B: Backend>(
         seed: settings.seed,
         stop_token_ids: settings.stop_token_ids.clone(),
     };
-    // Answers to many prompts at once: (text, ended with an end-of-turn token).
-    let answers = |prompts: &[&[u32]], config: &GenerationConfig| -> Result<Vec<(String, bool)>> {
-        let generations = generate_batch(model, prompts, config, device, |_, _| {
-            ControlFlow::Continue(())
-        })?;
-        Ok(generations
+    // Answers to many prompts at once: (text, ended with an end-of-turn token), and the
+    // losses of the continuations scored in the prompts' forward pass.
+    let answers = |prompts: &[&[u32]],
+                   continuations: Option<&[Continuation]>,
+                   config: &GenerationConfig|
+     -> Result<(Vec<(String, bool)>, Vec<CrossEntropySums>)> {
+        let none = vec![Continuation::default(); prompts.len()];
+        let continuations = continuations.unwrap_or(&none);
+        let (generations, scores) =
+            generate_scored(model, prompts, continuations, config, device, |_, _| {
+                ControlFlow::Continue(())
+            })?;
+        let texts = generations
             .into_iter()
             .map(|g| {
                 let stopped = g.stop_reason == StopReason::StopToken;
                 (tokenizer.decode(&g.tokens), stopped)
             })
-            .collect())
+            .collect();
+        Ok((texts, scores))
     };
     // A prompt longer than the model's context keeps its end (the question), leaving room
     // for one new token; generation then stops when the context is full.
     let limit = model.max_positions();
-    let mut results = Vec::with_capacity(cases.len());
-    let batch_size = settings.batch_size.max(1);
-    for (chunk_index, chunk) in cases.chunks(batch_size).enumerate() {
-        let first = chunk_index * batch_size;
+    // Prompts of similar lengths are answered together (less padding); the results keep
+    // the dataset's order.
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    order.sort_by_key(|&index| cases[index].prompt_ids.len());
+    let mut results: Vec<Option<ExampleResult>> = vec![None; cases.len()];
+    let mut done = 0;
+    for indexes in order.chunks(settings.batch_size.max(1)) {
+        let chunk: Vec<&EvalCase> = indexes.iter().map(|&index| &cases[index]).collect();
         let prompts: Vec<&[u32]> = chunk
             .iter()
             .map(|c| prompt_end(&c.prompt_ids, limit))
             .collect();
-        let greedy_answers = answers(&prompts, &greedy)?;
+        // A reference answer is scored in its prompt's forward pass where the scored example
+        // begins with the prompt's tokens; the others get a pass of their own.
+        let scored: Vec<Option<Continuation>> =
+            chunk.iter().map(|c| c.continuation(limit)).collect();
+        let continuations: Vec<Continuation> =
+            scored.iter().map(|c| c.unwrap_or_default()).collect();
+        let (greedy_answers, scores) = answers(&prompts, Some(&continuations), &greedy)?;
+        let unscored: Vec<&EvalCase> = chunk
+            .iter()
+            .zip(&scored)
+            .filter(|(_, c)| c.is_none())
+            .map(|(&case, _)| case)
+            .collect();
+        let mut separate = answer_losses(model, &unscored, tokenizer.pad_id, device)?.into_iter();
+        let mut losses = scored.iter().zip(scores).map(|(c, sums)| match c {
+            Some(c) => answer_loss(sums, c.scored.iter().filter(|&&s| s).count()),
+            None => separate.next().unwrap_or_default(),
+        });
         let plain_prompts: Vec<&[u32]> = chunk
             .iter()
             .filter_map(|c| c.plain_ids.as_deref().map(|ids| prompt_end(ids, limit)))
             .collect();
-        let mut plain_answers = answers(&plain_prompts, &greedy)?.into_iter();
-        for (offset, (case, (text, stopped))) in chunk.iter().zip(greedy_answers).enumerate() {
-            let index = first + offset;
+        let mut plain_answers = answers(&plain_prompts, None, &greedy)?.0.into_iter();
+        for ((&index, case), (text, stopped)) in indexes.iter().zip(&chunk).zip(greedy_answers) {
             let metrics = answer_metrics(&case.instruction, &case.reference, &text, stopped);
             // The samples of one example are one batch, seeded by the example's index alone,
             // so they do not depend on the batch size.
@@ -235,7 +287,8 @@ pub fn evaluate_cases<B: Backend>(
                         seed: settings.seed.wrapping_add((index * k) as u64),
                         ..greedy.clone()
                     };
-                    answers(&vec![prompt_end(&case.prompt_ids, limit); k], &config)?
+                    answers(&vec![prompt_end(&case.prompt_ids, limit); k], None, &config)?
+                        .0
                         .into_iter()
                         .map(|(text, _)| text)
                         .collect()
@@ -249,8 +302,8 @@ pub fn evaluate_cases<B: Backend>(
                 Some(_) => plain_answers.next().map(|(text, _)| text),
                 None => None,
             };
-            let (loss, answer_tokens, token_accuracy) = answer_loss(model, &case.scored, device)?;
-            results.push(ExampleResult {
+            let (loss, answer_tokens, token_accuracy) = losses.next().unwrap_or_default();
+            results[index] = Some(ExampleResult {
                 line: case.line,
                 instruction: case.instruction.clone(),
                 prompt: case.prompt.clone(),
@@ -268,9 +321,11 @@ pub fn evaluate_cases<B: Backend>(
                 samples,
                 sample_matches,
             });
-            progress(index + 1);
+            done += 1;
+            progress(done);
         }
     }
+    let results: Vec<ExampleResult> = results.into_iter().flatten().collect();
     let summary = summarize(&results, settings.samples);
     Ok((results, summary))
 }
@@ -290,30 +345,55 @@ fn word_ratio(text: &str, to: &str) -> Option<f64> {
     (words > 0).then(|| text.split_whitespace().count() as f64 / words as f64)
 }
 
-/// Mean loss and token accuracy of the masked (answer) tokens of `scored`.
-fn answer_loss<B: Backend>(
+/// Loss and token accuracy of the answer tokens of each scored example, from one forward
+/// pass. An example longer than the model's context is scored on its end (the answer).
+fn answer_losses<B: Backend>(
     model: &CausalLm<B>,
-    (ids, mask): &(Vec<u32>, Vec<bool>),
+    cases: &[&EvalCase],
+    pad_id: u32,
     device: &B::Device,
-) -> Result<(Option<f64>, usize, Option<f64>)> {
-    // An example longer than the model's context is scored on its end (the answer).
-    let start = ids.len().saturating_sub(model.max_positions());
-    let (ids, mask) = (&ids[start..], &mask[start..]);
-    let trained = mask.iter().skip(1).filter(|&&m| m).count();
-    if trained == 0 || ids.len() < 2 {
-        return Ok((None, 0, None));
+) -> Result<Vec<AnswerLoss>> {
+    if cases.is_empty() {
+        return Ok(Vec::new());
     }
-    let scores = token_scores(model, ids, device)?;
-    let (mut nll, mut correct) = (0.0, 0);
-    for (score, _) in scores.iter().zip(&mask[1..]).filter(|(_, m)| **m) {
-        nll -= score.logprob;
-        correct += usize::from(score.top);
+    let limit = model.max_positions();
+    let rows: Vec<Pack> = cases
+        .iter()
+        .map(|case| {
+            let start = case.scored.len().saturating_sub(limit);
+            let end = Example {
+                input_ids: case.scored.input_ids[start..].to_vec(),
+                loss_mask: case.scored.loss_mask[start..].to_vec(),
+                line: case.scored.line,
+            };
+            Pack::single(&end, 0)
+        })
+        .collect();
+    let batch = collate(&rows.iter().collect::<Vec<_>>(), pad_id, None);
+    Ok(row_losses(model, &batch, device)?
+        .into_iter()
+        .map(|sums| {
+            let scored = CrossEntropySums {
+                nll: sums.nll,
+                correct: sums.correct,
+            };
+            answer_loss(scored, sums.tokens)
+        })
+        .collect())
+}
+
+/// An answer's mean loss, its token count and token accuracy.
+type AnswerLoss = (Option<f64>, usize, Option<f64>);
+
+fn answer_loss(sums: CrossEntropySums, tokens: usize) -> AnswerLoss {
+    match tokens {
+        0 => (None, 0, None),
+        _ => (
+            Some(sums.nll / tokens as f64),
+            tokens,
+            Some(sums.correct as f64 / tokens as f64),
+        ),
     }
-    Ok((
-        Some(nll / trained as f64),
-        trained,
-        Some(correct as f64 / trained as f64),
-    ))
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
@@ -390,7 +470,19 @@ impl EvalSummary {
                 self.plain_leaks, self.plain_asked
             );
         }
+        if self.samples_per_example > 0 {
+            let _ = write!(
+                line,
+                "; {} samples each: one matches for {}/{n}",
+                self.samples_per_example, self.pass_at_k
+            );
+        }
         line
+    }
+
+    /// The share of exact matches.
+    pub fn exact_share(&self) -> f64 {
+        self.exact as f64 / self.examples.max(1) as f64
     }
 }
 

@@ -31,5 +31,5 @@ pub use load::{
 pub use loss::{LossSums, Targets, targets};
 pub use metrics::{Metric, loss_plot_svg};
 pub use output::Start;
-pub use run::{Event, RunSummary, run};
-pub use step::{StepOutcome, evaluate, micro_step, train_step};
+pub use run::{EvalPoint, Event, RunSummary, run};
+pub use step::{StepOutcome, evaluate, micro_step, row_losses, train_step};

@@ -25,7 +25,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, TensorData};
 use temper_data::Batch;
-use temper_models::fused::cross_entropy;
+use temper_models::fused::{chunk_rows, cross_entropy};
 
 /// The trained targets of a batch: which flat positions (`row * seq_len + t`) predict which
 /// token.
@@ -61,15 +61,6 @@ pub fn targets(batch: &Batch) -> Targets {
         }
     }
     Targets { sources, labels }
-}
-
-/// How many rows of logits are computed at once: about 256 MB of f32 logits per chunk
-/// (1335 rows of GPT-2's vocabulary), overwritten by their gradient. Smaller chunks cost more
-/// than they save: each chunk's `[vocab, d_model]` output-weight gradient is its own matrix
-/// product and sum; GPT-2 124M full fine-tuning at 4 x 512 ran at 132, 141 and 145 tokens/s
-/// with 64, 128 and 256 MB chunks (`temper bench`), peak memory within 1%.
-pub fn chunk_rows(vocab_size: usize) -> usize {
-    ((64 << 20) / vocab_size.max(1)).clamp(16, 4096)
 }
 
 /// Sums over the trained targets of a batch.

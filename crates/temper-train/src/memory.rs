@@ -4,7 +4,7 @@
 
 use temper_models::Dimensions;
 
-use crate::loss::chunk_rows;
+use temper_models::fused::chunk_rows;
 
 const F32: u64 = 4;
 

@@ -31,8 +31,39 @@ use crate::step::train_step;
 /// the model was trained with.
 pub const TEMPLATE_FILE: &str = "chat_template.jinja";
 
-/// The directory of a run's answer evaluations (`before/`, `after/`), in its output directory.
+/// The directory of a run's answer evaluations (`before/`, `step-N/`, `after/`), in its output
+/// directory.
 pub const EVAL_DIR: &str = "eval";
+
+/// When in a run the held-out examples were answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalPoint {
+    Before,
+    /// After this step, with `eval.during_training`.
+    Step(u64),
+    After,
+}
+
+impl EvalPoint {
+    /// The evaluation's directory under [`EVAL_DIR`].
+    pub fn dir_name(self) -> String {
+        match self {
+            EvalPoint::Before => "before".into(),
+            EvalPoint::Step(step) => format!("step-{step}"),
+            EvalPoint::After => "after".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for EvalPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EvalPoint::Before => f.write_str("before training"),
+            EvalPoint::Step(step) => write!(f, "at step {step}"),
+            EvalPoint::After => f.write_str("after training"),
+        }
+    }
+}
 
 /// What a run reports while it works (the CLI draws a progress bar from it).
 #[derive(Debug, Clone)]
@@ -46,19 +77,22 @@ pub enum Event {
     /// An evaluation finished.
     Eval(Metric),
     /// A generated answer to a held-out example next to the expected one (the first few of
-    /// each exact-match evaluation), with the prompt as the chat template rendered it.
+    /// each evaluation), with the prompt as the chat template rendered it, and the first
+    /// answer sampled with `eval.temperature` when `eval.samples` asks for samples.
     Answer {
-        when: &'static str,
+        when: EvalPoint,
         prompt: String,
         expected: String,
         answer: String,
+        sample: Option<String>,
     },
-    /// The evaluation of the held-out answers (`when` is `before` or `after`), written to
-    /// `dir` (`results.jsonl`, `summary.md`).
+    /// The evaluation of the held-out answers, written to `dir` (`results.jsonl`,
+    /// `summary.md`).
     Evaluation {
-        when: &'static str,
+        when: EvalPoint,
         summary: Box<EvalSummary>,
         dir: PathBuf,
+        seconds: f64,
     },
     /// Examples whose answer went from wrong to right (`fixed`) or back (`broken`) in training.
     Changed { fixed: usize, broken: usize },
@@ -128,13 +162,19 @@ pub fn run<B: AutodiffBackend>(
             on_event(Event::Eval(metric));
         }
         evaluation_before = answer_held_out(
-            &inference, &eval, &tokenizer, device, output_dir, "before", on_event,
+            &inference,
+            &eval,
+            &tokenizer,
+            device,
+            output_dir,
+            EvalPoint::Before,
+            on_event,
         )?;
     }
     let mut run = Training {
         config,
         data: &train_data,
-        pad_id: tokenizer.pad_id,
+        tokenizer: &tokenizer,
         eval: &eval,
         optimizer: &mut optimizer,
         schedule,
@@ -153,19 +193,19 @@ pub fn run<B: AutodiffBackend>(
         &tokenizer,
         device,
         output_dir,
-        "after",
+        EvalPoint::After,
         on_event,
     )?;
     if let (Some(summary), Some(Metric::Eval { exact_match, .. })) =
         (&evaluation_after, &mut last_eval)
     {
-        *exact_match = Some(summary.exact as f64 / summary.examples.max(1) as f64);
+        *exact_match = Some(summary.exact_share());
     }
     if evaluation_before.is_some() && evaluation_after.is_some() {
         let eval_dir = output_dir.join(EVAL_DIR);
         let changed = compare(
-            &read_results(&eval_dir.join("before"))?,
-            &read_results(&eval_dir.join("after"))?,
+            &read_results(&eval_dir.join(EvalPoint::Before.dir_name()))?,
+            &read_results(&eval_dir.join(EvalPoint::After.dir_name()))?,
         );
         let fixed = changed.iter().filter(|c| c.fixed).count();
         on_event(Event::Changed {
@@ -506,7 +546,7 @@ fn write_run_files(
 struct Training<'a, B: AutodiffBackend> {
     config: &'a RunConfig,
     data: &'a Prepared,
-    pad_id: u32,
+    tokenizer: &'a Tokenizer,
     eval: &'a HeldOut,
     optimizer: &'a mut AdamW<B>,
     schedule: LrSchedule,
@@ -558,7 +598,11 @@ fn train<B: AutodiffBackend>(
             .chunks(t.batch_size)
             .map(|indices| {
                 let rows: Vec<&Pack> = indices.iter().map(|&i| &run.data.rows[i]).collect();
-                collate(&rows, run.pad_id, run.config.data.pad_to_multiple_of)
+                collate(
+                    &rows,
+                    run.tokenizer.pad_id,
+                    run.config.data.pad_to_multiple_of,
+                )
             })
             .collect();
         let lr = lr_at(&run.schedule, step - 1);
@@ -601,10 +645,31 @@ fn train<B: AutodiffBackend>(
         on_event(Event::Step(metric));
 
         let evaluate_now = last || (t.eval_steps > 0 && step % t.eval_steps == 0);
-        if evaluate_now && let Some(metric) = eval_loss(&model.valid(), run.eval, step, device)? {
-            run.metrics.push(metric.clone())?;
-            on_event(Event::Eval(metric.clone()));
-            trained.last_eval = Some(metric);
+        if evaluate_now {
+            let inference = model.valid();
+            let loss = eval_loss(&inference, run.eval, step, device)?;
+            // The last step's answers are the run's "after" evaluation.
+            let answers = if run.config.eval.during_training && !last {
+                answer_held_out(
+                    &inference,
+                    run.eval,
+                    run.tokenizer,
+                    device,
+                    &t.output_dir,
+                    EvalPoint::Step(step),
+                    on_event,
+                )?
+            } else {
+                None
+            };
+            if let Some(mut metric) = loss {
+                if let (Some(summary), Metric::Eval { exact_match, .. }) = (&answers, &mut metric) {
+                    *exact_match = Some(summary.exact_share());
+                }
+                run.metrics.push(metric.clone())?;
+                on_event(Event::Eval(metric.clone()));
+                trained.last_eval = Some(metric);
+            }
         }
         if last || (t.save_steps > 0 && step % t.save_steps == 0) {
             let state = TrainerState {

@@ -5,10 +5,12 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use temper_data::Batch;
+use temper_models::fused::grouped_cross_entropy;
 use temper_models::{CausalLm, ModelInput};
 use temper_optim::AdamW;
 
 use crate::error::Result;
+
 use crate::loss::{
     LossSums, chunked_cross_entropy, cross_entropy_surrogate, gather_hidden, logits_cross_entropy,
     targets,
@@ -122,6 +124,37 @@ pub fn evaluate<B: Backend>(
         sums.add(batch_sums);
     }
     Ok(sums)
+}
+
+/// Loss sums of each row of `batch` without gradients, from one forward pass (the
+/// evaluator's per-example answer loss).
+pub fn row_losses<B: Backend>(
+    model: &CausalLm<B>,
+    batch: &Batch,
+    device: &B::Device,
+) -> Result<Vec<LossSums>> {
+    let targets = targets(batch);
+    if targets.is_empty() {
+        return Ok(vec![LossSums::default(); batch.batch_size]);
+    }
+    // Targets come in row order.
+    let mut counts = vec![0; batch.batch_size];
+    for &source in &targets.sources {
+        counts[source as usize / batch.seq_len] += 1;
+    }
+    let labels: Vec<usize> = targets.labels.iter().map(|&l| l as usize).collect();
+    let hidden = gather_hidden(model.hidden_states(model_input(batch, device)?), &targets);
+    let vocab = model.config().vocab_size();
+    let sums = grouped_cross_entropy(hidden, &labels, &counts, vocab, |h| model.logits_2d(h));
+    Ok(sums
+        .into_iter()
+        .zip(counts)
+        .map(|(sums, tokens)| LossSums {
+            nll: sums.nll,
+            tokens,
+            correct: sums.correct,
+        })
+        .collect())
 }
 
 /// The full logits of the targets' source positions (`[n_targets, vocab]`), for output
