@@ -207,16 +207,21 @@ pub fn generate(args: &[&str]) -> Result<()> {
     let temper = crate::release_temper("cpu")?;
     let model = assets.smollm2_gguf.display().to_string();
     let prompts_arg = prompts_path.display().to_string();
-    let ours = json_of(Command::new(&temper).args([
-        "bench",
-        "--model",
-        &model,
-        "--prompts",
-        &prompts_arg,
-        "--new-tokens",
-        NEW_TOKENS,
-        "--json",
-    ]))?;
+    let ours = |weights: &str| {
+        json_of(Command::new(&temper).args([
+            "bench",
+            "--model",
+            &model,
+            "--prompts",
+            &prompts_arg,
+            "--new-tokens",
+            NEW_TOKENS,
+            "--weights",
+            weights,
+            "--json",
+        ]))
+    };
+    let (f32_weights, f16_weights) = (ours("f32")?, ours("f16")?);
     let output = Command::new("python3")
         .current_dir(&root)
         .args([
@@ -255,7 +260,8 @@ pub fn generate(args: &[&str]) -> Result<()> {
         "| | one sequence, tokens/s | 16 prompts in a batch, tokens/s |\n|---|---:|---:|\n",
     );
     for (name, report) in [
-        ("temper", Some(&ours)),
+        ("temper", Some(&f32_weights)),
+        ("temper, f16 weights (`--weights f16`)", Some(&f16_weights)),
         ("transformers `generate`", theirs.as_ref()),
     ] {
         if let Some(report) = report {
@@ -267,15 +273,18 @@ pub fn generate(args: &[&str]) -> Result<()> {
         }
     }
     if let Some(theirs) = &theirs {
-        table.push_str(&format!(
-            "| temper / transformers | {:.2}x | {:.2}x |\n",
-            rate(&ours, "single_tokens_per_second") / rate(theirs, "single_tokens_per_second"),
-            rate(&ours, "batch_tokens_per_second") / rate(theirs, "batch_tokens_per_second")
-        ));
+        for (name, ours) in [("temper", &f32_weights), ("temper f16", &f16_weights)] {
+            table.push_str(&format!(
+                "| {name} / transformers | {:.2}x | {:.2}x |\n",
+                rate(ours, "single_tokens_per_second") / rate(theirs, "single_tokens_per_second"),
+                rate(ours, "batch_tokens_per_second") / rate(theirs, "batch_tokens_per_second")
+            ));
+        }
     }
     let machine = machine_description();
     let section = format!(
-        "## Generation\n\nGreedy generation with SmolLM2-135M-Instruct (the Q4_1 GGUF, dequantized to f32 by both), \
+        "## Generation\n\nGreedy generation with SmolLM2-135M-Instruct (the Q4_1 GGUF, dequantized to f32 by both; \
+         temper's f16 row keeps the linear layers' weights in f16), \
          {NEW_TOKENS} new tokens per prompt (no stop token), timed around the whole generation (prefill included): \
          the first prompt alone, and the first {PROMPTS} held-out task instructions of `datasets/tasks` as one \
          left-padded batch. transformers runs with {threads} threads.\n\nMachine: {machine}.\n\n\

@@ -21,7 +21,7 @@ use temper_models::{CausalLm, ModelConfig};
 use temper_optim::{AdamW, AdamWConfig};
 
 use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device};
-use crate::model::ModelArgs;
+use crate::model::{ModelArgs, Weights};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +73,9 @@ pub struct BenchArgs {
     matmul: Option<usize>,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
     device: Device,
+    /// With `--model`: see `temper generate --weights`.
+    #[arg(long, value_enum, default_value_t = Weights::F32)]
+    weights: Weights,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -108,7 +111,7 @@ pub struct Report {
 pub fn bench_command(args: &BenchArgs) -> Result<()> {
     let model_config = match (&args.model, &args.prompts, &args.model_config) {
         (Some(model), Some(prompts), _) => {
-            let model = ModelArgs::new(model.clone(), None, args.device);
+            let model = ModelArgs::new(model.clone(), None, args.device, args.weights);
             return crate::bench_generate::bench_generation(
                 &model,
                 prompts,

@@ -18,7 +18,7 @@ use temper_train::evaluator::{
 
 use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device};
 use crate::data::RecordArgs;
-use crate::model::ModelArgs;
+use crate::model::{ModelArgs, WEIGHTS_HELP, Weights};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -30,6 +30,8 @@ pub struct EvalArgs {
     adapter: Option<PathBuf>,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
     device: Device,
+    #[arg(long, value_enum, default_value_t = Weights::F32, help = WEIGHTS_HELP)]
+    weights: Weights,
     /// The held-out dataset (`.jsonl` or `.json`): the last assistant message of each chat
     /// (or the alpaca `output`, or the completion) is the reference answer.
     #[arg(long, required_unless_present = "compare")]
@@ -74,7 +76,12 @@ pub fn eval_command(args: &EvalArgs) -> Result<()> {
     let Some(model) = &args.model else {
         bail!("--model is required to evaluate");
     };
-    let model = ModelArgs::new(model.clone(), args.adapter.clone(), args.device);
+    let model = ModelArgs::new(
+        model.clone(),
+        args.adapter.clone(),
+        args.device,
+        args.weights,
+    );
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }

@@ -155,6 +155,10 @@ impl<B: Backend> Architecture<B> for Gpt2<B> {
         self.embedding_noise = alpha;
     }
 
+    fn token_embedding_mut(&mut self) -> &mut Embedding<B> {
+        &mut self.transformer.wte
+    }
+
     fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
         self.transformer
             .h

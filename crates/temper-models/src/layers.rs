@@ -4,7 +4,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
-use burn::tensor::{Bool, Distribution, Int, TensorData};
+use burn::tensor::{Bool, DType, Distribution, Int, TensorData};
 
 use crate::config::RopeScaling;
 use crate::fused::masked_softmax;
@@ -150,7 +150,7 @@ impl<B: Backend> Linear<B> {
         let mut dims = input.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         let input = input.reshape([rows, dims[D - 1]]);
-        let output = burn::tensor::module::linear(
+        let output = crate::fused::linear(
             input.clone(),
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
@@ -208,7 +208,12 @@ impl<B: Backend> Embedding<B> {
     /// # Shapes
     /// ids: `[batch, seq_len]` -> `[batch, seq_len, d_model]`
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        burn::tensor::module::embedding(self.weight.val(), ids)
+        let rows = burn::tensor::module::embedding(self.weight.val(), ids);
+        // A table kept in f16 for inference gives f32 rows (see `CausalLm::with_f16_weights`).
+        match rows.dtype() {
+            DType::F16 => rows.cast(DType::F32),
+            _ => rows,
+        }
     }
 }
 
@@ -526,19 +531,18 @@ pub fn head_logits<B: Backend>(
     }
 }
 
-/// The `[vocab, d_model]` weight of such an output layer, when it is a plain matrix (no bias,
-/// no adapter) that a fused loss may use directly.
+/// The `[vocab, d_model]` weight of such an output layer, when it is a plain f32 matrix (no
+/// bias, no adapter, not kept in f16) that a fused loss may use directly.
 pub fn head_weight<B: Backend>(
     lm_head: Option<&Linear<B>>,
     embed: &Embedding<B>,
 ) -> Option<Tensor<B, 2>> {
-    match lm_head {
-        None => Some(embed.weight.val()),
-        Some(head) if head.bias.is_none() && head.lora.is_none() => {
-            Some(head.weight.val().transpose())
-        }
-        Some(_) => None,
-    }
+    let weight = match lm_head {
+        None => embed.weight.val(),
+        Some(head) if head.bias.is_none() && head.lora.is_none() => head.weight.val().transpose(),
+        Some(_) => return None,
+    };
+    (weight.dtype() == DType::F32).then_some(weight)
 }
 
 /// Logits from an output layer tied to the token embedding `weight` (`[vocab, d_model]`).
@@ -548,6 +552,12 @@ pub fn head_weight<B: Backend>(
 pub fn tied_logits<B: Backend>(hidden: Tensor<B, 3>, weight: Tensor<B, 2>) -> Tensor<B, 3> {
     let [batch, seq_len, d_model] = hidden.dims();
     let rows = batch * seq_len;
+    if weight.dtype() == DType::F16 {
+        let vocab = weight.dims()[0];
+        let logits =
+            crate::fused::linear(hidden.reshape([rows, d_model]), weight.transpose(), None);
+        return logits.reshape([batch, seq_len, vocab]);
+    }
     // A matmul against the transposed (strided) embedding is pathologically slow on the CPU
     // backend when there are few rows (decoding: 150 ms instead of 4 ms for SmolLM2's 49k x 576
     // table), and with more rows it copies the whole table into a contiguous transpose on

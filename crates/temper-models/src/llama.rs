@@ -225,6 +225,10 @@ impl<B: Backend> Architecture<B> for Llama<B> {
         self.embedding_noise = alpha;
     }
 
+    fn token_embedding_mut(&mut self) -> &mut Embedding<B> {
+        &mut self.model.embed_tokens
+    }
+
     fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
         let layers = self
             .model

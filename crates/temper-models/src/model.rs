@@ -4,17 +4,31 @@ use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::{Bool, Int, TensorData};
+use burn::tensor::{Bool, DType, Int, TensorData};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gemma3::Gemma3;
 use crate::gpt2::Gpt2;
-use crate::layers::{KvCache, Linear, block_causal_mask};
+use crate::layers::{Embedding, KvCache, Linear, block_causal_mask};
 use crate::layout::Layout;
 use crate::llama::Llama;
 use crate::weights::{WeightWriter, Weights};
 use temper_store::{ParamPath, PathMapper, map_params, param_paths};
+
+/// `weight`'s transpose in f16, row-major (narrowed on the host, F16C where the CPU has it).
+fn narrow_to_f16<B: Backend>(weight: Tensor<B, 2>) -> Tensor<B, 2> {
+    let device = weight.device();
+    let [rows, columns] = weight.dims();
+    let values = weight.transpose().into_data().convert::<f32>();
+    let values = values.into_vec::<f32>().unwrap_or_default();
+    let mut narrow = vec![half::f16::ZERO; values.len()];
+    half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut narrow[..], &values);
+    Tensor::from_data(
+        TensorData::new(narrow, [columns, rows]),
+        (&device, DType::F16),
+    )
+}
 
 /// What a forward pass reads: token ids, their positions, and which example each token
 /// belongs to (0 for padding), so that packed examples never attend to each other.
@@ -111,6 +125,8 @@ pub trait Architecture<B: Backend> {
     fn set_embedding_noise(&mut self, alpha: Option<f64>);
     /// Every linear layer, in module order (see [`CausalLm::map_linears`]).
     fn linears_mut(&mut self) -> Vec<&mut Linear<B>>;
+    /// The token embedding (also the output layer when tied).
+    fn token_embedding_mut(&mut self) -> &mut Embedding<B>;
 }
 
 /// A causal language model of any supported architecture.
@@ -229,6 +245,27 @@ impl<B: Backend> CausalLm<B> {
         self
     }
 
+    /// The model for inference with the weights of every linear layer and of the token
+    /// embedding kept in f16: half the memory, and half the bytes read per decoded token, at
+    /// f16's precision (11 significant bits; a GGUF's 4- and 5-bit blocks dequantize to
+    /// values f16 rounds by at most 2^-11 relative). Norms, position embeddings and adapters
+    /// stay f32.
+    pub fn with_f16_weights(mut self) -> Self {
+        // Each output's weights contiguous (see `fused::linear`): a linear weight `[in, out]`
+        // becomes the transpose of an `[out, in]` buffer; the embedding `[vocab, d_model]` is
+        // that already for the output layer it is when tied.
+        let embedding = &mut self.architecture_mut().token_embedding_mut().weight;
+        *embedding = embedding
+            .clone()
+            .map(|weight| narrow_to_f16(weight.transpose()));
+        self.map_linears(&mut |_, mut linear| {
+            linear.weight = linear
+                .weight
+                .map(|weight| narrow_to_f16(weight).transpose());
+            linear
+        })
+    }
+
     /// Turns NEFTune on (`Some(alpha)`) or off: uniform noise on the token embeddings in
     /// forward passes under autodiff (training), none in inference.
     pub fn with_embedding_noise(mut self, alpha: Option<f64>) -> Self {
@@ -270,7 +307,7 @@ impl<B: Backend> CausalLm<B> {
 
     /// The output layer as one `[vocab_size, d_model]` matrix (`logits = hidden W^T`): the
     /// token embedding when tied, else `lm_head`'s weight. `None` when `lm_head` has a bias or
-    /// an adapter, so it is not a plain matrix.
+    /// an adapter, so it is not a plain matrix, or is kept in f16.
     pub fn output_weight(&self) -> Option<Tensor<B, 2>> {
         self.architecture().output_weight()
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Flex;
 use burn::prelude::*;
-use burn::tensor::Int;
+use burn::tensor::{DType, Int, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use temper_models::{
     CausalLm, Continuation, Error, Generation, GenerationConfig, ModelInput, RawTensor, StopReason,
@@ -420,6 +420,61 @@ fn cached_decoding_equals_the_full_forward_pass() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
         assert!(diff < 1e-4, "{case}: cached decoding differs by {diff}");
+    }
+}
+
+/// A model with f16 linear weights: decoding one token at a time (the 16-bit kernel) gives
+/// the logits of a forward pass over 40 tokens (the weights widened to f32 for the product),
+/// and both stay near the f32 model's.
+#[test]
+fn f16_weights_decode_as_their_f32_values_and_near_the_f32_model() {
+    let device = Default::default();
+    let ids: Vec<i64> = (0..40).map(|i| (i * 37 + 5) % 64).collect();
+    let forward = |model: &CausalLm<B>| -> Vec<f32> {
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, 40]), &device);
+        model
+            .forward(ModelInput::sequences(input))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let largest_difference = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    };
+    for case in ARCHITECTURES {
+        let (model, _) = CausalLm::<B>::from_hf_dir(&fixture(case), &device).unwrap();
+        let exact = forward(&model);
+        let model = model.with_f16_weights().map_linears(&mut |path, linear| {
+            assert_eq!(linear.weight.val().dtype(), DType::F16, "{case}: {path}");
+            linear
+        });
+        let full = forward(&model);
+        let mut cache = model.new_cache();
+        let mut cached = Vec::new();
+        for &id in &ids {
+            let input = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![id], [1, 1]), &device);
+            cached.extend(
+                model
+                    .forward_cached(input, &mut cache)
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap(),
+            );
+        }
+        let diff = largest_difference(&cached, &full);
+        assert!(
+            diff < 1e-4,
+            "{case}: the kernel and the widened weights differ by {diff}"
+        );
+        let scale = exact.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = largest_difference(&full, &exact);
+        assert!(
+            diff < 1e-2 * (1.0 + scale),
+            "{case}: f16 weights moved logits by {diff}"
+        );
     }
 }
 

@@ -609,3 +609,43 @@ pub(super) fn cross_entropy<B: Backend>(
 pub(super) fn is_f32<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool {
     tensor.dtype() == DType::F32
 }
+
+// ----------------------------------------------------------------------------------------
+// Products with 16-bit weights (inference only)
+
+/// The buffer of an f16 weight `[k, n]` kept as the transpose of a row-major `[n, k]` buffer
+/// (as [`crate::CausalLm::with_f16_weights`] keeps it); `None` for any other layout.
+fn f16_rows(weight: &FlexTensor, k: usize) -> Option<&[half::f16]> {
+    let layout = weight.layout();
+    let n = layout.shape()[1];
+    (layout.strides() == [1, k as isize] && layout.start_offset() == 0)
+        .then(|| &weight.storage::<half::f16>()[..n * k])
+}
+
+/// `input` (`[m, k]`, f32) times `weight` (`[k, n]`, f16 kept as [`f16_rows`] reads it): few
+/// rows by the 16-bit kernel, more by `gemm` on the weight widened to f32 (on the host, F16C
+/// where the CPU has it). `None` for a weight in another layout.
+pub(super) fn f16_weight_matmul<B: Backend>(
+    input: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    kernel_rows: usize,
+) -> Option<Tensor<B, 2>> {
+    let [m, k] = input.dims();
+    let n = weight.dims()[1];
+    let weight: FlexTensor = cast(float_primitive(weight));
+    let rows = f16_rows(&weight, k)?;
+    if m > kernel_rows {
+        let mut wide = vec![0.0; n * k];
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(rows, &mut wide);
+        let wide: Tensor<B, 2> = from_float_primitive(cast::<FlexTensor, FloatTensor<B>>(
+            new_tensor(wide, Shape::new([n, k])),
+        ));
+        return Some(input.matmul(wide.transpose()));
+    }
+    let input = contiguous(&cast(float_primitive(input)));
+    let mut out = vec![0.0; m * n];
+    kernels::matmul_f16_weight(input.storage::<f32>(), rows, m, k, &mut out);
+    Some(from_float_primitive(cast::<FlexTensor, FloatTensor<B>>(
+        new_tensor(out, Shape::new([m, n])),
+    )))
+}

@@ -3,7 +3,7 @@
 //! pass over the saved tensors, where burn's autodiff runs five to fifteen element-wise ops.
 //!
 //! Written so that the compiler vectorises the inner loops on any x86-64 or aarch64 target
-//! without `unsafe` or intrinsics: no libm calls in hot loops (`exp` is a polynomial), and sums
+//! without intrinsics (but one: [`matmul_f16_weight`] with AVX2 and F16C where the CPU has them): no libm calls in hot loops (`exp` is a polynomial), and sums
 //! kept in `LANES` independent accumulators (a single `f32` accumulator would pin the loop to
 //! one lane, since float addition is not reassociated).
 
@@ -598,12 +598,226 @@ impl CrossEntropySums {
     }
 }
 
+// ----------------------------------------------------------------------------------------
+// Products with 16-bit weights
+
+/// `x W^T` for `x` (`[m, k]`, f32) and a weight kept in 16 bits as `[n, k]` (row-major,
+/// f16: each output's weights contiguous), into `out` (`[m, n]`): every output is a dot
+/// product over one contiguous weight row, so the weights stream from memory in order, once
+/// per call; blocks of outputs run in parallel. Meant for the few rows of decoding, whose time
+/// is reading the weights: half the bytes of f32.
+pub fn matmul_f16_weight(x: &[f32], weight: &[half::f16], m: usize, k: usize, out: &mut [f32]) {
+    const OUTPUTS: usize = 64;
+    let n = weight.len() / k.max(1);
+    debug_assert_eq!((x.len(), weight.len(), out.len()), (m * k, n * k, m * n));
+    // Waking the other threads costs more than one thread's pass over a small product
+    // (decoding calls this some 200 times per token), as burn-flex's own matmuls judge it.
+    const PARALLEL_WORK: usize = 192 * 192 * 192;
+    let block =
+        |(block, rows): (usize, &[half::f16])| (block * OUTPUTS, f16_weight_block(x, rows, m, k));
+    let blocks: Vec<(usize, Vec<f32>)> = if m * n * k < PARALLEL_WORK {
+        weight.chunks(OUTPUTS * k).enumerate().map(block).collect()
+    } else {
+        weight
+            .par_chunks(OUTPUTS * k)
+            .enumerate()
+            .map(block)
+            .collect()
+    };
+    for (first, sums) in blocks {
+        let width = sums.len() / m.max(1);
+        for (out_row, sum) in out.chunks_exact_mut(n).zip(sums.chunks_exact(width)) {
+            out_row[first..first + width].copy_from_slice(sum);
+        }
+    }
+}
+
+/// The `[m, rows]` block of [`matmul_f16_weight`] for the weight rows `rows` (`[rows, k]`).
+fn f16_weight_block(x: &[f32], rows: &[half::f16], m: usize, k: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the CPU has the features `f16_weight_block_avx2` is compiled for.
+        #[allow(unsafe_code)]
+        return unsafe { f16_weight_block_avx2(x, rows, m, k) };
+    }
+    let width = rows.len() / k;
+    let mut sums = vec![0.0; m * width];
+    let mut wide = vec![0.0f32; k];
+    for (j, weights) in rows.chunks_exact(k).enumerate() {
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(weights, &mut wide);
+        for (r, input) in x.chunks_exact(k).enumerate() {
+            sums[r * width + j] = dot(input, &wide);
+        }
+    }
+    sums
+}
+
+/// [`f16_weight_block`] with AVX2, FMA and F16C: each weight row's values are widened eight
+/// at a time by one instruction and multiplied into four rows of `x` at once (or one, with
+/// four partial sums). The one kernel here written with intrinsics: its inner loop is all of
+/// decoding's arithmetic, and baseline x86-64 has no f16 conversion.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_weight_block_avx2(x: &[f32], rows: &[half::f16], m: usize, k: usize) -> Vec<f32> {
+    let width = rows.len() / k;
+    let mut sums = vec![0.0f32; m * width];
+    for (j, weights) in rows.chunks_exact(k).enumerate() {
+        let mut r = 0;
+        while r + 4 <= m {
+            let dots = avx2::dot4(&x[r * k..(r + 4) * k], weights);
+            for (i, dot) in dots.into_iter().enumerate() {
+                sums[(r + i) * width + j] = dot;
+            }
+            r += 4;
+        }
+        for r in r..m {
+            sums[r * width + j] = avx2::dot1(&x[r * k..(r + 1) * k], weights);
+        }
+    }
+    sums
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn sum(lanes: __m256) -> f32 {
+        let half = _mm_add_ps(
+            _mm256_castps256_ps128(lanes),
+            _mm256_extractf128_ps(lanes, 1),
+        );
+        let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
+    }
+
+    fn tail(input: &[f32], weights: &[f16], from: usize) -> f32 {
+        (from..weights.len())
+            .map(|c| input[c] * weights[c].to_f32())
+            .sum()
+    }
+
+    /// `input . weights`, with four partial sums (one FMA's latency hidden behind three),
+    /// each a named value so that it stays in a register.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot1(input: &[f32], weights: &[f16]) -> f32 {
+        let k = weights.len();
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let mut c = 0;
+        // As in `dot4`, loads written out.
+        let bits = weights.as_ptr().cast::<__m128i>();
+        let x = input.as_ptr();
+        while c + 32 <= k {
+            // SAFETY: `c + 32 <= k`: the 32 values are in `weights` and `input`.
+            unsafe {
+                let w0 = _mm256_cvtph_ps(_mm_loadu_si128(bits.byte_add(2 * c)));
+                let w1 = _mm256_cvtph_ps(_mm_loadu_si128(bits.byte_add(2 * c + 16)));
+                let w2 = _mm256_cvtph_ps(_mm_loadu_si128(bits.byte_add(2 * c + 32)));
+                let w3 = _mm256_cvtph_ps(_mm_loadu_si128(bits.byte_add(2 * c + 48)));
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(c)), w0, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(c + 8)), w1, a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(c + 16)), w2, a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(c + 24)), w3, a3);
+            }
+            c += 32;
+        }
+        while c + 8 <= k {
+            // SAFETY: `c + 8 <= k`.
+            unsafe {
+                let w0 = _mm256_cvtph_ps(_mm_loadu_si128(bits.byte_add(2 * c)));
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(c)), w0, a0);
+            }
+            c += 8;
+        }
+        let total = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+        sum(total) + tail(input, weights, c)
+    }
+
+    /// The dot products of four rows of `inputs` (`[4, k]`) with `weights`, each partial sum
+    /// a named value so that it stays in a register.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot4(inputs: &[f32], weights: &[f16]) -> [f32; 4] {
+        let k = weights.len();
+        let (x0, rest) = inputs.split_at(k);
+        let (x1, rest) = rest.split_at(k);
+        let (x2, x3) = rest.split_at(k);
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let mut c = 0;
+        // Loads written out rather than called: a call would make every register holding a
+        // partial sum go through memory around it.
+        let bits = weights.as_ptr().cast::<__m128i>();
+        let rows = [x0.as_ptr(), x1.as_ptr(), x2.as_ptr(), x3.as_ptr()];
+        while c + 8 <= k {
+            // SAFETY: `c + 8 <= k`: the eight values are in `weights` and in each row.
+            unsafe {
+                let wide = _mm256_cvtph_ps(_mm_loadu_si128(bits.byte_add(2 * c)));
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[0].add(c)), wide, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[1].add(c)), wide, a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[2].add(c)), wide, a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(rows[3].add(c)), wide, a3);
+            }
+            c += 8;
+        }
+        [
+            sum(a0) + tail(x0, weights, c),
+            sum(a1) + tail(x1, weights, c),
+            sum(a2) + tail(x2, weights, c),
+            sum(a3) + tail(x3, weights, c),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn close(a: f32, b: f32, tolerance: f32) -> bool {
         (a - b).abs() <= tolerance * (1.0 + b.abs())
+    }
+
+    #[test]
+    fn the_f16_weight_product_is_the_sum_of_products() {
+        // 130 outputs: two blocks of 64 and one of 2; k = 70: eight lanes and a tail of 6.
+        let (k, n) = (70, 130);
+        let weight: Vec<half::f16> = (0..n * k)
+            .map(|i| half::f16::from_f32(((i * 7919) % 1000) as f32 / 500.0 - 1.0))
+            .collect();
+        for m in [1, 3, 5] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 104_729) % 997) as f32 / 400.0 - 1.2)
+                .collect();
+            let mut out = vec![0.0; m * n];
+            matmul_f16_weight(&x, &weight, m, k, &mut out);
+            for r in 0..m {
+                for j in 0..n {
+                    let expected: f32 = (0..k)
+                        .map(|c| x[r * k + c] * weight[j * k + c].to_f32())
+                        .sum();
+                    assert!(
+                        close(out[r * n + j], expected, 1e-5),
+                        "m {m}, row {r}, output {j}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

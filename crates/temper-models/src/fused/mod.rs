@@ -132,6 +132,38 @@ pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 3>, sin: Tensor<B, 3>) -
     composite::rope(x, cos, sin)
 }
 
+/// Rows up to which a 16-bit weight multiplies its input directly (see [`linear`]).
+pub const F16_KERNEL_ROWS: usize = 32;
+
+/// `input W + bias` (`[rows, d_input] x [d_input, d_output]`), where `W` may be kept in 16
+/// bits for inference ([`crate::CausalLm::with_f16_weights`]). On burn-flex, up to
+/// [`F16_KERNEL_ROWS`] rows (decoding) are multiplied by the 16-bit weight directly, reading
+/// half the bytes; more rows (a prompt) by the weight widened to f32 for the product. Other
+/// backends widen it with a cast.
+pub fn linear<B: Backend>(
+    input: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    if weight.dtype() == input.dtype() {
+        return burn::tensor::module::linear(input, weight, bias);
+    }
+    #[cfg(feature = "flex")]
+    if flex::Route::of::<B>() == Some(flex::Route::Inference)
+        && flex::is_f32(&input)
+        && weight.dtype() == burn::tensor::DType::F16
+        && let Some(output) =
+            flex::f16_weight_matmul(input.clone(), weight.clone(), F16_KERNEL_ROWS)
+    {
+        return match bias {
+            Some(bias) => output + bias.unsqueeze(),
+            None => output,
+        };
+    }
+    let weight = weight.cast(input.dtype());
+    burn::tensor::module::linear(input, weight, bias)
+}
+
 /// How many rows of logits are computed at once: about 256 MB of f32 logits per chunk
 /// (1335 rows of GPT-2's vocabulary), overwritten by their gradient. Smaller chunks cost more
 /// than they save: each chunk's `[vocab, d_model]` output-weight gradient is its own matrix
@@ -360,6 +392,24 @@ mod tests {
             diff <= 2e-6 * (1.0 + scale),
             "{what}: fused and composite differ by {diff} (largest value {scale})"
         );
+    }
+
+    #[test]
+    fn a_16_bit_weight_multiplies_as_its_f32_value() {
+        // Kept as the model keeps it: the transpose of an `[out, in]` buffer.
+        let weight = random([300, 70], 0.1)
+            .cast(burn::tensor::DType::F16)
+            .transpose();
+        let exact = weight.clone().cast(burn::tensor::DType::F32);
+        let bias = random([300], 0.1);
+        // Few rows take the 16-bit kernel; more widen the weight first.
+        for rows in [1, 3, F16_KERNEL_ROWS, F16_KERNEL_ROWS + 5] {
+            let input = random([rows, 70], 1.0);
+            let reference =
+                burn::tensor::module::linear(input.clone(), exact.clone(), Some(bias.clone()));
+            let fused = linear(input, weight.clone(), Some(bias.clone()));
+            assert_close(fused, reference, &format!("{rows} rows"));
+        }
     }
 
     #[test]
