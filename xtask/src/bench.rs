@@ -284,7 +284,7 @@ pub fn generate(args: &[&str]) -> Result<()> {
     let machine = machine_description();
     let section = format!(
         "## Generation\n\nGreedy generation with SmolLM2-135M-Instruct (the Q4_1 GGUF, dequantized to f32 by both; \
-         temper's f16 row keeps the linear layers' weights in f16), \
+         temper's f16 row keeps the linear layers' and the token embedding's weights in f16), \
          {NEW_TOKENS} new tokens per prompt (no stop token), timed around the whole generation (prefill included): \
          the first prompt alone, and the first {PROMPTS} held-out task instructions of `datasets/tasks` as one \
          left-padded batch. transformers runs with {threads} threads.\n\nMachine: {machine}.\n\n\

@@ -61,9 +61,10 @@ pub enum Weights {
     F16,
 }
 
-pub const WEIGHTS_HELP: &str = "Keep the linear layers' weights in f32, or in f16: half the \
-    memory and about 1.6x the tokens/s when decoding on the CPU, at f16's precision (11 \
-    significant bits), so answers can differ where two tokens are nearly tied";
+pub const WEIGHTS_HELP: &str = "Keep the weights of the linear layers and the token embedding \
+    in f32, or in f16: half the memory and about 1.6x the tokens/s decoding one sequence on \
+    the CPU (batches run faster in f32), at f16's precision (11 significant bits), so answers \
+    can differ where two tokens are nearly tied";
 
 impl ModelArgs {
     pub fn device(&self) -> Device {
