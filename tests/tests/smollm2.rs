@@ -130,3 +130,79 @@ fn greedy_generation_says_paris() {
         "greedy tokens equal transformers'"
     );
 }
+
+/// The evaluator scores each reference answer in its prompt's forward pass; the losses are
+/// those of a pass over the whole examples (`row_losses`), and an answer scored on its own
+/// (a prompt whose tokens the example does not begin with) gets the same loss.
+#[test]
+fn answers_scored_with_their_prompts_have_the_loss_of_a_pass_of_their_own() {
+    use temper_chat::{ChatTemplate, TrainOn};
+    use temper_data::{DataConfig, Pack, Truncation, collate};
+    use temper_train::evaluator::{EvalSettings, eval_cases, evaluate_cases};
+
+    let smol = smol();
+    let path = root().join("datasets/tasks/test.messages.jsonl");
+    let config = DataConfig {
+        train_on: TrainOn::LastAssistant,
+        max_length: smol.model.max_positions(),
+        truncation: Truncation::KeepEnd,
+        ..DataConfig::default()
+    };
+    let read = temper_data::pipeline::read_dataset(&path, &config).unwrap();
+    let template = temper_data::pipeline::resolve_template(
+        &config,
+        &smol.tokenizer,
+        &read.records,
+        smol.template
+            .as_ref()
+            .map(|source| ChatTemplate::from_source("smollm2", source.clone()).unwrap()),
+    )
+    .unwrap();
+    let prepared = temper_data::pipeline::prepare_records(
+        &path,
+        read,
+        template.as_ref(),
+        &smol.tokenizer,
+        &config,
+    )
+    .unwrap();
+    let cases = eval_cases(&prepared, template.as_ref(), &smol.tokenizer, Some(6)).unwrap();
+    let settings = EvalSettings {
+        max_new_tokens: 2,
+        batch_size: 4,
+        samples: 0,
+        temperature: 0.0,
+        seed: 0,
+        stop_token_ids: Vec::new(),
+    };
+    let device = Default::default();
+    let (results, _) = evaluate_cases(
+        &smol.model,
+        &smol.tokenizer,
+        &cases,
+        &settings,
+        &device,
+        |_| {},
+    )
+    .unwrap();
+    let rows: Vec<Pack> = prepared.untruncated[..6]
+        .iter()
+        .map(|example| Pack::single(example, 0))
+        .collect();
+    let batch = collate(
+        &rows.iter().collect::<Vec<_>>(),
+        smol.tokenizer.pad_id,
+        None,
+    );
+    let alone = temper_train::row_losses(&smol.model, &batch, &device).unwrap();
+    for (result, sums) in results.iter().zip(&alone) {
+        assert_eq!(result.answer_tokens, sums.tokens, "line {}", result.line);
+        let loss = result.loss.unwrap();
+        assert!(
+            (loss - sums.mean()).abs() < 1e-4,
+            "line {}: {loss} against {}",
+            result.line,
+            sums.mean()
+        );
+    }
+}

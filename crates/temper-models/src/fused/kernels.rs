@@ -710,12 +710,8 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn dot1(input: &[f32], weights: &[f16]) -> f32 {
         let k = weights.len();
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
+        assert_eq!(input.len(), k, "dot1: one input per weight");
+        let [mut a0, mut a1, mut a2, mut a3] = [_mm256_setzero_ps(); 4];
         let mut c = 0;
         // As in `dot4`, loads written out.
         let bits = weights.as_ptr().cast::<__m128i>();
@@ -751,15 +747,15 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn dot4(inputs: &[f32], weights: &[f16]) -> [f32; 4] {
         let k = weights.len();
+        assert_eq!(
+            inputs.len(),
+            4 * k,
+            "dot4: four rows of one input per weight"
+        );
         let (x0, rest) = inputs.split_at(k);
         let (x1, rest) = rest.split_at(k);
         let (x2, x3) = rest.split_at(k);
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
+        let [mut a0, mut a1, mut a2, mut a3] = [_mm256_setzero_ps(); 4];
         let mut c = 0;
         // Loads written out rather than called: a call would make every register holding a
         // partial sum go through memory around it.
