@@ -221,7 +221,7 @@ pub fn evaluate_cases<B: Backend>(
     let answers = |prompts: &[&[u32]],
                    continuations: Option<&[Continuation]>,
                    config: &GenerationConfig|
-     -> Result<(Vec<(String, bool)>, Vec<CrossEntropySums>)> {
+     -> Result<(Vec<Answer>, Vec<CrossEntropySums>)> {
         let none = vec![Continuation::default(); prompts.len()];
         let continuations = continuations.unwrap_or(&none);
         let (generations, scores) =
@@ -381,6 +381,9 @@ fn answer_losses<B: Backend>(
         })
         .collect())
 }
+
+/// A generated answer, and whether it ended with an end-of-turn token.
+type Answer = (String, bool);
 
 /// An answer's mean loss, its token count and token accuracy.
 type AnswerLoss = (Option<f64>, usize, Option<f64>);
