@@ -69,11 +69,14 @@ pub fn apply_peft_adapter<B: Backend>(
 ) -> Result<CausalLm<B>> {
     let adapter = Adapter::load_peft(dir)?;
     let model = temper_lora::apply(attach_lora(model, &adapter.config, device)?, &adapter)?;
-    // Merged, the slots would only add idle matmuls.
-    Ok(
-        temper_lora::merge(model, &adapter.config).map_linears(&mut |_, mut linear| {
-            linear.lora = None;
-            linear
-        }),
-    )
+    Ok(merged_for_inference(model, &adapter.config))
+}
+
+/// `model` with the updates of its LoRA slots (made with `config`) folded into its weights
+/// and the slots removed: the same function, without the slots' idle products.
+pub fn merged_for_inference<B: Backend>(model: CausalLm<B>, config: &LoraConfig) -> CausalLm<B> {
+    temper_lora::merge(model, config).map_linears(&mut |_, mut linear| {
+        linear.lora = None;
+        linear
+    })
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use burn::prelude::*;
 use temper_chat::ChatTemplate;
 use temper_data::{Batch, Pack, Tokenizer, collate};
+use temper_lora::LoraConfig;
 use temper_models::CausalLm;
 
 use crate::config::RunConfig;
@@ -24,6 +25,8 @@ pub(crate) struct HeldOut {
     batches: Vec<Batch>,
     cases: Vec<EvalCase>,
     settings: EvalSettings,
+    /// Answer with the adapter of this configuration merged into a copy of the model.
+    pub(crate) merge: Option<LoraConfig>,
 }
 
 /// The held-out file's batches and generation cases, rendered with the training template.
@@ -45,6 +48,7 @@ pub(crate) fn held_out(
             batches: Vec::new(),
             cases: Vec::new(),
             settings,
+            merge: None,
         });
     };
     let read = temper_data::pipeline::read_dataset(path, &config.data)?;
@@ -67,6 +71,7 @@ pub(crate) fn held_out(
         batches,
         cases,
         settings,
+        merge: None,
     })
 }
 
@@ -132,6 +137,11 @@ pub(crate) fn answer_held_out<B: Backend>(
         return Ok(None);
     }
     let started = std::time::Instant::now();
+    let merged = eval
+        .merge
+        .as_ref()
+        .map(|lora| crate::adapters::merged_for_inference(model.clone(), lora));
+    let model = merged.as_ref().unwrap_or(model);
     let (results, summary) = evaluate_cases(
         model,
         tokenizer,
