@@ -12,8 +12,7 @@ use temper_optim::AdamW;
 use crate::error::Result;
 
 use crate::loss::{
-    LossSums, chunked_cross_entropy, cross_entropy_surrogate, gather_hidden, logits_cross_entropy,
-    targets,
+    LossSums, cross_entropy_surrogate, gather_hidden, logits_cross_entropy, targets,
 };
 
 /// What a step measured.
@@ -107,27 +106,15 @@ pub fn evaluate<B: Backend>(
 ) -> Result<LossSums> {
     let mut sums = LossSums::default();
     for batch in batches {
-        let targets = targets(batch);
-        if targets.is_empty() {
-            continue;
+        for row in row_losses(model, batch, device)? {
+            sums.add(row);
         }
-        let input = model_input(batch, device)?;
-        let batch_sums = match model.output_weight() {
-            Some(weight) => {
-                let hidden = gather_hidden(model.hidden_states(input), &targets);
-                chunked_cross_entropy(hidden, weight, &targets.labels, None, false).0
-            }
-            None => {
-                logits_cross_entropy(target_logits(model, input, &targets), &targets.labels, 1.0).1
-            }
-        };
-        sums.add(batch_sums);
     }
     Ok(sums)
 }
 
-/// Loss sums of each row of `batch` without gradients, from one forward pass (the
-/// evaluator's per-example answer loss).
+/// Loss sums of each row of `batch` without gradients, from one forward pass (the held-out
+/// loss, and the evaluator's per-example answer loss).
 pub fn row_losses<B: Backend>(
     model: &CausalLm<B>,
     batch: &Batch,
