@@ -4,12 +4,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+use std::sync::Arc;
 
 use temper_chat::{ChatTemplate, Conversation, Message, TrainOn};
 use temper_data::example::{RenderedExample, render_record, tokenize_rendered};
 use temper_data::records::{Record, Sample};
-use temper_data::{DataConfig, Format, Pack, SpecialTokenNames, Tokenizer, collate, prepare};
+use temper_data::{
+    DataConfig, Format, Location, Pack, Position, SpecialTokenNames, Tokenizer, collate, prepare,
+};
 use temper_tests::{asset, root};
+
+/// Where a record written in a test comes from.
+fn inline() -> Location {
+    Location {
+        file: Arc::from(Path::new("inline")),
+        position: Position::Line(1),
+    }
+}
 
 fn gpt2() -> Tokenizer {
     Tokenizer::from_file(&asset("gpt2/tokenizer.json"), &SpecialTokenNames::default()).unwrap()
@@ -50,7 +61,7 @@ fn alpaca_trains_exactly_the_output_and_eos() {
         ..DataConfig::default()
     };
     let prepared = prepare(
-        &root().join("datasets/tasks/train.alpaca.jsonl"),
+        &root().join("datasets/tasks/train.alpaca.jsonl").into(),
         &tokenizer,
         &config,
     )
@@ -75,8 +86,8 @@ fn alpaca_trains_exactly_the_output_and_eos() {
         let first = example.loss_mask.iter().position(|&m| m).unwrap();
         assert!(
             example.loss_mask[first..].iter().all(|&m| m),
-            "line {}",
-            record.line
+            "{}",
+            record.at
         );
     }
 }
@@ -95,7 +106,7 @@ fn chat_turns_train_answers_and_end_of_turn_with_one_bos() {
         Message::assistant("Rome."),
     ]);
     let record = Record {
-        line: 1,
+        at: inline(),
         format: Format::Messages,
         sample: Sample::Chat(conversation),
     };
@@ -134,7 +145,7 @@ fn chatml_with_a_tokenizer_that_lacks_its_tokens_still_masks_by_bytes() {
     let conversation =
         Conversation::new(vec![Message::user("Hi"), Message::assistant("Hello there")]);
     let record = Record {
-        line: 1,
+        at: inline(),
         format: Format::Messages,
         sample: Sample::Chat(conversation),
     };
@@ -163,7 +174,7 @@ fn text_and_completion_examples_end_with_a_trained_eos() {
     assert!(example.loss_mask.iter().all(|&m| m));
 
     let record = Record {
-        line: 1,
+        at: inline(),
         format: Format::PromptCompletion,
         sample: Sample::Completion {
             prompt: "Q: 2+2?\nA:".into(),
@@ -190,7 +201,9 @@ fn gpt2_padding_with_eos_keeps_the_trained_eos() {
         ..DataConfig::default()
     };
     let prepared = prepare(
-        &root().join("datasets/sample/sft_chapter.alpaca.jsonl"),
+        &root()
+            .join("datasets/sample/sft_chapter.alpaca.jsonl")
+            .into(),
         &tokenizer,
         &config,
     )
@@ -222,7 +235,7 @@ fn packed_rows_hold_the_same_examples_as_unpacked_ones() {
     let tokenizer = gpt2();
     let path = root().join("datasets/tasks/train.messages.jsonl");
     let padded = prepare(
-        &path,
+        &path.clone().into(),
         &tokenizer,
         &DataConfig {
             max_length: 256,
@@ -232,7 +245,7 @@ fn packed_rows_hold_the_same_examples_as_unpacked_ones() {
     )
     .unwrap();
     let packed = prepare(
-        &path,
+        &path.clone().into(),
         &tokenizer,
         &DataConfig {
             max_length: 256,
@@ -296,7 +309,7 @@ fn every_shipped_dataset_prepares() {
             max_length: 1024,
             ..DataConfig::default()
         };
-        let prepared = prepare(Path::new(&root().join(file)), &tokenizer, &config)
+        let prepared = prepare(&root().join(file).into(), &tokenizer, &config)
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(!prepared.examples.is_empty(), "{file}");
         assert!(

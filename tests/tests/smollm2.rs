@@ -148,7 +148,7 @@ fn answers_scored_with_their_prompts_have_the_loss_of_a_pass_of_their_own() {
         truncation: Truncation::KeepEnd,
         ..DataConfig::default()
     };
-    let read = temper_data::pipeline::read_dataset(&path, &config).unwrap();
+    let read = temper_data::pipeline::read_dataset(&path.clone().into(), &config).unwrap();
     let template = temper_data::pipeline::resolve_template(
         &config,
         &smol.tokenizer,
@@ -159,7 +159,7 @@ fn answers_scored_with_their_prompts_have_the_loss_of_a_pass_of_their_own() {
     )
     .unwrap();
     let prepared = temper_data::pipeline::prepare_records(
-        &path,
+        &path.display().to_string(),
         read,
         template.as_ref(),
         &smol.tokenizer,

@@ -40,10 +40,12 @@ fn tiny(output_dir: &Path, extra: &[String]) -> RunConfig {
     overrides.extend_from_slice(extra);
     let mut config = RunConfig::load(&root().join("configs/tiny-smoke.toml"), &overrides).unwrap();
     // Paths in the recipe are relative to the repository root.
-    for path in [&mut config.model.path, &mut config.dataset.train] {
+    for path in [&mut config.model.path, &mut config.dataset.train.path] {
         *path = root().join(&*path);
     }
-    config.dataset.eval = config.dataset.eval.map(|p| root().join(p));
+    if let Some(eval) = &mut config.dataset.eval {
+        eval.path = root().join(&eval.path);
+    }
     config
 }
 
@@ -347,7 +349,7 @@ fn one_epoch_sees_every_row_once() {
             "data.packing=false".into(),
         ],
     );
-    config.dataset.train = train.clone();
+    config.dataset.train = train.clone().into();
     config.dataset.eval = None;
     let summary =
         temper_train::run::<A>(&config, Start::Fresh, &Default::default(), &mut |_| {}).unwrap();
@@ -360,7 +362,7 @@ fn one_epoch_sees_every_row_once() {
     let tokenizer =
         temper_data::Tokenizer::from_file(&asset("gpt2/tokenizer.json"), &Default::default())
             .unwrap();
-    let prepared = temper_data::prepare(&train, &tokenizer, &config.data).unwrap();
+    let prepared = temper_data::prepare(&train.clone().into(), &tokenizer, &config.data).unwrap();
     let trained: u64 = steps
         .iter()
         .map(|m| m["trained_tokens"].as_u64().unwrap())
@@ -648,7 +650,7 @@ fn data_dropped_entirely_is_an_error_that_counts_why() {
     )
     .unwrap();
     let mut config = tiny(&dir.join("run"), &["data.truncation=\"drop\"".into()]);
-    config.dataset.eval = Some(eval);
+    config.dataset.eval = Some(eval.into());
     let error = run_error(&config, Start::Fresh);
     assert!(
         error.contains("long.jsonl: no held-out examples (1 record(s) read, 1 dropped as too_long"),

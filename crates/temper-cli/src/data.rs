@@ -12,7 +12,8 @@ use serde::Serialize;
 use temper_chat::TrainOn;
 use temper_data::example::render_record;
 use temper_data::{
-    DataConfig, Format, OnError, Prepared, QualityReport, Tokenizer, Truncation, prepare,
+    DataConfig, DatasetSpec, Format, OnError, Prepared, QualityReport, Tokenizer, Truncation,
+    prepare,
 };
 
 #[derive(Debug, Subcommand)]
@@ -49,8 +50,10 @@ pub enum DataCommand {
 /// The dataset and how to read it (the `[data]` section of a run configuration).
 #[derive(Debug, Args)]
 pub struct InputArgs {
-    /// A `.jsonl` or `.json` dataset file.
-    file: PathBuf,
+    /// The dataset: a file (.jsonl, .json, .csv, .tsv, .parquet, .arrow; optionally .gz or
+    /// .zst), a glob, or a dataset directory (a Hugging Face repository layout or a
+    /// `save_to_disk` directory).
+    dataset: PathBuf,
     /// The `tokenizer.json` to tokenize with.
     #[arg(long)]
     tokenizer: PathBuf,
@@ -82,9 +85,12 @@ pub struct InputArgs {
     bos_token: Option<String>,
 }
 
-/// How records are read from a dataset file (shared by `temper data` and `temper eval`).
+/// How records are read from a dataset (shared by `temper data` and `temper eval`).
 #[derive(Debug, Args)]
 pub struct RecordArgs {
+    /// The split of a dataset directory: train, test, ... (default: train).
+    #[arg(long)]
+    split: Option<String>,
     /// alpaca, messages, sharegpt, prompt_completion or text (detected when absent).
     #[arg(long)]
     format: Option<Format>,
@@ -97,6 +103,11 @@ pub struct RecordArgs {
 }
 
 impl RecordArgs {
+    /// The dataset at `path`, with the split asked for.
+    pub fn dataset(&self, path: &Path) -> DatasetSpec {
+        DatasetSpec::new(path, self.split.clone())
+    }
+
     /// Sets the format, field names and error policy of `config`.
     pub fn apply(&self, config: &mut DataConfig) -> Result<()> {
         config.format = self.format;
@@ -130,6 +141,10 @@ impl InputArgs {
         Ok(config)
     }
 
+    fn dataset(&self) -> DatasetSpec {
+        self.records.dataset(&self.dataset)
+    }
+
     fn load(&self) -> Result<(DataConfig, Tokenizer)> {
         let config = self.config()?;
         let tokenizer = Tokenizer::from_file(&self.tokenizer, &config.special_token_names())?;
@@ -155,6 +170,8 @@ pub fn run(command: DataCommand) -> Result<()> {
 
 #[derive(Debug, Serialize)]
 struct ShownExample {
+    file: String,
+    /// The line (JSON) or row (CSV, Parquet, Arrow) of the record in `file`.
     line: usize,
     text: String,
     input_ids: Vec<u32>,
@@ -165,11 +182,12 @@ struct ShownExample {
 
 fn inspect(input: &InputArgs, count: usize, json: bool) -> Result<()> {
     let (config, tokenizer) = input.load()?;
-    let read = temper_data::pipeline::read_dataset(&input.file, &config)?;
+    let dataset = input.dataset();
+    let read = temper_data::pipeline::read_dataset(&dataset, &config)?;
     let template =
         temper_data::pipeline::resolve_template(&config, &tokenizer, &read.records, None)?;
     let prepared = temper_data::pipeline::prepare_records(
-        &input.file,
+        &dataset.to_string(),
         read,
         template.as_ref(),
         &tokenizer,
@@ -209,7 +227,8 @@ fn inspect(input: &InputArgs, count: usize, json: bool) -> Result<()> {
             .into_iter()
             .zip(&prepared.records)
             .map(|((text, _, example, trained_text), record)| ShownExample {
-                line: record.line,
+                file: record.at.file.display().to_string(),
+                line: record.at.position.number(),
                 text,
                 input_ids: example.input_ids.clone(),
                 loss_mask: example.loss_mask.clone(),
@@ -227,9 +246,8 @@ fn inspect(input: &InputArgs, count: usize, json: bool) -> Result<()> {
     print_report(&report, &prepared);
     for ((text, offsets, example, _), record) in shown.iter().zip(&prepared.records) {
         println!(
-            "\n── example at {}:{} · {} tokens, {} trained{}",
-            input.file.display(),
-            record.line,
+            "\n── example at {} · {} tokens, {} trained{}",
+            record.at,
             example.len(),
             example.trained_tokens(),
             match config.truncation {
@@ -412,7 +430,7 @@ fn prepare_command(
     }
     let (config, tokenizer) = input.load()?;
     let started = Instant::now();
-    let prepared = prepare(&input.file, &tokenizer, &config)?;
+    let prepared = prepare(&input.dataset(), &tokenizer, &config)?;
     let seconds = started.elapsed().as_secs_f64();
     let total = prepared.records.len() + prepared.skipped.values().sum::<usize>()
         - prepared
@@ -427,7 +445,7 @@ fn prepare_command(
             .map(|(_, n)| n)
             .sum::<usize>();
     let stats = PrepareStats {
-        file: input.file.display().to_string(),
+        file: prepared.name.clone(),
         examples: total,
         kept: prepared.examples.len(),
         skipped: prepared
@@ -465,19 +483,31 @@ fn prepare_command(
     Ok(())
 }
 
-/// Refuses an `--output` that is one of the command's inputs, or an existing file unless
-/// `overwrite`.
+/// Refuses an `--output` that is one of the command's inputs or lies in the dataset's
+/// directory, or an existing file unless `overwrite`.
 fn check_output(output: &Path, input: &InputArgs, overwrite: bool) -> Result<()> {
-    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    let inputs = [input.file.as_path(), input.tokenizer.as_path()];
-    if let Some(read) = inputs.into_iter().find(|read| same(output, read)) {
+    let resolved = |path: &Path| std::fs::canonicalize(path).ok();
+    let target = resolved(output).or_else(|| {
+        let parent = output.parent().filter(|p| !p.as_os_str().is_empty());
+        Some(resolved(parent.unwrap_or(Path::new(".")))?.join(output.file_name()?))
+    });
+    let mut inputs = input.dataset().files().unwrap_or_default();
+    inputs.push(input.tokenizer.clone());
+    if let Some(read) = inputs.iter().find(|read| resolved(read) == target) {
         bail!(
             "--output {}: that is {}, which this command reads; write the rows elsewhere",
             output.display(),
             read.display()
+        );
+    }
+    if input.dataset.is_dir()
+        && let (Some(dir), Some(target)) = (resolved(&input.dataset), &target)
+        && target.starts_with(&dir)
+    {
+        bail!(
+            "--output {}: that is inside the dataset directory {}, whose files are read as data; write the rows elsewhere",
+            output.display(),
+            input.dataset.display()
         );
     }
     if output.exists() && !overwrite {

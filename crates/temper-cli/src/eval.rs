@@ -32,8 +32,9 @@ pub struct EvalArgs {
     device: Device,
     #[arg(long, value_enum, default_value_t = Weights::F32, help = WEIGHTS_HELP)]
     weights: Weights,
-    /// The held-out dataset (`.jsonl` or `.json`): the last assistant message of each chat
-    /// (or the alpaca `output`, or the completion) is the reference answer.
+    /// The held-out dataset (a file of any format `temper data` reads, a glob or a dataset
+    /// directory; `--split` picks a directory's split): the last assistant message of each
+    /// chat (or the alpaca `output`, or the completion) is the reference answer.
     #[arg(long, required_unless_present = "compare")]
     dataset: Option<PathBuf>,
     /// A built-in template name, a `.jinja` file or a `tokenizer_config.json` (default: as
@@ -123,17 +124,20 @@ fn eval_on<B: Backend>(args: &EvalArgs, model: &ModelArgs, device: &B::Device) -
         ..DataConfig::default()
     };
     args.records.apply(&mut config)?;
-    let read = temper_data::pipeline::read_dataset(path, &config)?;
+    let dataset = args.records.dataset(path);
+    let read = temper_data::pipeline::read_dataset(&dataset, &config)?;
     let template =
         temper_data::pipeline::resolve_template(&config, tokenizer, &read.records, own_template)?;
-    let prepared =
-        temper_data::pipeline::prepare_records(path, read, template.as_ref(), tokenizer, &config)?;
+    let prepared = temper_data::pipeline::prepare_records(
+        &dataset.to_string(),
+        read,
+        template.as_ref(),
+        tokenizer,
+        &config,
+    )?;
     let cases = eval_cases(&prepared, template.as_ref(), tokenizer, args.limit)?;
     if cases.is_empty() {
-        bail!(
-            "{}: no example to evaluate (chats must end with an assistant message)",
-            path.display()
-        );
+        bail!("{dataset}: no example to evaluate (chats must end with an assistant message)");
     }
     let settings = EvalSettings {
         max_new_tokens: args.max_new_tokens,

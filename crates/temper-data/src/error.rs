@@ -1,6 +1,7 @@
 //! Errors of temper-data.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -48,14 +49,61 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// Where a record is in its file: a line of a text format (JSON lines, a JSON array), or a
+/// row of a table (CSV, Parquet, Arrow), counted from 1 without a CSV header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Position {
+    Line(usize),
+    Row(usize),
+}
+
+impl Position {
+    /// The line or row number.
+    pub fn number(self) -> usize {
+        match self {
+            Position::Line(n) | Position::Row(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Line(n) => write!(f, "{n}"),
+            Position::Row(n) => write!(f, "row {n}"),
+        }
+    }
+}
+
+/// A record's file and position: `FILE:LINE` or `FILE:row ROW`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Location {
+    pub file: Arc<Path>,
+    pub position: Position,
+}
+
+impl Location {
+    pub fn new(file: &Arc<Path>, position: Position) -> Location {
+        Location {
+            file: Arc::clone(file),
+            position,
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.position)
+    }
+}
+
 /// Everything that can go wrong while reading, tokenizing or packing a dataset.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A record is unusable: `FILE:LINE: what was wrong`.
-    #[error("{}:{line}: {message}", path.display())]
+    /// A record is unusable: `FILE:LINE: what was wrong` (`FILE:row ROW:` for tables).
+    #[error("{at}: {message}")]
     Record {
-        path: PathBuf,
-        line: usize,
+        at: Location,
         problem: Problem,
         message: String,
     },

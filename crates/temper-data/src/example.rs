@@ -13,7 +13,7 @@ pub struct Example {
     pub input_ids: Vec<u32>,
     /// `true` where the token is trained (gets loss).
     pub loss_mask: Vec<bool>,
-    /// Line of the record in its file.
+    /// Line (or row) of the record in its file.
     pub line: usize,
 }
 
@@ -101,24 +101,23 @@ pub fn tokenize_rendered(
     })
 }
 
-/// Renders and tokenizes a record; template errors become record errors naming the line.
+/// Renders and tokenizes a record; template errors become record errors naming its file and
+/// line.
 pub fn encode_record(
     record: &Record,
     template: Option<&ChatTemplate>,
     train_on: TrainOn,
     tokenizer: &Tokenizer,
-    path: &std::path::Path,
 ) -> Result<Example> {
     let rendered = render_record(record, template, train_on).map_err(|error| match error {
         Error::Chat(error) => Error::Record {
-            path: path.to_owned(),
-            line: record.line,
+            at: record.at.clone(),
             problem: Problem::TemplateError,
             message: error.to_string(),
         },
         other => other,
     })?;
-    tokenize_rendered(&rendered, tokenizer, record.line)
+    tokenize_rendered(&rendered, tokenizer, record.at.position.number())
 }
 
 /// What to do with an example longer than `max_length`.

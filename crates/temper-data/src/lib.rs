@@ -1,7 +1,9 @@
 //! The SFT data pipeline: dataset files in, token ids and loss masks out.
 //!
 //! ```text
-//! JSONL / JSON file --records--> Sample (alpaca, messages, sharegpt, prompt/completion, text)
+//! file, glob or directory --dataset--> files --formats--> (position, JSON value)
+//!   (JSON lines, JSON, CSV/TSV, Parquet, Arrow IPC; gzip or zstd)
+//!   --records--> Sample (alpaca, messages, sharegpt, prompt/completion, text)
 //!   --example--> rendered text + trained byte spans (temper-chat) --tokenize--> ids + loss mask
 //!   --truncate--> --pack--> rows with restarting position ids --collate--> Batch
 //! ```
@@ -9,11 +11,13 @@
 //! Everything here is plain data (`Vec<u32>`, `Vec<bool>`): this crate has no dependency on
 //! burn and knows nothing of models or tensors. It also does not download anything: tokenizers
 //! are `tokenizer.json` files on disk. Bad input never panics: each unusable record is an
-//! [`Error::Record`] naming `FILE:LINE`, which `on_error = "skip"` turns into a count.
+//! [`Error::Record`] naming `FILE:LINE` (`FILE:row ROW` for tables), which `on_error = "skip"` turns into a count.
 
+pub mod dataset;
 mod error;
 pub mod example;
 mod fast_bpe;
+pub mod formats;
 pub mod pack;
 pub mod pipeline;
 pub mod records;
@@ -21,7 +25,8 @@ pub mod report;
 pub mod shuffle;
 pub mod tokenize;
 
-pub use error::{Error, Problem, Result};
+pub use dataset::{DatasetSpec, dataset_files};
+pub use error::{Error, Location, Position, Problem, Result};
 pub use example::{Example, Truncation, truncate};
 pub use pack::{Batch, Pack, collate, pack, packing_efficiency, padded_length};
 pub use pipeline::{DataConfig, Prepared, load_template, prepare};

@@ -1,17 +1,17 @@
-//! The whole data pipeline of one file: read, render, tokenize, mask, truncate, pack.
+//! The whole data pipeline of one dataset: read, render, tokenize, mask, truncate, pack.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use temper_chat::{ChatTemplate, TrainOn};
 
+use crate::dataset::DatasetSpec;
 use crate::error::{Error, Problem, Result};
 use crate::example::{Example, Truncation, encode_record, truncate};
 use crate::pack::{Pack, pack};
 use crate::records::{
-    FieldNames, Format, OnError, ReadOptions, ReadOutcome, Record, Sample, read_file,
+    FieldNames, Format, OnError, ReadOptions, ReadOutcome, Record, Sample, read_file_into,
 };
 use crate::tokenize::Tokenizer;
 
@@ -93,7 +93,8 @@ impl DataConfig {
 /// A prepared dataset: every usable record, its example, and the rows to train on.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    pub path: PathBuf,
+    /// The dataset as it was named (its path, and split if one was given).
+    pub name: String,
     /// Records that rendered and tokenized (parallel to `untruncated`).
     pub records: Vec<Record>,
     /// Examples before truncation, parallel to `records`.
@@ -193,31 +194,43 @@ fn with_tokenizer_tokens(template: ChatTemplate, tokenizer: &Tokenizer) -> ChatT
     )
 }
 
-/// Reads, renders, tokenizes (in parallel), truncates and packs one file, with the template
+/// Reads, renders, tokenizes (in parallel), truncates and packs a dataset, with the template
 /// [`resolve_template`] picks for it (no model template).
-pub fn prepare(path: &Path, tokenizer: &Tokenizer, config: &DataConfig) -> Result<Prepared> {
-    let read = read_dataset(path, config)?;
+pub fn prepare(
+    dataset: &DatasetSpec,
+    tokenizer: &Tokenizer,
+    config: &DataConfig,
+) -> Result<Prepared> {
+    let read = read_dataset(dataset, config)?;
     let template = resolve_template(config, tokenizer, &read.records, None)?;
-    prepare_records(path, read, template.as_ref(), tokenizer, config)
-}
-
-/// Reads the records of one file (the first step of [`prepare`]).
-pub fn read_dataset(path: &Path, config: &DataConfig) -> Result<ReadOutcome> {
-    config.validate()?;
-    read_file(
-        path,
-        &ReadOptions {
-            format: config.format,
-            fields: config.fields.clone(),
-            on_error: config.on_error,
-        },
+    prepare_records(
+        &dataset.to_string(),
+        read,
+        template.as_ref(),
+        tokenizer,
+        config,
     )
 }
 
+/// Reads the records of every file of a dataset, in order (the first step of [`prepare`]).
+pub fn read_dataset(dataset: &DatasetSpec, config: &DataConfig) -> Result<ReadOutcome> {
+    config.validate()?;
+    let options = ReadOptions {
+        format: config.format,
+        fields: config.fields.clone(),
+        on_error: config.on_error,
+    };
+    let mut outcome = ReadOutcome::default();
+    for file in dataset.files()? {
+        read_file_into(&file, &options, &mut outcome)?;
+    }
+    Ok(outcome)
+}
+
 /// Renders with `template`, tokenizes (in parallel), truncates and packs the records `read`
-/// from `path`.
+/// from the dataset `name`.
 pub fn prepare_records(
-    path: &Path,
+    name: &str,
     read: ReadOutcome,
     template: Option<&ChatTemplate>,
     tokenizer: &Tokenizer,
@@ -232,7 +245,7 @@ pub fn prepare_records(
     );
     let encoded: Vec<Result<Example>> = read_records
         .par_iter()
-        .map(|record| encode_record(record, template, config.train_on, tokenizer, path))
+        .map(|record| encode_record(record, template, config.train_on, tokenizer))
         .collect();
 
     let mut records = Vec::with_capacity(encoded.len());
@@ -250,8 +263,7 @@ pub fn prepare_records(
             Ok(kept) => examples.push(kept),
             Err((problem, message)) => {
                 let error = Error::Record {
-                    path: path.to_owned(),
-                    line: record.line,
+                    at: record.at.clone(),
                     problem,
                     message,
                 };
@@ -277,7 +289,7 @@ pub fn prepare_records(
             .collect()
     };
     Ok(Prepared {
-        path: path.to_owned(),
+        name: name.to_owned(),
         records,
         untruncated,
         examples,

@@ -1,14 +1,17 @@
-//! Reading dataset files: JSON lines or a JSON array, in the alpaca, `messages`, ShareGPT,
-//! prompt/completion or plain-text format, detected per file or given explicitly.
+//! Reading dataset records in the alpaca, `messages`, ShareGPT, prompt/completion or
+//! plain-text format, detected per file or given explicitly, from any file format
+//! [`crate::formats`] reads.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use temper_chat::{Conversation, Message, Role, json_kind};
 
-use crate::error::{Error, Problem, Result};
+use crate::error::{Error, Location, Problem, Result};
+use crate::formats::record_error;
 
 /// The shape of the records of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -136,7 +139,7 @@ impl FieldNames {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
-    /// Stop with the record's `FILE:LINE:` message.
+    /// Stop with the record's `FILE:LINE:` (or `FILE:row ROW:`) message.
     #[default]
     Fail,
     /// Skip it and count it by reason.
@@ -157,8 +160,8 @@ pub enum Sample {
 /// A sample and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// 1-based line of the record's first character in its file.
-    pub line: usize,
+    /// The record's file, and the line of its first character or its row.
+    pub at: Location,
     pub format: Format,
     pub sample: Sample,
 }
@@ -174,6 +177,11 @@ pub struct ReadOutcome {
 }
 
 impl ReadOutcome {
+    /// How many records were skipped, for any reason.
+    pub fn skipped_total(&self) -> usize {
+        self.skipped.values().sum()
+    }
+
     /// Counts a skipped record (or returns the error under [`OnError::Fail`]).
     pub fn skip_or_fail(&mut self, error: Error, on_error: OnError) -> Result<()> {
         match (on_error, error.problem()) {
@@ -198,225 +206,51 @@ pub struct ReadOptions {
     pub on_error: OnError,
 }
 
-/// Reads a `.jsonl` file (one JSON object a line; blank lines are ignored) or a `.json` file
-/// holding one array of objects.
+/// Reads the records of one file of any format [`crate::formats`] reads.
 pub fn read_file(path: &Path, options: &ReadOptions) -> Result<ReadOutcome> {
-    let bytes = std::fs::read(path).map_err(|error| Error::Io {
-        path: path.to_owned(),
-        error,
-    })?;
-    let raw = raw_records(path, &bytes)?;
     let mut outcome = ReadOutcome::default();
+    read_file_into(path, options, &mut outcome)?;
+    Ok(outcome)
+}
+
+/// Reads the records of one file into `outcome`; the format is detected per file.
+pub(crate) fn read_file_into(
+    path: &Path,
+    options: &ReadOptions,
+    outcome: &mut ReadOutcome,
+) -> Result<()> {
+    let file: Arc<Path> = Arc::from(path);
+    let (records_before, skipped_before) = (outcome.records.len(), outcome.skipped_total());
     let mut format = options.format;
-    for item in raw {
-        let parsed = item.and_then(|(line, value)| {
+    for item in crate::formats::open(&file)? {
+        let parsed = item.and_then(|(position, value)| {
+            let at = Location::new(&file, position);
             let format = match format {
                 Some(format) => format,
-                None => *format.insert(detect_format(path, line, &value, &options.fields)?),
+                None => *format.insert(detect_format(&at, &value, &options.fields)?),
             };
-            let sample = parse_record(path, line, &value, format, &options.fields)?;
-            Ok(Record {
-                line,
-                format,
-                sample,
-            })
+            let sample = parse_record(&at, &value, format, &options.fields)?;
+            Ok(Record { at, format, sample })
         });
         match parsed {
             Ok(record) => outcome.records.push(record),
             Err(error) => outcome.skip_or_fail(error, options.on_error)?,
         }
     }
-    if outcome.records.is_empty() && outcome.skipped.is_empty() {
+    if outcome.records.len() == records_before && outcome.skipped_total() == skipped_before {
         return Err(Error::File {
             path: path.to_owned(),
             message: "contains no records".into(),
         });
     }
-    Ok(outcome)
-}
-
-type RawRecord = Result<(usize, Value)>;
-
-fn record_error(path: &Path, line: usize, problem: Problem, message: impl Into<String>) -> Error {
-    Error::Record {
-        path: path.to_owned(),
-        line,
-        problem,
-        message: message.into(),
-    }
-}
-
-/// Splits a file into JSON values with their line numbers.
-fn raw_records(path: &Path, bytes: &[u8]) -> Result<Vec<RawRecord>> {
-    let first = bytes.iter().position(|b| !b.is_ascii_whitespace());
-    match first.map(|at| bytes[at]) {
-        None => Err(Error::File {
-            path: path.to_owned(),
-            message: "is empty".into(),
-        }),
-        Some(b'[') => json_array_records(path, bytes),
-        Some(_) => Ok(json_lines_records(path, bytes)),
-    }
-}
-
-fn json_lines_records(path: &Path, bytes: &[u8]) -> Vec<RawRecord> {
-    let mut records = Vec::new();
-    for (index, line_bytes) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = index + 1;
-        let text = match std::str::from_utf8(line_bytes) {
-            Ok(text) => text,
-            Err(error) => {
-                records.push(Err(record_error(
-                    path,
-                    line,
-                    Problem::InvalidUtf8,
-                    format!(
-                        "invalid UTF-8 at byte {} of the line",
-                        error.valid_up_to() + 1
-                    ),
-                )));
-                continue;
-            }
-        };
-        let text = text.trim_start_matches('\u{feff}').trim();
-        if text.is_empty() {
-            continue;
-        }
-        records.push(
-            serde_json::from_str::<Value>(text)
-                .map(|value| (line, value))
-                .map_err(|error| {
-                    record_error(
-                        path,
-                        line,
-                        Problem::InvalidJson,
-                        format!("invalid JSON: {}", strip_position(&error)),
-                    )
-                }),
-        );
-    }
-    records
-}
-
-/// serde_json appends " at line 1 column 7"; the line is ours to report.
-fn strip_position(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    match text.rfind(" at line ") {
-        Some(at) => format!("{} (column {})", &text[..at], error.column()),
-        None => text,
-    }
-}
-
-/// A JSON array file: each element is parsed on its own so that one bad element names its
-/// own line (and can be skipped).
-fn json_array_records(path: &Path, bytes: &[u8]) -> Result<Vec<RawRecord>> {
-    let text = std::str::from_utf8(bytes).map_err(|error| {
-        let line = 1 + bytes[..error.valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
-        record_error(path, line, Problem::InvalidUtf8, "invalid UTF-8")
-    })?;
-    let elements = split_top_level_array(text).map_err(|(offset, message)| {
-        let line = 1 + text[..offset].matches('\n').count();
-        record_error(
-            path,
-            line,
-            Problem::InvalidJson,
-            format!("invalid JSON: {message}"),
-        )
-    })?;
-    Ok(elements
-        .into_iter()
-        .map(|(start, end)| {
-            let line = 1 + text[..start].matches('\n').count();
-            serde_json::from_str::<Value>(&text[start..end])
-                .map(|value| (line, value))
-                .map_err(|error| {
-                    let line = line + error.line() - 1;
-                    record_error(
-                        path,
-                        line,
-                        Problem::InvalidJson,
-                        format!("invalid JSON: {}", strip_position(&error)),
-                    )
-                })
-        })
-        .collect())
-}
-
-/// Byte ranges of the elements of a top-level JSON array, found by tracking strings and
-/// nesting (elements are validated by serde_json afterwards).
-fn split_top_level_array(text: &str) -> std::result::Result<Vec<(usize, usize)>, (usize, String)> {
-    let bytes = text.as_bytes();
-    let open = bytes.iter().position(|&b| b == b'[').unwrap_or(0);
-    let mut elements = Vec::new();
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    let mut element_start: Option<usize> = None;
-    let mut closed_at = None;
-    for (offset, &byte) in bytes.iter().enumerate().skip(open + 1) {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => {
-                in_string = true;
-                element_start.get_or_insert(offset);
-            }
-            b'[' | b'{' => {
-                depth += 1;
-                element_start.get_or_insert(offset);
-            }
-            b']' | b'}' if depth > 0 => depth -= 1,
-            b']' => {
-                if let Some(start) = element_start.take() {
-                    elements.push((start, offset));
-                }
-                closed_at = Some(offset);
-                break;
-            }
-            b',' if depth == 0 => match element_start.take() {
-                Some(start) => elements.push((start, offset)),
-                None => return Err((offset, "unexpected `,` (an empty array element)".into())),
-            },
-            b if b.is_ascii_whitespace() => {}
-            _ => {
-                element_start.get_or_insert(offset);
-            }
-        }
-    }
-    let Some(closed_at) = closed_at else {
-        return Err((
-            text.len(),
-            "the top-level array is not closed (is the file truncated?)".into(),
-        ));
-    };
-    if let Some(extra) = text[closed_at + 1..].find(|c: char| !c.is_whitespace()) {
-        return Err((
-            closed_at + 1 + extra,
-            "unexpected text after the top-level array".into(),
-        ));
-    }
-    Ok(elements)
+    Ok(())
 }
 
 /// The format of a file, from the keys of its first record.
-pub fn detect_format(
-    path: &Path,
-    line: usize,
-    value: &Value,
-    fields: &FieldNames,
-) -> Result<Format> {
+pub fn detect_format(at: &Location, value: &Value, fields: &FieldNames) -> Result<Format> {
     let Some(object) = value.as_object() else {
         return Err(record_error(
-            path,
-            line,
+            at.clone(),
             Problem::WrongType,
             format!("expected a JSON object, found {}", json_kind(value)),
         ));
@@ -435,8 +269,7 @@ pub fn detect_format(
     } else {
         let keys: Vec<&str> = object.keys().map(String::as_str).collect();
         return Err(record_error(
-            path,
-            line,
+            at.clone(),
             Problem::UnknownFormat,
             format!(
                 "cannot tell the dataset format from the keys [{}]: expected `{}` (messages), `{}` (sharegpt), `{}`+`{}` (alpaca), `{}`+`{}` (prompt_completion) or `{}` (text); set the format or map field names",
@@ -456,13 +289,12 @@ pub fn detect_format(
 
 /// Reads one record of a known format.
 pub fn parse_record(
-    path: &Path,
-    line: usize,
+    at: &Location,
     value: &Value,
     format: Format,
     fields: &FieldNames,
 ) -> Result<Sample> {
-    let record = RecordReader { path, line, format };
+    let record = RecordReader { at, format };
     let object = value.as_object().ok_or_else(|| {
         record.error(
             Problem::WrongType,
@@ -512,14 +344,13 @@ pub fn parse_record(
 }
 
 struct RecordReader<'a> {
-    path: &'a Path,
-    line: usize,
+    at: &'a Location,
     format: Format,
 }
 
 impl RecordReader<'_> {
     fn error(&self, problem: Problem, message: impl Into<String>) -> Error {
-        record_error(self.path, self.line, problem, message)
+        record_error(self.at.clone(), problem, message)
     }
 
     fn required<'v>(&self, object: &'v Map<String, Value>, key: &str) -> Result<&'v Value> {
@@ -797,6 +628,7 @@ pub fn parse_role(name: &str) -> Option<Role> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Position;
 
     fn read(name: &str, contents: &str, options: ReadOptions) -> Result<ReadOutcome> {
         let dir = std::env::temp_dir().join(format!("temper-data-records-{}", std::process::id()));
@@ -809,13 +641,14 @@ mod tests {
             // Make messages independent of the temp dir.
             match error {
                 Error::Record {
-                    line,
+                    at,
                     problem,
                     message,
-                    ..
                 } => Error::Record {
-                    path: name.into(),
-                    line,
+                    at: Location {
+                        file: Arc::from(Path::new(name)),
+                        position: at.position,
+                    },
                     problem,
                     message,
                 },
@@ -833,7 +666,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(outcome.records.len(), 2);
-        assert_eq!(outcome.records[1].line, 3);
+        assert_eq!(outcome.records[1].at.position, Position::Line(3));
         let Sample::Chat(conversation) = &outcome.records[0].sample else {
             panic!()
         };
@@ -857,7 +690,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(outcome.records[0].format, Format::Sharegpt);
-        assert_eq!(outcome.records[0].line, 2);
+        assert_eq!(outcome.records[0].at.position, Position::Line(2));
         let Sample::Chat(conversation) = &outcome.records[0].sample else {
             panic!()
         };

@@ -257,7 +257,7 @@ impl QualityReport {
 
         let all_tokens = prepared.total_tokens();
         QualityReport {
-            file: prepared.path.display().to_string(),
+            file: prepared.name.clone(),
             records_by_format,
             skipped: prepared
                 .skipped

@@ -85,11 +85,12 @@ const FREE_KEYS: [&str; 11] = [
     "export",
 ];
 
-/// The fingerprint of a run of `config` on `model` whose training file holds `train_bytes`.
+/// The fingerprint of a run of `config` on `model` whose training data has `train_content`
+/// ([`temper_data::dataset::content_identity`] of its files).
 pub fn fingerprint<B: Backend>(
     config: &RunConfig,
     model: &CausalLm<B>,
-    train_bytes: &[u8],
+    train_content: &str,
 ) -> Fingerprint {
     let mut values = Fingerprint::new();
     if let Ok(toml::Value::Table(table)) = toml::Value::try_from(config) {
@@ -102,14 +103,7 @@ pub fn fingerprint<B: Backend>(
     });
     let architecture = serde_json::to_string(&model.config().to_hf_json()).unwrap_or_default();
     values.insert("model (config.json)".into(), architecture);
-    values.insert(
-        "dataset.train (content)".into(),
-        format!(
-            "{} bytes, FNV-1a {:016x}",
-            train_bytes.len(),
-            fnv1a(train_bytes)
-        ),
-    );
+    values.insert("dataset.train (content)".into(), train_content.to_owned());
     values
 }
 
@@ -130,13 +124,6 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Fingerprint) {
             out.insert(prefix.to_owned(), leaf.to_string());
         }
     }
-}
-
-/// FNV-1a, 64-bit: a content identity for the training file (not a cryptographic hash).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// Why `state` cannot continue the run whose fingerprint is `current`, with `rows` training

@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use temper_data::DataConfig;
+use temper_data::{DataConfig, DatasetSpec};
 use temper_lora::LoraConfig;
 use temper_optim::{AdamWConfig, ScheduleKind};
 
@@ -63,10 +63,11 @@ pub struct ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatasetSection {
-    /// The training file (JSONL or JSON; any format temper-data reads).
-    pub train: PathBuf,
-    /// A held-out file for evaluation; none means no evaluation.
-    pub eval: Option<PathBuf>,
+    /// The training data: a file of any format temper-data reads, a glob or a dataset
+    /// directory, or a table `{ path = "...", split = "train" }`.
+    pub train: DatasetSpec,
+    /// Held-out data for evaluation, named the same ways; none means no evaluation.
+    pub eval: Option<DatasetSpec>,
 }
 
 /// Optimisation and bookkeeping, with TRL's names.
@@ -246,7 +247,7 @@ impl RunConfig {
                 "is required: a Hugging Face model directory or a .gguf file",
             );
         }
-        if self.dataset.train.as_os_str().is_empty() {
+        if self.dataset.train.path.as_os_str().is_empty() {
             return fail("dataset.train", "is required: the training file");
         }
         let t = &self.train;

@@ -66,11 +66,11 @@ pub enum Error {
         "a training step needs about {needed}, and this machine has {available} left (TEMPER_MEMORY_LIMIT caps it); lower train.batch_size or data.max_length, or set train.gradient_checkpointing = true"
     )]
     Memory { needed: String, available: String },
-    /// Every example of the training (or held-out) file was dropped.
-    #[error("{}: no {which} examples ({records} record(s) read, {skipped})", path.display())]
+    /// Every example of the training (or held-out) data was dropped.
+    #[error("{dataset}: no {which} examples ({records} record(s) read, {skipped})")]
     NoExamples {
         which: &'static str,
-        path: PathBuf,
+        dataset: String,
         records: usize,
         skipped: String,
     },

@@ -43,7 +43,7 @@ pub(crate) fn held_out(
         seed: config.train.seed,
         stop_token_ids: stop_token_ids(tokenizer),
     };
-    let Some(path) = &config.dataset.eval else {
+    let Some(dataset) = &config.dataset.eval else {
         return Ok(HeldOut {
             batches: Vec::new(),
             cases: Vec::new(),
@@ -51,10 +51,15 @@ pub(crate) fn held_out(
             merge: None,
         });
     };
-    let read = temper_data::pipeline::read_dataset(path, &config.data)?;
+    let read = temper_data::pipeline::read_dataset(dataset, &config.data)?;
     let records = read.records.len();
-    let eval =
-        temper_data::pipeline::prepare_records(path, read, template, tokenizer, &config.data)?;
+    let eval = temper_data::pipeline::prepare_records(
+        &dataset.to_string(),
+        read,
+        template,
+        tokenizer,
+        &config.data,
+    )?;
     crate::run::require_examples(&eval, "held-out", records)?;
     let batches = batches_of(
         &eval.rows,

@@ -119,7 +119,7 @@ pub fn eval_cases(
             None => None,
         };
         cases.push(EvalCase {
-            line: record.line,
+            line: record.at.position.number(),
             instruction,
             prompt_ids: tokenizer.encode(&prompt)?.0,
             prompt,

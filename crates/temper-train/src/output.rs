@@ -51,17 +51,23 @@ pub fn check_output_dir(config: &RunConfig, start: Start<'_>) -> Result<()> {
             "is empty; name a directory for checkpoints, metrics and exports".into(),
         ));
     }
-    let inputs = [
-        Some(&config.model.path),
-        config.model.tokenizer.as_ref(),
-        Some(&config.dataset.train),
-        config.dataset.eval.as_ref(),
-    ];
-    for input in inputs.into_iter().flatten() {
+    let datasets = [Some(&config.dataset.train), config.dataset.eval.as_ref()];
+    let datasets = datasets.into_iter().flatten().map(|spec| &spec.path);
+    let inputs = [Some(&config.model.path), config.model.tokenizer.as_ref()];
+    for input in inputs.into_iter().flatten().chain(datasets.clone()) {
         if contains(output_dir, input) {
             return Err(refuse(format!(
                 "holds {}, which the run reads; a run writes into its output directory, so choose another",
                 input.display()
+            )));
+        }
+    }
+    // A run's files (metrics.jsonl, ...) inside a dataset directory would become its data.
+    for dataset in datasets.filter(|path| path.is_dir()) {
+        if contains(dataset, output_dir) {
+            return Err(refuse(format!(
+                "is inside the dataset directory {}, whose files are read as data; choose a directory outside it",
+                dataset.display()
             )));
         }
     }
@@ -169,7 +175,7 @@ mod tests {
         let mut config = RunConfig::default();
         config.train.output_dir = output_dir.to_owned();
         config.model.path = model.to_owned();
-        config.dataset.train = PathBuf::from("datasets/tasks/train.alpaca.jsonl");
+        config.dataset.train = "datasets/tasks/train.alpaca.jsonl".into();
         config
     }
 

@@ -218,7 +218,7 @@ pub fn run<B: AutodiffBackend>(
     let title = format!(
         "{} on {}",
         config.model.path.display(),
-        config.dataset.train.display()
+        config.dataset.train
     );
     let svg = loss_plot_svg(metrics.lines(), &title);
     temper_store::write_atomic(&loss_plot, svg.as_bytes())?;
@@ -352,12 +352,12 @@ fn setup<B: AutodiffBackend>(
     } = load_for_run::<B>(&config.model, config.train.seed, device)?;
     check_length(config, &base)?;
 
-    // The file's bytes are held only while they are hashed.
-    let fingerprint = {
-        let bytes =
-            std::fs::read(&config.dataset.train).map_err(|e| io(&config.dataset.train, e))?;
-        checkpoint::fingerprint(config, &base, &bytes)
-    };
+    let train_files = config.dataset.train.files()?;
+    let fingerprint = checkpoint::fingerprint(
+        config,
+        &base,
+        &temper_data::dataset::content_identity(&train_files)?,
+    );
     let read = temper_data::pipeline::read_dataset(&config.dataset.train, &config.data)?;
     let template = temper_data::pipeline::resolve_template(
         &config.data,
@@ -367,7 +367,7 @@ fn setup<B: AutodiffBackend>(
     )?;
     let records = read.records.len();
     let train = temper_data::pipeline::prepare_records(
-        &config.dataset.train,
+        &config.dataset.train.to_string(),
         read,
         template.as_ref(),
         &tokenizer,
@@ -376,7 +376,7 @@ fn setup<B: AutodiffBackend>(
     require_examples(&train, "trainable", records)?;
     on_event(Event::Message(format!(
         "{}: {} examples in {} rows, {} tokens ({} trained)",
-        config.dataset.train.display(),
+        config.dataset.train,
         train.examples.len(),
         train.rows.len(),
         train.total_tokens(),
@@ -499,7 +499,7 @@ pub(crate) fn require_examples(
     };
     Err(Error::NoExamples {
         which,
-        path: prepared.path.clone(),
+        dataset: prepared.name.clone(),
         records,
         skipped,
     })
