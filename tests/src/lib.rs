@@ -14,6 +14,18 @@ pub fn root() -> PathBuf {
         .to_owned()
 }
 
+/// A dataset of the workplace's shared data (`../shared/data/` beside the repository; CI lays
+/// a copy there too). Panics when it is missing, as [`asset`] does.
+pub fn shared_data(name: &str) -> PathBuf {
+    let path = root().join("../shared/data").join(name);
+    assert!(
+        path.exists(),
+        "MISSING SHARED DATA {}: the shared/ folder is expected beside the repository",
+        path.display()
+    );
+    path
+}
+
 /// A fetched asset (see `cargo xtask assets`). Panics with instructions when it is missing:
 /// these tests must not silently pass without their data.
 pub fn asset(relative: &str) -> PathBuf {

@@ -10,7 +10,8 @@ use temper_chat::{ChatTemplate, Conversation, Message, TrainOn};
 use temper_data::example::{RenderedExample, render_record, tokenize_rendered};
 use temper_data::records::{Record, Sample};
 use temper_data::{
-    DataConfig, Format, Location, Pack, Position, SpecialTokenNames, Tokenizer, collate, prepare,
+    DataConfig, Filter, Format, Location, Pack, Position, SpecialTokenNames, Tokenizer, collate,
+    prepare,
 };
 use temper_tests::{asset, root};
 
@@ -402,4 +403,69 @@ fn collect_strings(value: &serde_json::Value, out: &mut Vec<String>) {
         serde_json::Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
         _ => {}
     }
+}
+
+#[test]
+fn quality_filters_drop_and_count_duplicates_empty_outputs_and_long_examples() {
+    let dir = std::env::temp_dir().join(format!("temper-filters-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("filters.jsonl");
+    let long = "word ".repeat(200);
+    let records = [
+        r#"{"instruction": "Name the quick brown fox that jumps over the lazy dog near the river bank on a sunny morning while the farmer watches from the old wooden fence by the red barn", "output": "Rex"}"#.to_owned(),
+        r#"{"instruction": "Name the quick brown fox that jumps over the lazy dog near the river bank on a sunny morning while the farmer watches from the old wooden fence by the red barn", "output": "Rex"}"#.to_owned(),
+        r#"{"instruction": "Name the quick brown fox that jumps over the lazy dog near the river bank on a sunny morning while the farmer watches from the old wooden fence by the red barn today", "output": "Rex"}"#.to_owned(),
+        r#"{"instruction": "Say nothing", "output": ""}"#.to_owned(),
+        format!(r#"{{"instruction": "{long}", "output": "ok"}}"#),
+        r#"{"instruction": "Add 2 and 3", "output": "5"}"#.to_owned(),
+    ];
+    std::fs::write(&path, records.join("\n")).unwrap();
+    let spec = path.clone().into();
+    let config = DataConfig {
+        max_length: 64,
+        ..DataConfig::default()
+    };
+    let error = prepare(&spec, &gpt2(), &config).unwrap_err().to_string();
+    assert!(
+        error.ends_with("filters.jsonl:4: `output` is empty"),
+        "{error}"
+    );
+
+    let config = DataConfig {
+        drop: vec![
+            Filter::Duplicates,
+            Filter::NearDuplicates,
+            Filter::EmptyOutputs,
+            Filter::TooLong,
+        ],
+        ..config
+    };
+    let prepared = prepare(&spec, &gpt2(), &config).unwrap();
+    let counts: Vec<(&str, usize)> = prepared
+        .skipped
+        .iter()
+        .map(|(problem, count)| (problem.as_str(), *count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("empty_response", 1),
+            ("too_long", 1),
+            ("duplicate", 1),
+            ("near_duplicate", 1)
+        ]
+    );
+    assert_eq!(prepared.examples.len(), 2);
+    let file = path.display();
+    assert_eq!(
+        prepared.first_skips[&temper_data::Problem::Duplicate],
+        format!("{file}:2: the same text as {file}:1")
+    );
+    assert!(
+        prepared.first_skips[&temper_data::Problem::NearDuplicate]
+            .contains("nearly the same text as"),
+        "{:?}",
+        prepared.first_skips
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

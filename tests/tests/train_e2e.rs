@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::Int;
 use serde_json::Value;
 use temper_models::{CausalLm, ModelInput};
-use temper_tests::{asset, root};
+use temper_tests::{asset, root, shared_data};
 use temper_train::{EvalPoint, RunConfig, Start, checkpoint};
 
 type A = Autodiff<Flex>;
@@ -40,7 +40,7 @@ fn tiny(output_dir: &Path, extra: &[String]) -> RunConfig {
     overrides.extend_from_slice(extra);
     let mut config = RunConfig::load(&root().join("configs/tiny-smoke.toml"), &overrides).unwrap();
     // Paths in the recipe are relative to the repository root.
-    for path in [&mut config.model.path, &mut config.dataset.train.path] {
+    for path in [&mut config.model.path, &mut config.dataset.train[0].path] {
         *path = root().join(&*path);
     }
     if let Some(eval) = &mut config.dataset.eval {
@@ -349,7 +349,7 @@ fn one_epoch_sees_every_row_once() {
             "data.packing=false".into(),
         ],
     );
-    config.dataset.train = train.clone().into();
+    config.dataset.train = vec![temper_data::DatasetSpec::from(train.clone()).into()];
     config.dataset.eval = None;
     let summary =
         temper_train::run::<A>(&config, Start::Fresh, &Default::default(), &mut |_| {}).unwrap();
@@ -658,4 +658,72 @@ fn data_dropped_entirely_is_an_error_that_counts_why() {
     );
     assert!(!dir.join("run").exists(), "nothing was written");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_mixture_of_gsm8k_and_the_tasks_resumes_to_the_same_batches() {
+    let _serial = serial();
+    let device = Default::default();
+    let mixture = |output_dir: &Path| {
+        let mut config = tiny(output_dir, &["train.max_steps=4".into()]);
+        let gsm8k = temper_data::DatasetSpec::new(shared_data("gsm8k"), Some("train".into()));
+        let mut fields = temper_data::FieldNames::default();
+        fields.set("instruction", "question").unwrap();
+        fields.set("output", "answer").unwrap();
+        config.dataset.train = vec![
+            temper_data::mixture::Source {
+                fields: Some(fields),
+                examples: Some(24),
+                ..gsm8k.into()
+            },
+            temper_data::mixture::Source {
+                weight: Some(0.5),
+                ..config.dataset.train[0].clone()
+            },
+        ];
+        config
+    };
+    let uninterrupted = scratch("mixture");
+    temper_train::run::<A>(&mixture(&uninterrupted), Start::Fresh, &device, &mut |_| {}).unwrap();
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(uninterrupted.join("data_report.json")).unwrap(),
+    )
+    .unwrap();
+    let shares = report["mixture"].as_array().unwrap();
+    // GSM8K's 7,473 records, less those whose answer max_length 128 cuts away entirely.
+    assert_eq!(report["datasets"][0]["records_by_format"]["alpaca"], 7473);
+    assert_eq!(shares[0]["available"], report["datasets"][0]["examples"]);
+    assert_eq!(shares[0]["taken"], 24);
+    let tasks = shares[1]["available"].as_u64().unwrap();
+    assert_eq!(report["datasets"][1]["examples"], tasks);
+    assert_eq!(shares[1]["taken"], (tasks as f64 * 0.5).round() as u64);
+
+    // Killed after the checkpoint of step 2: resuming recomputes steps 3 and 4 exactly.
+    let killed = scratch("mixture-killed");
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::copy(
+        uninterrupted.join("config.toml"),
+        killed.join("config.toml"),
+    )
+    .unwrap();
+    let name = checkpoint::checkpoint_name(2);
+    copy_dir(&uninterrupted.join(&name), &killed.join(&name));
+    temper_train::run::<A>(
+        &mixture(&killed),
+        Start::Resume(&killed.join(&name)),
+        &device,
+        &mut |_| {},
+    )
+    .unwrap();
+    let steps = |dir: &Path| -> Vec<Value> {
+        trajectory(dir)
+            .into_iter()
+            .filter(|m| m["kind"] == "train" && m["step"].as_u64() > Some(2))
+            .collect()
+    };
+    assert_eq!(steps(&killed).len(), 2);
+    assert_eq!(steps(&killed), steps(&uninterrupted));
+    for dir in [uninterrupted, killed] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -93,7 +93,7 @@ pub fn environment() -> Environment<'static> {
 }
 
 /// A compiled chat template plus the special-token strings it is rendered with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChatTemplate {
     name: String,
     source: String,

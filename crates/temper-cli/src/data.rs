@@ -12,8 +12,8 @@ use serde::Serialize;
 use temper_chat::TrainOn;
 use temper_data::example::render_record;
 use temper_data::{
-    DataConfig, DatasetSpec, Format, OnError, Prepared, QualityReport, Tokenizer, Truncation,
-    prepare,
+    DataConfig, DatasetSpec, Filter, Format, OnError, Prepared, QualityReport, Tokenizer,
+    Truncation, prepare,
 };
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +74,10 @@ pub struct InputArgs {
     /// Pack examples into rows of max_length instead of padding them.
     #[arg(long)]
     packing: bool,
+    /// Drop (and count) duplicates, near_duplicates, empty_outputs or too_long examples
+    /// (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    drop: Vec<Filter>,
     #[arg(long)]
     /// The end-of-sequence token, when the tokenizer files do not say.
     eos_token: Option<String>,
@@ -131,6 +135,7 @@ impl InputArgs {
             max_length: self.max_length,
             truncation: self.truncation,
             packing: self.packing,
+            drop: self.drop.clone(),
             eos_token: self.eos_token.clone(),
             bos_token: self.bos_token.clone(),
             pad_token: self.pad_token.clone(),
@@ -250,12 +255,13 @@ fn inspect(input: &InputArgs, count: usize, json: bool) -> Result<()> {
             record.at,
             example.len(),
             example.trained_tokens(),
-            match config.truncation {
+            match config.effective_truncation() {
                 _ if example.len() <= config.max_length => String::new(),
                 Truncation::KeepStart | Truncation::KeepEnd => {
                     format!(
                         " · cut to {} tokens ({:?}) for training",
-                        config.max_length, config.truncation
+                        config.max_length,
+                        config.effective_truncation()
                     )
                 }
                 Truncation::Drop | Truncation::Error =>

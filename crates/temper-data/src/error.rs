@@ -22,6 +22,8 @@ pub enum Problem {
     TemplateError,
     TooLong,
     NoTrainedTokens,
+    Duplicate,
+    NearDuplicate,
 }
 
 impl Problem {
@@ -39,6 +41,8 @@ impl Problem {
             Problem::TemplateError => "template_error",
             Problem::TooLong => "too_long",
             Problem::NoTrainedTokens => "no_trained_tokens",
+            Problem::Duplicate => "duplicate",
+            Problem::NearDuplicate => "near_duplicate",
         }
     }
 }

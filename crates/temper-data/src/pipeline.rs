@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use temper_chat::{ChatTemplate, TrainOn};
 
 use crate::dataset::DatasetSpec;
-use crate::error::{Error, Problem, Result};
+use crate::error::{Error, Location, Problem, Result};
 use crate::example::{Example, Truncation, encode_record, truncate};
 use crate::pack::{Pack, pack};
 use crate::records::{
@@ -38,6 +38,8 @@ pub struct DataConfig {
     pub pad_to_multiple_of: Option<usize>,
     /// `fail` on the first bad record (default) or `skip` and count it.
     pub on_error: OnError,
+    /// Records and examples to drop (and count) whatever `on_error` says.
+    pub drop: Vec<Filter>,
     /// Special tokens, when the tokenizer files do not say.
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
@@ -56,6 +58,7 @@ impl Default for DataConfig {
             packing: false,
             pad_to_multiple_of: None,
             on_error: OnError::Fail,
+            drop: Vec::new(),
             bos_token: None,
             eos_token: None,
             pad_token: None,
@@ -86,6 +89,42 @@ impl DataConfig {
             bos: self.bos_token.clone(),
             eos: self.eos_token.clone(),
             pad: self.pad_token.clone(),
+        }
+    }
+}
+
+/// A quality filter: what `[data] drop` (`--drop`) removes from a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Filter {
+    /// Records whose text equals an earlier record's (counted as `duplicate`).
+    Duplicates,
+    /// Records sharing >= 80% of their word 3-grams with an earlier one (`near_duplicate`).
+    NearDuplicates,
+    /// Records with an empty response (`empty_response`), even with `on_error = "fail"`.
+    EmptyOutputs,
+    /// Examples longer than `max_length` instead of truncating them (`too_long`); the same
+    /// as `truncation = "drop"`.
+    TooLong,
+}
+
+impl std::str::FromStr for Filter {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+            format!("unknown filter `{s}`: expected duplicates, near_duplicates, empty_outputs or too_long")
+        })
+    }
+}
+
+impl DataConfig {
+    /// What happens to examples longer than `max_length`, `drop = ["too_long"]` included.
+    pub fn effective_truncation(&self) -> Truncation {
+        if self.drop.contains(&Filter::TooLong) {
+            Truncation::Drop
+        } else {
+            self.truncation
         }
     }
 }
@@ -219,6 +258,7 @@ pub fn read_dataset(dataset: &DatasetSpec, config: &DataConfig) -> Result<ReadOu
         format: config.format,
         fields: config.fields.clone(),
         on_error: config.on_error,
+        drop_empty_outputs: config.drop.contains(&Filter::EmptyOutputs),
     };
     let mut outcome = ReadOutcome::default();
     for file in dataset.files()? {
@@ -236,13 +276,20 @@ pub fn prepare_records(
     tokenizer: &Tokenizer,
     config: &DataConfig,
 ) -> Result<Prepared> {
-    let (read_records, mut outcome) = (
+    let (mut read_records, mut outcome) = (
         read.records,
         ReadOutcome {
             records: Vec::new(),
             ..read
         },
     );
+    let (exact, near) = (
+        config.drop.contains(&Filter::Duplicates),
+        config.drop.contains(&Filter::NearDuplicates),
+    );
+    if exact || near {
+        read_records = drop_duplicates(read_records, exact, near, &mut outcome)?;
+    }
     let encoded: Vec<Result<Example>> = read_records
         .par_iter()
         .map(|record| encode_record(record, template, config.train_on, tokenizer))
@@ -259,7 +306,8 @@ pub fn prepare_records(
                 continue;
             }
         };
-        match truncate(example.clone(), config.max_length, config.truncation) {
+        let truncation = config.effective_truncation();
+        match truncate(example.clone(), config.max_length, truncation) {
             Ok(kept) => examples.push(kept),
             Err((problem, message)) => {
                 let error = Error::Record {
@@ -268,7 +316,7 @@ pub fn prepare_records(
                     message,
                 };
                 // Dropping is what `drop` and an untrainable example ask for; `error` stops.
-                let on_error = if config.truncation == Truncation::Error {
+                let on_error = if truncation == Truncation::Error {
                     config.on_error
                 } else {
                     OnError::Skip
@@ -279,15 +327,7 @@ pub fn prepare_records(
         records.push(record);
         untruncated.push(example);
     }
-    let rows = if config.packing {
-        pack(&examples, config.max_length)
-    } else {
-        examples
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Pack::single(e, i))
-            .collect()
-    };
+    let rows = rows_of(&examples, config);
     Ok(Prepared {
         name: name.to_owned(),
         records,
@@ -300,6 +340,58 @@ pub fn prepare_records(
         packing: config.packing,
         template: template.map(|t| t.name().to_owned()),
     })
+}
+
+/// `records` without the duplicates `exact` and `near` ask to drop, each counted in
+/// `outcome` with the earlier record it repeats.
+fn drop_duplicates(
+    records: Vec<Record>,
+    exact: bool,
+    near: bool,
+    outcome: &mut ReadOutcome,
+) -> Result<Vec<Record>> {
+    let (exact_of, near_of) = crate::report::duplicates_of(&records);
+    let earlier: Vec<Option<(Problem, Location)>> = exact_of
+        .iter()
+        .zip(&near_of)
+        .map(|(e, n)| match (e, n) {
+            (Some(first), _) if exact => Some((Problem::Duplicate, records[*first].at.clone())),
+            (_, Some(first)) if near => Some((Problem::NearDuplicate, records[*first].at.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut kept = Vec::with_capacity(records.len());
+    for (record, earlier) in records.into_iter().zip(earlier) {
+        match earlier {
+            None => kept.push(record),
+            Some((problem, first)) => {
+                let how = match problem {
+                    Problem::Duplicate => "the same text as",
+                    _ => "nearly the same text as",
+                };
+                let error = Error::Record {
+                    at: record.at,
+                    problem,
+                    message: format!("{how} {first}"),
+                };
+                outcome.skip_or_fail(error, OnError::Skip)?;
+            }
+        }
+    }
+    Ok(kept)
+}
+
+/// The rows of `examples`: packs of several (with `packing`), or one example each.
+pub fn rows_of(examples: &[Example], config: &DataConfig) -> Vec<Pack> {
+    if config.packing {
+        pack(examples, config.max_length)
+    } else {
+        examples
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Pack::single(e, i))
+            .collect()
+    }
 }
 
 #[cfg(test)]

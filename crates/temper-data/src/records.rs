@@ -204,6 +204,8 @@ pub struct ReadOptions {
     pub format: Option<Format>,
     pub fields: FieldNames,
     pub on_error: OnError,
+    /// Skip (and count) records with an empty response, whatever `on_error` says.
+    pub drop_empty_outputs: bool,
 }
 
 /// Reads the records of one file of any format [`crate::formats`] reads.
@@ -234,7 +236,13 @@ pub(crate) fn read_file_into(
         });
         match parsed {
             Ok(record) => outcome.records.push(record),
-            Err(error) => outcome.skip_or_fail(error, options.on_error)?,
+            Err(error) => {
+                let on_error = match error.problem() {
+                    Some(Problem::EmptyResponse) if options.drop_empty_outputs => OnError::Skip,
+                    _ => options.on_error,
+                };
+                outcome.skip_or_fail(error, on_error)?;
+            }
         }
     }
     if outcome.records.len() == records_before && outcome.skipped_total() == skipped_before {
@@ -490,6 +498,14 @@ impl RecordReader<'_> {
         role_key: &str,
         text_key: &str,
     ) -> Result<Vec<Message>> {
+        // CSV has only strings: a list is written as its JSON text.
+        let parsed = match value {
+            Value::String(text) if text.trim_start().starts_with('[') => {
+                serde_json::from_str::<Value>(text).ok()
+            }
+            _ => None,
+        };
+        let value = parsed.as_ref().unwrap_or(value);
         let items = value.as_array().ok_or_else(|| {
             self.error(
                 Problem::WrongType,

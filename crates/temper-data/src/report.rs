@@ -8,7 +8,7 @@ use serde::Serialize;
 use temper_chat::Role;
 
 use crate::pipeline::Prepared;
-use crate::records::Sample;
+use crate::records::{Record, Sample};
 
 /// Summary statistics of a list of lengths.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -178,8 +178,8 @@ const MINHASH_BANDS: usize = 16;
 const MINHASH_ROWS: usize = 4;
 const NEAR_DUPLICATE_JACCARD: f64 = 0.8;
 
-/// How many records have a near-duplicate earlier in the list (exact duplicates excluded).
-fn count_near_duplicates(texts: &[String], exact_duplicate: &[bool]) -> usize {
+/// For each text, the earlier text it nearly duplicates (exact duplicates excluded).
+fn near_duplicates_of(texts: &[String], exact: &[Option<usize>]) -> Vec<Option<usize>> {
     let sets: Vec<HashSet<u64>> = texts.par_iter().map(|t| shingles(t)).collect();
     let signatures: Vec<Vec<u64>> = sets
         .par_iter()
@@ -196,7 +196,7 @@ fn count_near_duplicates(texts: &[String], exact_duplicate: &[bool]) -> usize {
         .collect();
     // A record is a near duplicate if, in some band, it collides with the first record of
     // that bucket and their exact Jaccard similarity is high enough.
-    let mut near = vec![false; texts.len()];
+    let mut near = vec![None; texts.len()];
     for band in 0..MINHASH_BANDS {
         let mut first_in_bucket: HashMap<&[u64], usize> = HashMap::new();
         for (index, signature) in signatures.iter().enumerate() {
@@ -205,17 +205,39 @@ fn count_near_duplicates(texts: &[String], exact_duplicate: &[bool]) -> usize {
                 None => {
                     first_in_bucket.insert(key, index);
                 }
-                Some(&first) if !near[index] && !exact_duplicate[index] => {
+                Some(&first) if near[index].is_none() && exact[index].is_none() => {
                     let (a, b) = (&sets[first], &sets[index]);
                     let shared = a.intersection(b).count();
                     let jaccard = shared as f64 / (a.len() + b.len() - shared).max(1) as f64;
-                    near[index] = jaccard >= NEAR_DUPLICATE_JACCARD;
+                    if jaccard >= NEAR_DUPLICATE_JACCARD {
+                        near[index] = Some(first);
+                    }
                 }
                 Some(_) => {}
             }
         }
     }
-    near.iter().filter(|&&n| n).count()
+    near
+}
+
+/// For each record, the earlier record it duplicates exactly and the one it nearly
+/// duplicates (>= 80% shared word 3-grams; MinHash candidates, verified exactly).
+pub(crate) fn duplicates_of(records: &[Record]) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
+    let texts: Vec<String> = records.par_iter().map(|r| full_text(&r.sample)).collect();
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    let exact: Vec<Option<usize>> = texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| match first.entry(text.as_str()) {
+            std::collections::hash_map::Entry::Occupied(earlier) => Some(*earlier.get()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(index);
+                None
+            }
+        })
+        .collect();
+    let near = near_duplicates_of(&texts, &exact);
+    (exact, near)
 }
 
 impl QualityReport {
@@ -247,13 +269,7 @@ impl QualityReport {
         let with_instruction: Vec<&String> =
             instructions.iter().filter(|i| !i.is_empty()).collect();
         let unique_instructions = with_instruction.iter().collect::<HashSet<_>>().len();
-        let texts: Vec<String> = prepared
-            .records
-            .iter()
-            .map(|r| full_text(&r.sample))
-            .collect();
-        let mut seen = HashSet::new();
-        let exact_duplicate: Vec<bool> = texts.iter().map(|t| !seen.insert(t.as_str())).collect();
+        let (exact, near) = duplicates_of(&prepared.records);
 
         let all_tokens = prepared.total_tokens();
         QualityReport {
@@ -287,8 +303,8 @@ impl QualityReport {
             },
             repeated_instruction_prefixes: top_prefixes(&instructions, 3, 5),
             repeated_output_prefixes: top_prefixes(&outputs, 3, 5),
-            exact_duplicates: exact_duplicate.iter().filter(|&&d| d).count(),
-            near_duplicates: count_near_duplicates(&texts, &exact_duplicate),
+            exact_duplicates: exact.iter().flatten().count(),
+            near_duplicates: near.iter().flatten().count(),
             empty_outputs: prepared
                 .skipped
                 .get(&crate::error::Problem::EmptyResponse)
@@ -325,8 +341,11 @@ mod tests {
                 .to_owned(),
             base.to_owned(),
         ];
-        let exact = [false, false, false, true];
-        assert_eq!(count_near_duplicates(&texts, &exact), 1);
+        let exact = [None, None, None, Some(0)];
+        assert_eq!(
+            near_duplicates_of(&texts, &exact),
+            [None, Some(0), None, None]
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use temper_data::{DataConfig, DatasetSpec};
+use temper_data::{DataConfig, DatasetSpec, mixture};
 use temper_lora::LoraConfig;
 use temper_optim::{AdamWConfig, ScheduleKind};
 
@@ -64,8 +64,10 @@ pub struct ModelSection {
 #[serde(deny_unknown_fields, default)]
 pub struct DatasetSection {
     /// The training data: a file of any format temper-data reads, a glob or a dataset
-    /// directory, or a table `{ path = "...", split = "train" }`.
-    pub train: DatasetSpec,
+    /// directory; or a table `{ path = "...", split = "train", ... }`; or a mixture, a list
+    /// of them (`[[dataset.train]]`, see [`temper_data::mixture`]).
+    #[serde(deserialize_with = "temper_data::mixture::deserialize_sources")]
+    pub train: Vec<mixture::Source>,
     /// Held-out data for evaluation, named the same ways; none means no evaluation.
     pub eval: Option<DatasetSpec>,
 }
@@ -247,8 +249,19 @@ impl RunConfig {
                 "is required: a Hugging Face model directory or a .gguf file",
             );
         }
-        if self.dataset.train.path.as_os_str().is_empty() {
+        if self.dataset.train.is_empty()
+            || self
+                .dataset
+                .train
+                .iter()
+                .any(|source| source.path.as_os_str().is_empty())
+        {
             return fail("dataset.train", "is required: the training file");
+        }
+        match temper_data::mixture::validate_sources(&self.dataset.train) {
+            Err(temper_data::Error::Config { key, message }) => return fail(&key, &message),
+            Err(other) => return Err(other.into()),
+            Ok(()) => {}
         }
         let t = &self.train;
         if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
@@ -467,6 +480,44 @@ mod tests {
             temper_lora::TargetModules::Names(vec!["c_attn".into()])
         );
         assert_eq!(lora.rank, 8);
+    }
+
+    #[test]
+    fn training_data_is_a_path_a_table_or_a_mixture() {
+        let config = parse(
+            "[model]\npath = \"m\"\n[dataset]\ntrain = { path = \"gsm8k\", split = \"train\" }\neval = { path = \"gsm8k\", split = \"test\" }\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.dataset.train[0].dataset().to_string(),
+            "gsm8k (split train)"
+        );
+        let eval = config.dataset.eval.as_ref().unwrap();
+        assert_eq!(eval.split.as_deref(), Some("test"));
+
+        let mixture = "[model]\npath = \"m\"\n[[dataset.train]]\npath = \"a.parquet\"\nexamples = 10\n[[dataset.train]]\npath = \"b.csv\"\nweight = 0.5\nfields = { instruction = \"q\" }\n";
+        let config = parse(mixture, &[]).unwrap();
+        assert_eq!(config.dataset.train.len(), 2);
+        assert_eq!(config.dataset.train[0].examples, Some(10));
+        let fields = config.dataset.train[1].fields.as_ref().unwrap();
+        assert_eq!(
+            (fields.instruction.as_str(), fields.output.as_str()),
+            ("q", "output")
+        );
+        // The saved configuration reads back the same (a resume reads it).
+        let saved = parse(&config.to_toml(), &[]).unwrap();
+        assert_eq!(saved.dataset, config.dataset);
+
+        let both = mixture.replace("weight = 0.5", "weight = 0.5\nexamples = 3");
+        let error = parse(&both, &[]).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "run.toml: dataset.train[1]: set `weight` or `examples`, not both"
+        );
+        let typo = mixture.replace("weight = 0.5", "wieght = 0.5");
+        let error = parse(&typo, &[]).unwrap_err().to_string();
+        assert!(error.contains("unknown field `wieght`"), "{error}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::list_checkpoints;
 use crate::config::RunConfig;
 use crate::error::{Error, Result, io};
-use crate::run::{EVAL_DIR, TEMPLATE_FILE};
+use crate::run::{DATA_REPORT_FILE, EVAL_DIR, TEMPLATE_FILE};
 
 /// How a run treats its output directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +27,9 @@ pub enum Start<'a> {
 
 /// The files and directories a run writes into its output directory, besides its
 /// `checkpoint-NNNNNN` directories.
-pub const RUN_FILES: [&str; 7] = [
+pub const RUN_FILES: [&str; 8] = [
     "config.toml",
+    DATA_REPORT_FILE,
     "metrics.jsonl",
     "loss.svg",
     TEMPLATE_FILE,
@@ -51,8 +52,13 @@ pub fn check_output_dir(config: &RunConfig, start: Start<'_>) -> Result<()> {
             "is empty; name a directory for checkpoints, metrics and exports".into(),
         ));
     }
-    let datasets = [Some(&config.dataset.train), config.dataset.eval.as_ref()];
-    let datasets = datasets.into_iter().flatten().map(|spec| &spec.path);
+    let eval = config.dataset.eval.as_ref().map(|spec| &spec.path);
+    let datasets = config
+        .dataset
+        .train
+        .iter()
+        .map(|source| &source.path)
+        .chain(eval);
     let inputs = [Some(&config.model.path), config.model.tokenizer.as_ref()];
     for input in inputs.into_iter().flatten().chain(datasets.clone()) {
         if contains(output_dir, input) {
@@ -175,7 +181,8 @@ mod tests {
         let mut config = RunConfig::default();
         config.train.output_dir = output_dir.to_owned();
         config.model.path = model.to_owned();
-        config.dataset.train = "datasets/tasks/train.alpaca.jsonl".into();
+        config.dataset.train =
+            vec![temper_data::DatasetSpec::from("datasets/tasks/train.alpaca.jsonl").into()];
         config
     }
 

@@ -10,7 +10,7 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use temper_chat::ChatTemplate;
-use temper_data::{Batch, Pack, Prepared, Sampler, Tokenizer, collate, padded_length};
+use temper_data::{Batch, Mixture, Pack, Prepared, Sampler, Tokenizer, collate, padded_length};
 use temper_lora::ParamCount;
 use temper_models::CausalLm;
 use temper_optim::{AdamW, LrSchedule, lr_at};
@@ -30,6 +30,8 @@ use crate::step::train_step;
 /// The run's chat template, saved beside its checkpoints so that an export writes the template
 /// the model was trained with.
 pub const TEMPLATE_FILE: &str = "chat_template.jinja";
+/// The training datasets' quality reports and shares of the mixture.
+pub const DATA_REPORT_FILE: &str = "data_report.json";
 
 /// The directory of a run's answer evaluations (`before/`, `step-N/`, `after/`), in its output
 /// directory.
@@ -144,12 +146,13 @@ pub fn run<B: AutodiffBackend>(
         resumed,
         fingerprint,
         parameters,
+        data_report,
     } = setup::<B>(config, resume, device, on_event)?;
     let output_dir = &config.train.output_dir;
     if start == Start::Overwrite {
         clear_earlier_run(output_dir)?;
     }
-    write_run_files(output_dir, config, template.as_ref())?;
+    write_run_files(output_dir, config, template.as_ref(), &data_report)?;
 
     let first_step = resumed.as_ref().map_or(0, |(_, step)| *step) + 1;
     let metrics_path = output_dir.join("metrics.jsonl");
@@ -218,7 +221,7 @@ pub fn run<B: AutodiffBackend>(
     let title = format!(
         "{} on {}",
         config.model.path.display(),
-        config.dataset.train
+        temper_data::mixture::sources_name(&config.dataset.train)
     );
     let svg = loss_plot_svg(metrics.lines(), &title);
     temper_store::write_atomic(&loss_plot, svg.as_bytes())?;
@@ -333,6 +336,8 @@ struct Setup<B: AutodiffBackend> {
     resumed: Option<(PathBuf, u64)>,
     fingerprint: Fingerprint,
     parameters: Parameters,
+    /// Each training dataset's quality report and share of the mixture.
+    data_report: serde_json::Value,
 }
 
 /// Loads the model and tokenizer, resolves the chat template once, prepares the data with
@@ -352,36 +357,48 @@ fn setup<B: AutodiffBackend>(
     } = load_for_run::<B>(&config.model, config.train.seed, device)?;
     check_length(config, &base)?;
 
-    let train_files = config.dataset.train.files()?;
+    let mut train_files = Vec::new();
+    for source in &config.dataset.train {
+        train_files.extend(source.dataset().files()?);
+    }
     let fingerprint = checkpoint::fingerprint(
         config,
         &base,
         &temper_data::dataset::content_identity(&train_files)?,
     );
-    let read = temper_data::pipeline::read_dataset(&config.dataset.train, &config.data)?;
-    let template = temper_data::pipeline::resolve_template(
+    let Mixture {
+        prepared: train,
+        template,
+        reports,
+        shares,
+    } = temper_data::prepare_mixture(
+        &config.dataset.train,
         &config.data,
         &tokenizer,
-        &read.records,
         own_template,
+        config.train.seed,
     )?;
-    let records = read.records.len();
-    let train = temper_data::pipeline::prepare_records(
-        &config.dataset.train.to_string(),
-        read,
-        template.as_ref(),
-        &tokenizer,
-        &config.data,
-    )?;
-    require_examples(&train, "trainable", records)?;
+    require_examples(&train, "trainable", train.records.len())?;
+    if shares.len() > 1 {
+        for share in &shares {
+            on_event(Event::Message(format!(
+                "{}: {} of {} examples taken, {:.1}% of the trained tokens",
+                share.dataset,
+                share.taken,
+                share.available,
+                100.0 * share.trained_token_share
+            )));
+        }
+    }
     on_event(Event::Message(format!(
         "{}: {} examples in {} rows, {} tokens ({} trained)",
-        config.dataset.train,
+        train.name,
         train.examples.len(),
         train.rows.len(),
         train.total_tokens(),
         train.trained_tokens()
     )));
+    let data_report = serde_json::json!({ "datasets": reports, "mixture": shares });
     let mut eval = held_out(config, &tokenizer, template.as_ref())?;
 
     let lora = config.lora.as_ref();
@@ -451,6 +468,7 @@ fn setup<B: AutodiffBackend>(
         resumed,
         fingerprint,
         parameters,
+        data_report,
     })
 }
 
@@ -530,14 +548,18 @@ fn schedule(config: &RunConfig, rows: usize) -> LrSchedule {
     }
 }
 
-/// `config.toml` (the resolved configuration) and the chat template, written before step 1.
+/// `config.toml` (the resolved configuration), the chat template and the training data's
+/// report, written before step 1.
 fn write_run_files(
     output_dir: &Path,
     config: &RunConfig,
     template: Option<&ChatTemplate>,
+    data_report: &serde_json::Value,
 ) -> Result<()> {
     std::fs::create_dir_all(output_dir).map_err(|e| io(output_dir, e))?;
     temper_store::write_atomic(&output_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    let report = serde_json::to_string_pretty(data_report).unwrap_or_default();
+    temper_store::write_atomic(&output_dir.join(DATA_REPORT_FILE), report.as_bytes())?;
     if let Some(template) = template {
         temper_store::write_atomic(
             &output_dir.join(TEMPLATE_FILE),
