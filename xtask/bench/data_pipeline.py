@@ -23,9 +23,15 @@ the same run:
 The timed region covers a-e (reading the file included); interpreter start-up
 and loading tokenizer.json are excluded.
 
+With --datasets-map N, a-e are done as a Hugging Face `datasets` pipeline does them:
+`load_dataset("json")` (into a fresh cache directory), one batched `map` with
+`num_proc=N` that renders, tokenizes (`encode_batch`), masks and truncates, then
+best-fit-decreasing packing over the Arrow columns, as TRL's `pack_dataset` does.
+
 Usage:
     python3 xtask/bench/data_pipeline.py --data FILE.jsonl \\
         --tokenizer tokenizer.json --max-length 512 --json [--encode-batch] [--digest]
+        [--datasets-map N]
 
 Exit status: 0 ok, 2 bad arguments/input, 3 missing Python packages.
 """
@@ -223,6 +229,93 @@ def run(data_path, tok, max_length, encode_batch):
     return stats, packs
 
 
+_WORKER = {}
+
+
+def _encode_batch(batch, tokenizer_path, max_length):
+    """The `map` function: render, tokenize, mask and truncate a batch of records."""
+    if "tok" not in _WORKER:
+        _WORKER["tok"] = Tokenizer.from_file(tokenizer_path)
+        _WORKER["tpl"] = build_template()
+    tok, tpl = _WORKER["tok"], _WORKER["tpl"]
+    texts, starts = [], []
+    for ins, inp, out in zip(batch["instruction"], batch["input"], batch["output"]):
+        inp = inp or ""
+        prompt = tpl.render(instruction=ins, input=inp, output=None, eos_token=EOS_TOKEN)
+        texts.append(tpl.render(instruction=ins, input=inp, output=out, eos_token=EOS_TOKEN))
+        starts.append(len(prompt))
+    ids_out, mask_out = [], []
+    for enc, start in zip(tok.encode_batch(texts), starts):
+        ids = enc.ids[:max_length]
+        mask = mask_from_offsets(enc.offsets, start)[:max_length]
+        if any(mask):
+            ids_out.append(ids)
+            mask_out.append(mask)
+    return {"input_ids": ids_out, "loss_mask": mask_out}
+
+
+def run_datasets_map(data_path, tokenizer_path, max_length, num_proc):
+    import tempfile
+
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        ds = datasets.load_dataset("json", data_files=data_path, split="train", cache_dir=cache)
+        n_in = len(ds)
+        t_read = time.perf_counter()
+        ds = ds.map(
+            _encode_batch,
+            batched=True,
+            num_proc=num_proc,
+            remove_columns=ds.column_names,
+            fn_kwargs={"tokenizer_path": tokenizer_path, "max_length": max_length},
+        )
+        t_tok = time.perf_counter()
+        table = ds.data.table
+        ids = table.column("input_ids").combine_chunks()
+        masks = table.column("loss_mask").combine_chunks()
+        lengths = pc.list_value_length(ids).to_numpy()
+        bins = pack_bfd(lengths.tolist(), max_length)
+        order = pa.array([i for b in bins for i in b], type=pa.int64())
+        packed_ids = pc.take(ids, order).flatten()
+        packed_masks = pc.take(masks, order).flatten()
+        ordered = lengths[order.to_numpy()]
+        starts = np.repeat(np.cumsum(ordered) - ordered, ordered)
+        position_ids = np.arange(len(starts)) - starts
+        labels = pc.if_else(packed_masks, packed_ids, pa.scalar(IGNORE_INDEX, pa.int32()))
+        seconds = time.perf_counter() - t0
+        total_tokens = int(lengths.sum())
+        trained_tokens = int(pc.sum(packed_masks.cast(pa.int64())).as_py() or 0)
+        assert len(labels) == len(position_ids) == total_tokens
+        stats = {
+            "mode": "datasets_map",
+            "num_proc": num_proc,
+            "examples": n_in,
+            "kept": len(lengths),
+            "seconds": seconds,
+            "examples_per_second": n_in / seconds if seconds > 0 else 0.0,
+            "tokens": total_tokens,
+            "trained_tokens": trained_tokens,
+            "packs": len(bins),
+            "packing_efficiency": total_tokens / (len(bins) * max_length) if bins else 0.0,
+            "tokens_per_second": total_tokens / seconds if seconds > 0 else 0.0,
+            "max_length": max_length,
+            "datasets": datasets.__version__,
+            "pyarrow": pa.__version__,
+            "phase_seconds": {
+                "load_dataset": t_read - t0,
+                "map": t_tok - t_read,
+                "pack": seconds - (t_tok - t0),
+            },
+        }
+    return stats
+
+
 def digest(packs):
     """sha256 over the packed output, for cross-checking another implementation.
 
@@ -254,6 +347,8 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print one JSON object (default: human-readable)")
     ap.add_argument("--encode-batch", action="store_true",
                     help="tokenize with tokenizer.encode_batch (Rust-parallel) instead of per-example encode")
+    ap.add_argument("--datasets-map", type=int, metavar="NUM_PROC",
+                    help="run the pipeline as a Hugging Face datasets `map` with this many processes")
     ap.add_argument("--digest", action="store_true",
                     help="add a sha256 of the packed output (computed outside the timed region)")
     args = ap.parse_args(argv)
@@ -264,10 +359,17 @@ def main(argv=None):
             sys.stderr.write("data_pipeline.py: no such file: %s\n" % p)
             return 2
 
-    tok = Tokenizer.from_file(args.tokenizer)  # not timed
-    stats, packs = run(args.data, tok, args.max_length, args.encode_batch)
-    if args.digest:
-        stats["digest"] = digest(packs)
+    if args.datasets_map:
+        try:
+            stats = run_datasets_map(args.data, args.tokenizer, args.max_length, args.datasets_map)
+        except ImportError as e:
+            sys.stderr.write("data_pipeline.py: missing Python package (%s): pip install datasets\n" % e)
+            return 3
+    else:
+        tok = Tokenizer.from_file(args.tokenizer)  # not timed
+        stats, packs = run(args.data, tok, args.max_length, args.encode_batch)
+        if args.digest:
+            stats["digest"] = digest(packs)
 
     if args.json:
         print(json.dumps(stats))

@@ -9,8 +9,10 @@ use crate::{assets, root, run};
 pub fn data(args: &[&str]) -> Result<()> {
     let examples: usize = match args {
         [] => 50_000,
+        ["--scale"] => return data_at_scale(SCALE_EXAMPLES),
+        ["--scale", "--n", n] => return data_at_scale(n.parse().context("--n takes a number")?),
         ["--n", n] => n.parse().context("--n takes a number")?,
-        _ => bail!("usage: cargo xtask bench data [--n N]"),
+        _ => bail!("usage: cargo xtask bench data [--n N] | --scale [--n N]"),
     };
     let assets = assets::fetch_all()?;
     let root = root();
@@ -125,6 +127,151 @@ pub fn data(args: &[&str]) -> Result<()> {
         &section,
     )?;
     Ok(())
+}
+
+/// Examples of `cargo xtask bench data --scale`.
+const SCALE_EXAMPLES: usize = 1_000_000;
+
+/// `cargo xtask bench data --scale`: a million generated alpaca examples (GPT-2 tokenizer,
+/// max_length 1024, packed) through `temper data prepare` and through a Hugging Face
+/// `datasets` pipeline (`load_dataset` + `map(num_proc=2)` + BFD packing), with each one's
+/// throughput and peak memory (the resident set of its whole process tree).
+fn data_at_scale(examples: usize) -> Result<()> {
+    let assets = assets::fetch_all()?;
+    let root = root();
+    let work = crate::cache_dir().join("bench");
+    std::fs::create_dir_all(&work)?;
+    let data = work.join(format!("alpaca-{examples}.jsonl"));
+    if !data.is_file() {
+        run(Command::new("python3")
+            .current_dir(&root)
+            .args(["datasets/generate.py", "--alpaca-out"])
+            .arg(&data)
+            .args(["--n", &examples.to_string(), "--seed", "7"]))?;
+    }
+    let temper = crate::release_temper("cpu")?;
+    let tokenizer = assets.gpt2_tokenizer.display().to_string();
+    let data_arg = data.display().to_string();
+    let (ours, our_peak) = json_and_peak_memory(Command::new(&temper).args([
+        "data",
+        "prepare",
+        &data_arg,
+        "--tokenizer",
+        &tokenizer,
+        "--max-length",
+        "1024",
+        "--packing",
+        "--json",
+    ]))?;
+    let (theirs, their_peak) =
+        json_and_peak_memory(Command::new("python3").current_dir(&root).args([
+            "xtask/bench/data_pipeline.py",
+            "--data",
+            &data_arg,
+            "--tokenizer",
+            &tokenizer,
+            "--max-length",
+            "1024",
+            "--json",
+            "--datasets-map",
+            "2",
+        ]))?;
+    let rate = |v: &serde_json::Value| v["examples_per_second"].as_f64().unwrap_or(f64::NAN);
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    let mut table = String::new();
+    table.push_str("| pipeline | examples/s | seconds | peak memory (GiB) | tokens | packs | examples/s vs datasets | memory vs datasets |\n");
+    table.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (name, v, peak) in [
+        ("temper data prepare (Rust, all cores)", &ours, our_peak),
+        (
+            "Python: datasets load_dataset + map(num_proc=2) + BFD packing",
+            &theirs,
+            their_peak,
+        ),
+    ] {
+        table.push_str(&format!(
+            "| {name} | {:.0} | {:.1} | {:.2} | {} | {} | {:.1}x | {:.2}x |\n",
+            rate(v),
+            v["seconds"].as_f64().unwrap_or(f64::NAN),
+            gib(peak),
+            v["tokens"],
+            v["packs"],
+            rate(v) / rate(&theirs),
+            peak as f64 / their_peak.max(1) as f64,
+        ));
+    }
+    let section = format!(
+        "## Data pipeline at scale\n\n{examples} generated alpaca examples (`datasets/generate.py --n {examples} --seed 7`), \
+         rendered with the alpaca template, tokenized with the GPT-2 tokenizer, masked, truncated to 1024 tokens and packed. \
+         Peak memory is the largest resident set of the whole process tree (the Python pipeline's workers included), \
+         sampled every 20 ms.\n\nMachine: {}.\n\nCommand: `cargo xtask bench data --scale`\n\n{table}",
+        machine_description()
+    );
+    println!("\n{section}");
+    write_section(
+        &root.join("docs/benchmarks.md"),
+        "## Data pipeline at scale",
+        &section,
+    )
+}
+
+/// The JSON a command prints and the peak resident memory of its process tree, in bytes.
+fn json_and_peak_memory(command: &mut Command) -> Result<(serde_json::Value, u64)> {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut text).map(|_| text)
+    });
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(tree_resident_bytes(child.id()));
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stdout = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    if !status.success() {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+        }
+        bail!("{command:?} failed: {stderr}");
+    }
+    let value =
+        serde_json::from_slice(&stdout).with_context(|| format!("{command:?} printed no JSON"))?;
+    Ok((value, peak))
+}
+
+/// The resident memory of a process and all its descendants (Linux `/proc`), in bytes.
+fn tree_resident_bytes(pid: u32) -> u64 {
+    let resident = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024);
+    let children: u64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|child| child.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .map(tree_resident_bytes)
+        .sum();
+    resident + children
 }
 
 pub fn json_of(command: &mut Command) -> Result<serde_json::Value> {

@@ -7,6 +7,8 @@
 //!   SmolLM2-135M-Instruct on the shipped tasks) with the release `temper` binary
 //! * `bench`   all of the following, written to `docs/benchmarks.md`:
 //!   * `bench data [--n N]`   data-pipeline throughput next to the Python baseline
+//!   * `bench data --scale [--n N]`   a million examples: throughput and peak memory next to a
+//!     Hugging Face `datasets` pipeline (`map` with `num_proc=2`)
 //!   * `bench train [--steps N] [--device D]`   training-step throughput and peak memory next to
 //!     PyTorch (GPT-2 124M full and LoRA, SmolLM2-135M shape LoRA)
 //!   * `bench packing [--steps N]`   trained tokens per second with packing vs padding
@@ -27,8 +29,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const BENCH_USAGE: &str =
-    "bench [data [--n N] | train [--steps N] [--device D] | packing [--steps N] | generate]";
+const BENCH_USAGE: &str = "bench [data [--n N] | data --scale [--n N] | train [--steps N] [--device D] | packing [--steps N] | generate]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,7 +41,8 @@ fn main() -> Result<()> {
         ["bench"] => bench::data(&[])
             .and_then(|()| bench_train::train(&[]))
             .and_then(|()| bench_train::packing(&[]))
-            .and_then(|()| bench::generate(&[])),
+            .and_then(|()| bench::generate(&[]))
+            .and_then(|()| bench::data(&["--scale"])),
         ["bench", "data", rest @ ..] => bench::data(rest),
         ["bench", "train", rest @ ..] => bench_train::train(rest),
         ["bench", "packing", rest @ ..] => bench_train::packing(rest),

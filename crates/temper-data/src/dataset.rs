@@ -11,12 +11,11 @@ use crate::formats::is_data_file;
 
 /// A dataset and the split to read from it, as a configuration names it: a string (the path)
 /// or a table `{ path = "...", split = "train" }`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DatasetSpec {
     /// A file, a glob (`data/train-*.parquet`) or a directory.
     pub path: PathBuf,
     /// The split of a directory: `train`, `test`, ... (a directory's `train` by default).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub split: Option<String>,
 }
 
@@ -51,6 +50,24 @@ impl std::fmt::Display for DatasetSpec {
         match &self.split {
             Some(split) => write!(f, "{} (split {split})", self.path.display()),
             None => write!(f, "{}", self.path.display()),
+        }
+    }
+}
+
+impl Serialize for DatasetSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Table<'a> {
+            path: &'a Path,
+            split: &'a str,
+        }
+        match &self.split {
+            None => self.path.serialize(serializer),
+            Some(split) => Table {
+                path: &self.path,
+                split,
+            }
+            .serialize(serializer),
         }
     }
 }
@@ -330,9 +347,9 @@ pub fn content_identity(files: &[PathBuf]) -> Result<String> {
             });
         }
     }
-    Ok(format!(
-        "{} file{}, {total} bytes, FNV-1a {hash:016x}",
-        files.len(),
-        if files.len() == 1 { "" } else { "s" }
-    ))
+    // One file reads as it did before datasets could have several (checkpoints compare it).
+    Ok(match files.len() {
+        1 => format!("{total} bytes, FNV-1a {hash:016x}"),
+        n => format!("{n} files, {total} bytes, FNV-1a {hash:016x}"),
+    })
 }

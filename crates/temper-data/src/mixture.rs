@@ -165,8 +165,29 @@ pub fn deserialize_sources<'de, D: serde::Deserializer<'de>>(
     deserializer.deserialize_any(ListVisitor)
 }
 
+/// Writes `dataset.train` back as [`deserialize_sources`] reads it: one dataset named by its
+/// path alone as that path (as configurations written before mixtures have it), anything
+/// else as a list of tables.
+pub fn serialize_sources<S: serde::Serializer>(
+    sources: &[Source],
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match sources {
+        [only] if *only == Source::from(DatasetSpec::from(only.path.clone())) => {
+            only.path.serialize(serializer)
+        }
+        _ => sources.serialize(serializer),
+    }
+}
+
 /// Checks every source's `weight` and `examples`, naming it as `dataset.train[i]`.
 pub fn validate_sources(sources: &[Source]) -> Result<()> {
+    if sources.is_empty() {
+        return Err(Error::Config {
+            key: "dataset.train".into(),
+            message: "names no dataset".into(),
+        });
+    }
     for (index, source) in sources.iter().enumerate() {
         match sources.len() {
             1 => source.validate("dataset.train")?,
@@ -240,11 +261,8 @@ pub fn prepare_mixture(
         }
         parts.push(prepared);
     }
-    if let [single] = &mut parts[..]
-        && sources[0].weight.is_none()
-        && sources[0].examples.is_none()
-    {
-        let prepared = std::mem::replace(single, empty_like(single));
+    let plain = sources.len() == 1 && sources[0].weight.is_none() && sources[0].examples.is_none();
+    if plain && let Some(prepared) = parts.pop() {
         return Ok(Mixture {
             reports: vec![QualityReport::build(&prepared)],
             shares: vec![share(

@@ -84,6 +84,15 @@ impl DataConfig {
         Ok(())
     }
 
+    /// What happens to examples longer than `max_length`, `drop = ["too_long"]` included.
+    pub fn effective_truncation(&self) -> Truncation {
+        if self.drop.contains(&Filter::TooLong) {
+            Truncation::Drop
+        } else {
+            self.truncation
+        }
+    }
+
     pub fn special_token_names(&self) -> crate::tokenize::SpecialTokenNames {
         crate::tokenize::SpecialTokenNames {
             bos: self.bos_token.clone(),
@@ -115,17 +124,6 @@ impl std::str::FromStr for Filter {
         serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
             format!("unknown filter `{s}`: expected duplicates, near_duplicates, empty_outputs or too_long")
         })
-    }
-}
-
-impl DataConfig {
-    /// What happens to examples longer than `max_length`, `drop = ["too_long"]` included.
-    pub fn effective_truncation(&self) -> Truncation {
-        if self.drop.contains(&Filter::TooLong) {
-            Truncation::Drop
-        } else {
-            self.truncation
-        }
     }
 }
 
@@ -295,6 +293,7 @@ pub fn prepare_records(
         .map(|record| encode_record(record, template, config.train_on, tokenizer))
         .collect();
 
+    let truncation = config.effective_truncation();
     let mut records = Vec::with_capacity(encoded.len());
     let mut untruncated = Vec::with_capacity(encoded.len());
     let mut examples = Vec::with_capacity(encoded.len());
@@ -306,7 +305,6 @@ pub fn prepare_records(
                 continue;
             }
         };
-        let truncation = config.effective_truncation();
         match truncate(example.clone(), config.max_length, truncation) {
             Ok(kept) => examples.push(kept),
             Err((problem, message)) => {

@@ -66,7 +66,10 @@ pub struct DatasetSection {
     /// The training data: a file of any format temper-data reads, a glob or a dataset
     /// directory; or a table `{ path = "...", split = "train", ... }`; or a mixture, a list
     /// of them (`[[dataset.train]]`, see [`temper_data::mixture`]).
-    #[serde(deserialize_with = "temper_data::mixture::deserialize_sources")]
+    #[serde(
+        deserialize_with = "temper_data::mixture::deserialize_sources",
+        serialize_with = "temper_data::mixture::serialize_sources"
+    )]
     pub train: Vec<mixture::Source>,
     /// Held-out data for evaluation, named the same ways; none means no evaluation.
     pub eval: Option<DatasetSpec>,
@@ -505,9 +508,12 @@ mod tests {
             (fields.instruction.as_str(), fields.output.as_str()),
             ("q", "output")
         );
-        // The saved configuration reads back the same (a resume reads it).
+        // The saved configuration reads back the same (a resume reads it); one plain path
+        // is saved as the path, as before mixtures.
         let saved = parse(&config.to_toml(), &[]).unwrap();
         assert_eq!(saved.dataset, config.dataset);
+        let plain = parse(MINIMAL, &[]).unwrap().to_toml();
+        assert!(plain.contains("train = \"t.jsonl\"\n"), "{plain}");
 
         let both = mixture.replace("weight = 0.5", "weight = 0.5\nexamples = 3");
         let error = parse(&both, &[]).unwrap_err().to_string();
