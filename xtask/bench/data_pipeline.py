@@ -136,6 +136,22 @@ def pack_bfd(lengths, capacity):
     return bins
 
 
+def counts(n_in, kept, seconds, tokens, trained_tokens, packs, max_length):
+    """The statistics every mode reports."""
+    return {
+        "examples": n_in,
+        "kept": kept,
+        "seconds": seconds,
+        "examples_per_second": n_in / seconds if seconds > 0 else 0.0,
+        "tokens": tokens,
+        "trained_tokens": trained_tokens,
+        "packs": packs,
+        "packing_efficiency": tokens / (packs * max_length) if packs else 0.0,
+        "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+        "max_length": max_length,
+    }
+
+
 def run(data_path, tok, max_length, encode_batch):
     tpl = build_template()
     t0 = time.perf_counter()
@@ -205,16 +221,7 @@ def run(data_path, tok, max_length, encode_batch):
     trained_tokens = sum(sum(m) for m in mask_list)
     stats = {
         "mode": "encode_batch" if encode_batch else "encode",
-        "examples": n_in,
-        "kept": len(ids_list),
-        "seconds": seconds,
-        "examples_per_second": n_in / seconds if seconds > 0 else 0.0,
-        "tokens": total_tokens,
-        "trained_tokens": trained_tokens,
-        "packs": len(packs),
-        "packing_efficiency": total_tokens / (len(packs) * max_length) if packs else 0.0,
-        "tokens_per_second": total_tokens / seconds if seconds > 0 else 0.0,
-        "max_length": max_length,
+        **counts(n_in, len(ids_list), seconds, total_tokens, trained_tokens, len(packs), max_length),
         "python": "%d.%d.%d" % sys.version_info[:3],
         "tokenizers": tokenizers.__version__,
         "jinja2": jinja2.__version__,
@@ -295,16 +302,7 @@ def run_datasets_map(data_path, tokenizer_path, max_length, num_proc):
         stats = {
             "mode": "datasets_map",
             "num_proc": num_proc,
-            "examples": n_in,
-            "kept": len(lengths),
-            "seconds": seconds,
-            "examples_per_second": n_in / seconds if seconds > 0 else 0.0,
-            "tokens": total_tokens,
-            "trained_tokens": trained_tokens,
-            "packs": len(bins),
-            "packing_efficiency": total_tokens / (len(bins) * max_length) if bins else 0.0,
-            "tokens_per_second": total_tokens / seconds if seconds > 0 else 0.0,
-            "max_length": max_length,
+            **counts(n_in, len(lengths), seconds, total_tokens, trained_tokens, len(bins), max_length),
             "datasets": datasets.__version__,
             "pyarrow": pa.__version__,
             "phase_seconds": {

@@ -16,16 +16,7 @@ pub fn data(args: &[&str]) -> Result<()> {
     };
     let assets = assets::fetch_all()?;
     let root = root();
-    let work = crate::cache_dir().join("bench");
-    std::fs::create_dir_all(&work)?;
-    let data = work.join(format!("alpaca-{examples}.jsonl"));
-    if !data.is_file() {
-        run(Command::new("python3")
-            .current_dir(&root)
-            .args(["datasets/generate.py", "--alpaca-out"])
-            .arg(&data)
-            .args(["--n", &examples.to_string(), "--seed", "7"]))?;
-    }
+    let data = generated_alpaca(examples)?;
     let temper = crate::release_temper("cpu")?;
 
     let tokenizer = assets.gpt2_tokenizer.display().to_string();
@@ -129,6 +120,21 @@ pub fn data(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `datasets/generate.py --n EXAMPLES --seed 7`, generated once into the cache.
+fn generated_alpaca(examples: usize) -> Result<std::path::PathBuf> {
+    let work = crate::cache_dir().join("bench");
+    std::fs::create_dir_all(&work)?;
+    let data = work.join(format!("alpaca-{examples}.jsonl"));
+    if !data.is_file() {
+        run(Command::new("python3")
+            .current_dir(root())
+            .args(["datasets/generate.py", "--alpaca-out"])
+            .arg(&data)
+            .args(["--n", &examples.to_string(), "--seed", "7"]))?;
+    }
+    Ok(data)
+}
+
 /// Examples of `cargo xtask bench data --scale`.
 const SCALE_EXAMPLES: usize = 1_000_000;
 
@@ -139,16 +145,7 @@ const SCALE_EXAMPLES: usize = 1_000_000;
 fn data_at_scale(examples: usize) -> Result<()> {
     let assets = assets::fetch_all()?;
     let root = root();
-    let work = crate::cache_dir().join("bench");
-    std::fs::create_dir_all(&work)?;
-    let data = work.join(format!("alpaca-{examples}.jsonl"));
-    if !data.is_file() {
-        run(Command::new("python3")
-            .current_dir(&root)
-            .args(["datasets/generate.py", "--alpaca-out"])
-            .arg(&data)
-            .args(["--n", &examples.to_string(), "--seed", "7"]))?;
-    }
+    let data = generated_alpaca(examples)?;
     let temper = crate::release_temper("cpu")?;
     let tokenizer = assets.gpt2_tokenizer.display().to_string();
     let data_arg = data.display().to_string();
