@@ -14,13 +14,13 @@ pub fn data(args: &[&str]) -> Result<()> {
         ["--n", n] => n.parse().context("--n takes a number")?,
         _ => bail!("usage: cargo xtask bench data [--n N] | --scale [--n N]"),
     };
-    let assets = assets::fetch_all()?;
     let root = root();
-    let data = generated_alpaca(examples)?;
-    let temper = crate::release_temper("cpu")?;
+    let BenchData {
+        temper,
+        tokenizer,
+        data: data_arg,
+    } = bench_data(examples)?;
 
-    let tokenizer = assets.gpt2_tokenizer.display().to_string();
-    let data_arg = data.display().to_string();
     let rust_args = [
         "data",
         "prepare",
@@ -120,6 +120,24 @@ pub fn data(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// What both data benchmarks run: the release `temper`, the GPT-2 tokenizer and the
+/// generated data file.
+struct BenchData {
+    temper: std::path::PathBuf,
+    tokenizer: String,
+    data: String,
+}
+
+fn bench_data(examples: usize) -> Result<BenchData> {
+    let assets = assets::fetch_all()?;
+    let data = generated_alpaca(examples)?;
+    Ok(BenchData {
+        temper: crate::release_temper("cpu")?,
+        tokenizer: assets.gpt2_tokenizer.display().to_string(),
+        data: data.display().to_string(),
+    })
+}
+
 /// `datasets/generate.py --n EXAMPLES --seed 7`, generated once into the cache.
 fn generated_alpaca(examples: usize) -> Result<std::path::PathBuf> {
     let work = crate::cache_dir().join("bench");
@@ -143,12 +161,12 @@ const SCALE_EXAMPLES: usize = 1_000_000;
 /// `datasets` pipeline (`load_dataset` + `map(num_proc=2)` + BFD packing), with each one's
 /// throughput and peak memory (the resident set of its whole process tree).
 fn data_at_scale(examples: usize) -> Result<()> {
-    let assets = assets::fetch_all()?;
     let root = root();
-    let data = generated_alpaca(examples)?;
-    let temper = crate::release_temper("cpu")?;
-    let tokenizer = assets.gpt2_tokenizer.display().to_string();
-    let data_arg = data.display().to_string();
+    let BenchData {
+        temper,
+        tokenizer,
+        data: data_arg,
+    } = bench_data(examples)?;
     let (ours, our_peak) = json_and_peak_memory(Command::new(&temper).args([
         "data",
         "prepare",
