@@ -10,8 +10,8 @@ use temper_chat::{ChatTemplate, Conversation, Message, TrainOn};
 use temper_data::example::{RenderedExample, render_record, tokenize_rendered};
 use temper_data::records::{Record, Sample};
 use temper_data::{
-    DataConfig, Filter, Format, Location, Pack, Position, SpecialTokenNames, Tokenizer, collate,
-    prepare,
+    DataConfig, Filter, Format, Location, Pack, Position, PrepareOptions, SpecialTokenNames,
+    Tokenizer, collate, prepare, prepare_with,
 };
 use temper_tests::{asset, root};
 
@@ -61,14 +61,26 @@ fn alpaca_trains_exactly_the_output_and_eos() {
         max_length: 512,
         ..DataConfig::default()
     };
-    let prepared = prepare(
+    let prepared = prepare_with(
         &root().join("datasets/tasks/train.alpaca.jsonl").into(),
+        Some(&temper_data::load_template("alpaca", &tokenizer).unwrap()),
         &tokenizer,
         &config,
+        PrepareOptions {
+            keep_records: true,
+            ..PrepareOptions::default()
+        },
     )
     .unwrap();
     assert_eq!(prepared.examples.len(), 2000);
-    for (record, example) in prepared.records.iter().zip(&prepared.examples).take(200) {
+    assert_eq!(prepared.records.len(), 2000);
+    for (record, example) in prepared
+        .records
+        .iter()
+        .zip(prepared.examples.iter())
+        .take(200)
+    {
+        let example = example.to_example();
         let Sample::Chat(conversation) = &record.sample else {
             panic!("alpaca records are chats")
         };
@@ -209,8 +221,8 @@ fn gpt2_padding_with_eos_keeps_the_trained_eos() {
         &config,
     )
     .unwrap();
-    let rows: Vec<&Pack> = prepared.rows.iter().take(4).collect();
-    let batch = collate(&rows, tokenizer.pad_id, Some(8));
+    let rows: Vec<Pack> = (0..4).map(|row| prepared.row(row)).collect();
+    let batch = collate(&rows.iter().collect::<Vec<_>>(), tokenizer.pad_id, Some(8));
     for row in 0..batch.batch_size {
         let cells = row * batch.seq_len..(row + 1) * batch.seq_len;
         let last_real = cells
@@ -268,17 +280,17 @@ fn packed_rows_hold_the_same_examples_as_unpacked_ones() {
         packed.packing_efficiency()
     );
     let mut seen = vec![false; padded.examples.len()];
-    for row in &packed.rows {
+    for row in (0..packed.rows.len()).map(|row| packed.row(row)) {
         assert!(row.len() <= 256);
         for (k, &index) in row.examples.iter().enumerate() {
             let span = row.boundaries[k]..row.boundaries[k + 1];
             assert_eq!(
                 row.input_ids[span.clone()],
-                padded.examples[index].input_ids[..]
+                padded.examples.get(index).input_ids[..]
             );
             assert_eq!(
                 row.loss_mask[span.clone()],
-                padded.examples[index].loss_mask[..]
+                padded.examples.get(index).to_example().loss_mask[..]
             );
             assert_eq!(
                 row.position_ids[span.clone()],
@@ -468,4 +480,71 @@ fn quality_filters_drop_and_count_duplicates_empty_outputs_and_long_examples() {
         prepared.first_skips
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_prepared_dataset_is_cached_reused_invalidated_and_rebuilt_when_damaged() {
+    let tokenizer = gpt2();
+    let cache = std::env::temp_dir().join(format!("temper-prepared-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let dataset = root().join("datasets/tasks/train.messages.jsonl").into();
+    let config = DataConfig {
+        max_length: 128,
+        template: Some("chatml".into()),
+        packing: true,
+        ..DataConfig::default()
+    };
+    let run = |config: &DataConfig, report: bool| {
+        let template = temper_data::template_for(&dataset, config, &tokenizer, None).unwrap();
+        prepare_with(
+            &dataset,
+            template.as_ref(),
+            &tokenizer,
+            config,
+            PrepareOptions {
+                cache: Some(&cache),
+                report,
+                ..PrepareOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let rows = |prepared: &temper_data::Prepared| -> Vec<Pack> {
+        (0..prepared.rows.len())
+            .map(|row| prepared.row(row))
+            .collect()
+    };
+    let first = run(&config, true);
+    assert!(!first.from_cache);
+    let again = run(&config, true);
+    assert!(again.from_cache, "the second run reads the cache");
+    assert_eq!(rows(&again), rows(&first));
+    assert_eq!(again.report, first.report);
+    assert_eq!(again.skipped, first.skipped);
+    assert_eq!(again.read, first.read);
+
+    // Any option that changes the data is another entry.
+    let longer = DataConfig {
+        max_length: 256,
+        ..config.clone()
+    };
+    assert!(!run(&longer, false).from_cache);
+    assert!(run(&longer, false).from_cache);
+
+    // A damaged entry (a token array cut short) is prepared again, and saved whole.
+    let entries: Vec<_> = std::fs::read_dir(cache.join("prepared"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    for entry in &entries {
+        let ids = entry.join("ids.u32");
+        let bytes = std::fs::read(&ids).unwrap();
+        std::fs::write(&ids, &bytes[..bytes.len() - 4]).unwrap();
+    }
+    let rebuilt = run(&config, true);
+    assert!(!rebuilt.from_cache);
+    assert_eq!(rows(&rebuilt), rows(&first));
+    assert!(run(&config, true).from_cache);
+    std::fs::remove_dir_all(&cache).unwrap();
 }

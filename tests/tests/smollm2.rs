@@ -148,22 +148,25 @@ fn answers_scored_with_their_prompts_have_the_loss_of_a_pass_of_their_own() {
         truncation: Truncation::KeepEnd,
         ..DataConfig::default()
     };
-    let read = temper_data::pipeline::read_dataset(&path.clone().into(), &config).unwrap();
-    let template = temper_data::pipeline::resolve_template(
+    let dataset = path.clone().into();
+    let template = temper_data::template_for(
+        &dataset,
         &config,
         &smol.tokenizer,
-        &read.records,
         smol.template
             .as_ref()
             .map(|source| ChatTemplate::from_source("smollm2", source.clone()).unwrap()),
     )
     .unwrap();
-    let prepared = temper_data::pipeline::prepare_records(
-        &path.display().to_string(),
-        read,
+    let prepared = temper_data::prepare_with(
+        &dataset,
         template.as_ref(),
         &smol.tokenizer,
         &config,
+        temper_data::PrepareOptions {
+            keep_records: true,
+            ..Default::default()
+        },
     )
     .unwrap();
     let cases = eval_cases(&prepared, template.as_ref(), &smol.tokenizer, Some(6)).unwrap();
@@ -185,10 +188,7 @@ fn answers_scored_with_their_prompts_have_the_loss_of_a_pass_of_their_own() {
         |_| {},
     )
     .unwrap();
-    let rows: Vec<Pack> = prepared.untruncated[..6]
-        .iter()
-        .map(|example| Pack::single(example, 0))
-        .collect();
+    let rows: Vec<Pack> = prepared.untruncated[..6].iter().map(Pack::single).collect();
     let batch = collate(
         &rows.iter().collect::<Vec<_>>(),
         smol.tokenizer.pad_id,

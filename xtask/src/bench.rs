@@ -167,17 +167,23 @@ fn data_at_scale(examples: usize) -> Result<()> {
         tokenizer,
         data: data_arg,
     } = bench_data(examples)?;
-    let (ours, our_peak) = json_and_peak_memory(Command::new(&temper).args([
-        "data",
-        "prepare",
-        &data_arg,
-        "--tokenizer",
-        &tokenizer,
-        "--max-length",
-        "1024",
-        "--packing",
-        "--json",
-    ]))?;
+    // Cold: tokenized from the file. Then once to fill a fresh prepared-data cache, and once
+    // more to read it back.
+    let cache = root.join(".cache/temper/bench/prepared-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let prepare = |extra: &[&str]| {
+        let mut command = Command::new(&temper);
+        command
+            .env("TEMPER_CACHE", &cache)
+            .args(["data", "prepare", &data_arg, "--tokenizer", &tokenizer])
+            .args(["--max-length", "1024", "--packing", "--json"])
+            .args(extra);
+        json_and_peak_memory(&mut command)
+    };
+    let (ours, our_peak) = prepare(&["--no-cache"])?;
+    prepare(&[])?;
+    let (cached, cached_peak) = prepare(&[])?;
+    std::fs::remove_dir_all(&cache)?;
     let (theirs, their_peak) =
         json_and_peak_memory(Command::new("python3").current_dir(&root).args([
             "xtask/bench/data_pipeline.py",
@@ -198,6 +204,11 @@ fn data_at_scale(examples: usize) -> Result<()> {
     table.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (name, v, peak) in [
         ("temper data prepare (Rust, all cores)", &ours, our_peak),
+        (
+            "temper data prepare, again (memory-mapped from the prepared-data cache)",
+            &cached,
+            cached_peak,
+        ),
         (
             "Python: datasets load_dataset + map(num_proc=2) + BFD packing",
             &theirs,

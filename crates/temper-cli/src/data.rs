@@ -12,9 +12,11 @@ use serde::Serialize;
 use temper_chat::TrainOn;
 use temper_data::example::render_record;
 use temper_data::{
-    DataConfig, DatasetSpec, Filter, Format, OnError, Prepared, QualityReport, Tokenizer,
-    Truncation, prepare,
+    DataConfig, DatasetSpec, Filter, Format, OnError, PrepareOptions, Prepared, Progress,
+    QualityReport, Tokenizer, Truncation, prepare_with,
 };
+
+use crate::progress::ProgressShown;
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
@@ -41,6 +43,10 @@ pub enum DataCommand {
         /// Replace an existing `--output` file.
         #[arg(long, requires = "output")]
         overwrite: bool,
+        /// Prepare the dataset again instead of reading it from the prepared-data cache
+        /// (`$TEMPER_CACHE/prepared`), and do not save it there.
+        #[arg(long)]
+        no_cache: bool,
         /// Print the statistics as JSON.
         #[arg(long)]
         json: bool,
@@ -168,8 +174,9 @@ pub fn run(command: DataCommand) -> Result<()> {
             input,
             output,
             overwrite,
+            no_cache,
             json,
-        } => prepare_command(&input, output.as_deref(), overwrite, json),
+        } => prepare_command(&input, output.as_deref(), overwrite, no_cache, json),
     }
 }
 
@@ -188,17 +195,21 @@ struct ShownExample {
 fn inspect(input: &InputArgs, count: usize, json: bool) -> Result<()> {
     let (config, tokenizer) = input.load()?;
     let dataset = input.dataset();
-    let read = temper_data::pipeline::read_dataset(&dataset, &config)?;
-    let template =
-        temper_data::pipeline::resolve_template(&config, &tokenizer, &read.records, None)?;
-    let prepared = temper_data::pipeline::prepare_records(
-        &dataset.to_string(),
-        read,
+    let template = temper_data::template_for(&dataset, &config, &tokenizer, None)?;
+    let prepared = prepare_with(
+        &dataset,
         template.as_ref(),
         &tokenizer,
         &config,
+        PrepareOptions {
+            keep_records: true,
+            report: true,
+            ..PrepareOptions::default()
+        },
     )?;
-    let report = QualityReport::build(&prepared);
+    let Some(report) = prepared.report.clone() else {
+        bail!("{dataset}: no report was built");
+    };
     let mut shown = Vec::new();
     for (record, example) in prepared
         .records
@@ -423,36 +434,42 @@ struct PrepareStats {
     packs: usize,
     packing_efficiency: f64,
     threads: usize,
+    /// Whether the rows came from the prepared-data cache.
+    from_cache: bool,
 }
 
 fn prepare_command(
     input: &InputArgs,
     output: Option<&Path>,
     overwrite: bool,
+    no_cache: bool,
     json: bool,
 ) -> Result<()> {
     if let Some(output) = output {
         check_output(output, input, overwrite)?;
     }
     let (config, tokenizer) = input.load()?;
+    let dataset = input.dataset();
     let started = Instant::now();
-    let prepared = prepare(&input.dataset(), &tokenizer, &config)?;
+    let template = temper_data::template_for(&dataset, &config, &tokenizer, None)?;
+    let cache = temper_data::cache_dir().filter(|_| !no_cache);
+    let mut bar = ProgressShown::new();
+    let prepared = prepare_with(
+        &dataset,
+        template.as_ref(),
+        &tokenizer,
+        &config,
+        PrepareOptions {
+            cache: cache.as_deref(),
+            progress: Some(&mut |progress: &Progress| bar.show(progress)),
+            ..PrepareOptions::default()
+        },
+    )?;
+    bar.finish();
     let seconds = started.elapsed().as_secs_f64();
-    let total = prepared.records.len() + prepared.skipped.values().sum::<usize>()
-        - prepared
-            .skipped
-            .iter()
-            .filter(|(p, _)| {
-                matches!(
-                    p,
-                    temper_data::Problem::TooLong | temper_data::Problem::NoTrainedTokens
-                )
-            })
-            .map(|(_, n)| n)
-            .sum::<usize>();
     let stats = PrepareStats {
         file: prepared.name.clone(),
-        examples: total,
+        examples: prepared.read,
         kept: prepared.examples.len(),
         skipped: prepared
             .skipped
@@ -460,13 +477,14 @@ fn prepare_command(
             .map(|(p, n)| (p.as_str().to_owned(), *n))
             .collect(),
         seconds,
-        examples_per_second: total as f64 / seconds,
+        examples_per_second: prepared.read as f64 / seconds,
         tokens: prepared.total_tokens(),
         trained_tokens: prepared.trained_tokens(),
         tokens_per_second: prepared.total_tokens() as f64 / seconds,
         packs: prepared.rows.len(),
         packing_efficiency: prepared.packing_efficiency(),
         threads: rayon::current_num_threads(),
+        from_cache: prepared.from_cache,
     };
     if let Some(output) = output {
         write_rows(output, &prepared)?;
@@ -475,7 +493,7 @@ fn prepare_command(
         println!("{}", serde_json::to_string(&stats)?);
     } else {
         println!(
-            "{} examples -> {} kept, {} rows ({:.1}% full) in {:.2}s: {:.0} examples/s, {:.0} tokens/s on {} threads",
+            "{} examples -> {} kept, {} rows ({:.1}% full) in {:.2}s: {:.0} examples/s, {:.0} tokens/s on {} threads{}",
             stats.examples,
             stats.kept,
             stats.packs,
@@ -483,7 +501,12 @@ fn prepare_command(
             stats.seconds,
             stats.examples_per_second,
             stats.tokens_per_second,
-            stats.threads
+            stats.threads,
+            if stats.from_cache {
+                " (from the prepared-data cache)"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
@@ -528,8 +551,8 @@ fn check_output(output: &Path, input: &InputArgs, overwrite: bool) -> Result<()>
 /// Writes rows as JSON lines through a temporary file, so a failure leaves nothing behind.
 fn write_rows(path: &Path, prepared: &Prepared) -> Result<()> {
     temper_store::write_atomic_with(path, |out| {
-        for row in &prepared.rows {
-            serde_json::to_writer(&mut *out, row)?;
+        for row in 0..prepared.rows.len() {
+            serde_json::to_writer(&mut *out, &prepared.row(row))?;
             out.write_all(b"\n")?;
         }
         Ok(())

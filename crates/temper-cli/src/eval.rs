@@ -125,15 +125,16 @@ fn eval_on<B: Backend>(args: &EvalArgs, model: &ModelArgs, device: &B::Device) -
     };
     args.records.apply(&mut config)?;
     let dataset = args.records.dataset(path);
-    let read = temper_data::pipeline::read_dataset(&dataset, &config)?;
-    let template =
-        temper_data::pipeline::resolve_template(&config, tokenizer, &read.records, own_template)?;
-    let prepared = temper_data::pipeline::prepare_records(
-        &dataset.to_string(),
-        read,
+    let template = temper_data::template_for(&dataset, &config, tokenizer, own_template)?;
+    let prepared = temper_data::prepare_with(
+        &dataset,
         template.as_ref(),
         tokenizer,
         &config,
+        temper_data::PrepareOptions {
+            keep_records: true,
+            ..Default::default()
+        },
     )?;
     let cases = eval_cases(&prepared, template.as_ref(), tokenizer, args.limit)?;
     if cases.is_empty() {

@@ -8,6 +8,7 @@ mod bench_generate;
 mod data;
 mod eval;
 mod model;
+mod progress;
 mod template;
 mod train;
 

@@ -68,16 +68,19 @@ fn train_on<B: Backend>(args: &TrainArgs, device: &B::Device, name: &str) -> Res
     };
     let interactive = std::io::stderr().is_terminal();
     let mut bar: Option<ProgressBar> = None;
+    let mut preparing = crate::progress::ProgressShown::new();
     let mut total = 0;
     let mut on_event = |event: Event| match event {
         Event::Message(text) => match &bar {
             Some(bar) => bar.println(text),
             None => eprintln!("{text}"),
         },
+        Event::Preparing(progress) => preparing.show(&progress),
         Event::Started {
             first_step,
             total_steps,
         } => {
+            preparing.finish();
             total = total_steps;
             if interactive {
                 let progress = ProgressBar::new(total_steps);

@@ -13,7 +13,9 @@
 //! are `tokenizer.json` files on disk. Bad input never panics: each unusable record is an
 //! [`Error::Record`] naming `FILE:LINE` (`FILE:row ROW` for tables), which `on_error = "skip"` turns into a count.
 
+mod cache;
 pub mod dataset;
+mod duplicates;
 mod error;
 pub mod example;
 mod fast_bpe;
@@ -24,15 +26,21 @@ pub mod pipeline;
 pub mod records;
 pub mod report;
 pub mod shuffle;
+pub mod store;
 pub mod tokenize;
 
+pub use cache::cache_dir;
 pub use dataset::{DatasetSpec, dataset_files};
 pub use error::{Error, Location, Position, Problem, Result};
 pub use example::{Example, Truncation, truncate};
 pub use mixture::{Mixture, prepare_mixture};
 pub use pack::{Batch, Pack, collate, pack, packing_efficiency, padded_length};
-pub use pipeline::{DataConfig, Filter, Prepared, load_template, prepare};
+pub use pipeline::{
+    DataConfig, Filter, PrepareOptions, Prepared, Progress, load_template, prepare, prepare_with,
+    template_for,
+};
 pub use records::{FieldNames, Format, OnError, ReadOptions, Record, Sample, read_file};
 pub use report::QualityReport;
 pub use shuffle::{Sampler, SamplerState, epoch_order};
+pub use store::{ExampleRef, Examples, Rows};
 pub use tokenize::{SpecialTokenNames, Tokenizer};

@@ -13,6 +13,7 @@
 //! weight = 2.0                     # every example twice
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -20,13 +21,11 @@ use temper_chat::ChatTemplate;
 
 use crate::dataset::DatasetSpec;
 use crate::error::{Error, Result};
-use crate::example::Example;
-use crate::pipeline::{
-    DataConfig, Prepared, prepare_records, read_dataset, resolve_template, rows_of,
-};
+use crate::pipeline::{DataConfig, PrepareOptions, Prepared, prepare_with, rows_of, template_for};
 use crate::records::{FieldNames, Format};
 use crate::report::QualityReport;
 use crate::shuffle::epoch_order;
+use crate::store::Examples;
 use crate::tokenize::Tokenizer;
 
 /// One dataset of a training mixture. Unset keys take the `[data]` section's values.
@@ -231,15 +230,17 @@ pub struct Mixture {
 }
 
 /// Reads and prepares every source with its own settings (`own`: the model's template, for
-/// sources that do not name one), takes each one's share (seeded by `seed`), and packs the
-/// examples together. One source with neither `weight` nor `examples` gives exactly what
-/// [`crate::prepare`] gives.
+/// sources that do not name one; `options`: the cache and progress, the report is always
+/// built), takes each one's share (seeded by `seed`), and packs the examples together. One
+/// source with neither `weight` nor `examples` gives exactly what [`crate::prepare_with`]
+/// gives.
 pub fn prepare_mixture(
     sources: &[Source],
     data: &DataConfig,
     tokenizer: &Tokenizer,
     own: Option<ChatTemplate>,
     seed: u64,
+    mut options: PrepareOptions<'_>,
 ) -> Result<Mixture> {
     validate_sources(sources)?;
     let mut parts = Vec::with_capacity(sources.len());
@@ -247,99 +248,102 @@ pub fn prepare_mixture(
     for (index, source) in sources.iter().enumerate() {
         let config = source.data_config(data);
         let dataset = source.dataset();
-        let read = read_dataset(&dataset, &config)?;
-        let resolved = resolve_template(&config, tokenizer, &read.records, own.clone())?;
-        let prepared = prepare_records(
-            &dataset.to_string(),
-            read,
+        let resolved = template_for(&dataset, &config, tokenizer, own.clone())?;
+        let part_options = PrepareOptions {
+            keep_records: false,
+            report: true,
+            cache: options.cache.filter(|_| config.cache),
+            progress: match &mut options.progress {
+                Some(progress) => Some(&mut **progress),
+                None => None,
+            },
+        };
+        let prepared = prepare_with(
+            &dataset,
             resolved.as_ref(),
             tokenizer,
             &config,
+            part_options,
         )?;
         if index == 0 {
             template = resolved;
         }
         parts.push(prepared);
     }
+    let report = |part: &Prepared| part.report.clone().into_iter();
     let plain = sources.len() == 1 && sources[0].weight.is_none() && sources[0].examples.is_none();
     if plain && let Some(prepared) = parts.pop() {
+        let all: Vec<usize> = (0..prepared.examples.len()).collect();
         return Ok(Mixture {
-            reports: vec![QualityReport::build(&prepared)],
-            shares: vec![share(
-                &prepared,
-                prepared.examples.len(),
-                &prepared.examples,
-            )],
+            reports: report(&prepared).collect(),
+            shares: vec![share(&prepared, &all)],
             prepared,
             template,
         });
     }
 
-    let mut examples = Vec::new();
-    let mut taken_per_source = Vec::with_capacity(parts.len());
+    let mut examples = Examples::default();
+    let mut shares = Vec::with_capacity(parts.len());
     for (index, (source, part)) in sources.iter().zip(&parts).enumerate() {
-        let count = source.count(part.examples.len());
-        let chosen = choose(part.examples.len(), count, seed, index);
-        let start = examples.len();
-        examples.extend(chosen.iter().map(|&i| part.examples[i].clone()));
-        taken_per_source.push(start..examples.len());
-    }
-    let total_trained: usize = examples.iter().map(Example::trained_tokens).sum();
-    let shares = parts
-        .iter()
-        .zip(&taken_per_source)
-        .map(|(part, range)| {
-            let mut share = share(part, range.len(), &examples[range.clone()]);
-            share.trained_token_share = share.trained_tokens as f64 / total_trained.max(1) as f64;
-            share
-        })
-        .collect();
-    let reports = parts.iter().map(QualityReport::build).collect();
-    let mut combined = empty_like(&parts[0]);
-    combined.name = sources_name(sources);
-    for part in parts {
-        combined.records.extend(part.records);
-        combined.untruncated.extend(part.untruncated);
-        for (problem, count) in part.skipped {
-            *combined.skipped.entry(problem).or_default() += count;
+        let chosen = choose(
+            part.examples.len(),
+            source.count(part.examples.len()),
+            seed,
+            index,
+        );
+        for &i in &chosen {
+            examples.push_ref(part.examples.get(i));
         }
-        for (problem, first) in part.first_skips {
-            combined.first_skips.entry(problem).or_insert(first);
+        shares.push(share(part, &chosen));
+    }
+    let total_trained = examples.trained_tokens();
+    for share in &mut shares {
+        share.trained_token_share = share.trained_tokens as f64 / total_trained.max(1) as f64;
+    }
+    let mut skipped = BTreeMap::new();
+    let mut first_skips = BTreeMap::new();
+    for part in &parts {
+        for (problem, count) in &part.skipped {
+            *skipped.entry(*problem).or_default() += count;
+        }
+        for (problem, first) in &part.first_skips {
+            first_skips.entry(*problem).or_insert_with(|| first.clone());
         }
     }
-    combined.rows = rows_of(&examples, data);
-    combined.examples = examples;
+    let prepared = Prepared {
+        name: sources_name(sources),
+        read: parts.iter().map(|part| part.read).sum(),
+        records: Vec::new(),
+        untruncated: Vec::new(),
+        rows: rows_of(&examples, data),
+        examples,
+        skipped,
+        first_skips,
+        max_length: data.max_length,
+        packing: data.packing,
+        template: parts[0].template.clone(),
+        report: None,
+        from_cache: parts.iter().all(|part| part.from_cache),
+    };
     Ok(Mixture {
-        prepared: combined,
+        prepared,
         template,
-        reports,
+        reports: parts.iter().flat_map(report).collect(),
         shares,
     })
 }
 
-fn share(part: &Prepared, taken: usize, examples: &[Example]) -> SourceShare {
+/// What `part` gives when the examples `chosen` are taken from it.
+fn share(part: &Prepared, chosen: &[usize]) -> SourceShare {
     SourceShare {
         dataset: part.name.clone(),
         available: part.examples.len(),
-        taken,
-        trained_tokens: examples.iter().map(Example::trained_tokens).sum(),
+        taken: chosen.len(),
+        trained_tokens: chosen
+            .iter()
+            .map(|&i| part.examples.get(i).trained_tokens())
+            .sum(),
         trained_token_share: 1.0,
-    }
-}
-
-/// `prepared`'s settings with no records, examples or rows.
-fn empty_like(prepared: &Prepared) -> Prepared {
-    Prepared {
-        name: prepared.name.clone(),
-        records: Vec::new(),
-        untruncated: Vec::new(),
-        examples: Vec::new(),
-        rows: Vec::new(),
-        skipped: Default::default(),
-        first_skips: Default::default(),
-        max_length: prepared.max_length,
-        packing: prepared.packing,
-        template: prepared.template.clone(),
     }
 }
 

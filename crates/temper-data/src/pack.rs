@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::example::Example;
+use crate::store::ExampleRef;
 
 /// Examples concatenated into one row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,14 +41,14 @@ impl Pack {
         self.input_ids.is_empty()
     }
 
-    /// A row holding one example (the unpacked, padded path).
-    pub fn single(example: &Example, index: usize) -> Pack {
-        let mut pack = Pack::default_empty();
-        pack.push(example, index);
+    /// A row holding one example.
+    pub fn single(example: &Example) -> Pack {
+        let mut pack = Pack::empty();
+        pack.extend(&example.input_ids, example.loss_mask.iter().copied(), 0);
         pack
     }
 
-    fn default_empty() -> Pack {
+    pub(crate) fn empty() -> Pack {
         Pack {
             input_ids: Vec::new(),
             loss_mask: Vec::new(),
@@ -57,27 +58,34 @@ impl Pack {
         }
     }
 
-    fn push(&mut self, example: &Example, index: usize) {
-        self.input_ids.extend_from_slice(&example.input_ids);
-        self.loss_mask.extend_from_slice(&example.loss_mask);
-        self.position_ids.extend(0..example.len() as u32);
+    /// Appends example `index`.
+    pub(crate) fn push(&mut self, example: ExampleRef<'_>, index: usize) {
+        let mask = example.loss_mask.iter().map(|&m| m != 0);
+        self.extend(example.input_ids, mask, index);
+    }
+
+    fn extend(&mut self, ids: &[u32], mask: impl Iterator<Item = bool>, index: usize) {
+        self.input_ids.extend_from_slice(ids);
+        self.loss_mask.extend(mask);
+        self.position_ids.extend(0..ids.len() as u32);
         self.boundaries.push(self.input_ids.len());
         self.examples.push(index);
     }
 }
 
-/// Best-fit-decreasing packing: examples sorted by length (longest first, ties in input
-/// order) each go into the open bin with the least room that still fits them (the earliest
-/// such bin on ties), or a new bin. Bins come back in the order they were opened. Examples
-/// longer than `max_length` must be truncated first; they get a bin of their own.
-pub fn pack(examples: &[Example], max_length: usize) -> Vec<Pack> {
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(examples[i].len()));
+/// Best-fit-decreasing packing of examples of the given `lengths`: sorted longest first
+/// (ties in input order), each goes into the open bin with the least room that still fits it
+/// (the earliest such bin on ties), or a new bin. Returns each bin's example indices, bins in
+/// the order they were opened. Examples longer than `max_length` must be truncated first;
+/// they get a bin of their own.
+pub fn pack(lengths: &[usize], max_length: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
     // (room left, bin index) of every bin, so the best fit is the first entry >= (len, 0).
     let mut room: BTreeSet<(usize, usize)> = BTreeSet::new();
     let mut bins: Vec<Vec<usize>> = Vec::new();
     for index in order {
-        let len = examples[index].len();
+        let len = lengths[index];
         match room.range((len, 0)..).next().copied() {
             Some((left, bin)) => {
                 room.remove(&(left, bin));
@@ -90,24 +98,15 @@ pub fn pack(examples: &[Example], max_length: usize) -> Vec<Pack> {
             }
         }
     }
-    bins.into_iter()
-        .map(|members| {
-            let mut pack = Pack::default_empty();
-            for index in members {
-                pack.push(&examples[index], index);
-            }
-            pack
-        })
-        .collect()
+    bins
 }
 
-/// Fraction of the `max_length`-token rows that holds real tokens.
-pub fn packing_efficiency(packs: &[Pack], max_length: usize) -> f64 {
-    if packs.is_empty() || max_length == 0 {
+/// Fraction of `rows` rows of `max_length` tokens that `tokens` real tokens fill.
+pub fn packing_efficiency(tokens: usize, rows: usize, max_length: usize) -> f64 {
+    if rows == 0 || max_length == 0 {
         return 0.0;
     }
-    let tokens: usize = packs.iter().map(Pack::len).sum();
-    tokens as f64 / (packs.len() * max_length) as f64
+    tokens as f64 / (rows * max_length) as f64
 }
 
 /// A batch as plain row-major data, ready to become tensors.
@@ -184,52 +183,27 @@ pub fn collate(rows: &[&Pack], pad_id: u32, pad_to_multiple_of: Option<usize>) -
 mod tests {
     use super::*;
 
-    fn examples(lengths: &[usize]) -> Vec<Example> {
-        lengths
-            .iter()
-            .enumerate()
-            .map(|(i, &len)| Example {
-                input_ids: vec![i as u32; len],
-                loss_mask: vec![true; len],
-                line: i + 1,
-            })
-            .collect()
-    }
-
     #[test]
     fn packing_never_splits_an_example_or_overflows() {
-        let examples = examples(&[5, 3, 2, 4, 7, 1, 8, 6]);
-        let packs = pack(&examples, 8);
-        let mut seen: Vec<usize> = packs.iter().flat_map(|p| p.examples.clone()).collect();
+        let lengths = [5, 3, 2, 4, 7, 1, 8, 6];
+        let bins = pack(&lengths, 8);
+        let mut seen: Vec<usize> = bins.concat();
         seen.sort();
         assert_eq!(seen, (0..8).collect::<Vec<_>>());
-        for pack in &packs {
-            assert!(pack.len() <= 8);
-            for (k, &index) in pack.examples.iter().enumerate() {
-                let span = pack.boundaries[k]..pack.boundaries[k + 1];
-                assert!(
-                    pack.input_ids[span.clone()]
-                        .iter()
-                        .all(|&id| id == index as u32)
-                );
-                assert_eq!(
-                    pack.position_ids[span].to_vec(),
-                    (0..examples[index].len() as u32).collect::<Vec<_>>()
-                );
-            }
+        for bin in &bins {
+            assert!(bin.iter().map(|&i| lengths[i]).sum::<usize>() <= 8);
         }
         // 36 tokens in 8-token bins: best fit needs 5 bins.
-        assert_eq!(packs.len(), 5);
+        assert_eq!(bins.len(), 5);
     }
 
     #[test]
     fn best_fit_picks_the_tightest_bin() {
         // Sorted: 6, 5, 3(a), 2, 2. 6 -> bin0 (room 4), 5 -> bin1 (room 5), 3 -> bin0 (room 1)
         // is tighter than bin1, then 2 -> bin1 (room 3), 2 -> bin1 (room 1).
-        let packs = pack(&examples(&[3, 6, 2, 5, 2]), 10);
-        let members: Vec<Vec<usize>> = packs.iter().map(|p| p.examples.clone()).collect();
-        assert_eq!(members, [vec![1, 0], vec![3, 2, 4]]);
-        assert!((packing_efficiency(&packs, 10) - 0.9).abs() < 1e-12);
+        let bins = pack(&[3, 6, 2, 5, 2], 10);
+        assert_eq!(bins, [vec![1, 0], vec![3, 2, 4]]);
+        assert!((packing_efficiency(18, bins.len(), 10) - 0.9).abs() < 1e-12);
     }
 
     #[test]
@@ -246,7 +220,7 @@ mod tests {
             loss_mask: vec![false, true],
             line: 2,
         };
-        let rows = [Pack::single(&a, 0), Pack::single(&b, 1)];
+        let rows = [Pack::single(&a), Pack::single(&b)];
         let batch = collate(&rows.iter().collect::<Vec<_>>(), eos, Some(4));
         assert_eq!(batch.seq_len, 4);
         assert_eq!(batch.input_ids, [10, 11, eos, eos, 12, eos, eos, eos]);

@@ -1,18 +1,25 @@
 //! The whole data pipeline of one dataset: read, render, tokenize, mask, truncate, pack.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use temper_chat::{ChatTemplate, TrainOn};
 
 use crate::dataset::DatasetSpec;
-use crate::error::{Error, Location, Problem, Result};
+use crate::duplicates::{DuplicateFinder, Fingerprint, Repeat};
+use crate::error::{Error, Problem, Result};
 use crate::example::{Example, Truncation, encode_record, truncate};
 use crate::pack::{Pack, pack};
 use crate::records::{
-    FieldNames, Format, OnError, ReadOptions, ReadOutcome, Record, Sample, read_file_into,
+    FieldNames, Format, OnError, ReadOptions, ReadOutcome, Record, Sample, first_record,
+    read_file_each, read_file_into,
 };
+use crate::report::{QualityReport, ReportBuilder, full_text};
+use crate::store::{Examples, Rows};
 use crate::tokenize::Tokenizer;
 
 /// The `[data]` section of a run configuration.
@@ -40,6 +47,9 @@ pub struct DataConfig {
     pub on_error: OnError,
     /// Records and examples to drop (and count) whatever `on_error` says.
     pub drop: Vec<Filter>,
+    /// Reuse (and save) prepared datasets in the prepared-data cache
+    /// ([`crate::cache_dir`]`/prepared`).
+    pub cache: bool,
     /// Special tokens, when the tokenizer files do not say.
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
@@ -59,6 +69,7 @@ impl Default for DataConfig {
             pad_to_multiple_of: None,
             on_error: OnError::Fail,
             drop: Vec::new(),
+            cache: true,
             bos_token: None,
             eos_token: None,
             pad_token: None,
@@ -127,19 +138,22 @@ impl std::str::FromStr for Filter {
     }
 }
 
-/// A prepared dataset: every usable record, its example, and the rows to train on.
+/// A prepared dataset: its examples and the rows to train on; its records and quality report
+/// when [`PrepareOptions`] asks for them.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// The dataset as it was named (its path, and split if one was given).
     pub name: String,
-    /// Records that rendered and tokenized (parallel to `untruncated`).
+    /// Records in the dataset's files, usable or not.
+    pub read: usize,
+    /// With [`PrepareOptions::keep_records`]: the records that rendered and tokenized, and
+    /// their examples before truncation (parallel lists); else empty.
     pub records: Vec<Record>,
-    /// Examples before truncation, parallel to `records`.
     pub untruncated: Vec<Example>,
     /// Examples that survived truncation (what training sees).
-    pub examples: Vec<Example>,
+    pub examples: Examples,
     /// Rows: packs of several examples, or one example each.
-    pub rows: Vec<Pack>,
+    pub rows: Rows,
     /// Records and examples that were dropped, by reason.
     pub skipped: BTreeMap<Problem, usize>,
     pub first_skips: BTreeMap<Problem, String>,
@@ -147,27 +161,80 @@ pub struct Prepared {
     pub packing: bool,
     /// The name of the template used, if any.
     pub template: Option<String>,
+    /// With [`PrepareOptions::report`]: the quality report.
+    pub report: Option<QualityReport>,
+    /// Whether the examples and rows were read from the prepared-data cache.
+    pub from_cache: bool,
 }
 
 impl Prepared {
     pub fn total_tokens(&self) -> usize {
-        self.examples.iter().map(Example::len).sum()
+        self.examples.total_tokens()
     }
 
     pub fn trained_tokens(&self) -> usize {
-        self.examples.iter().map(Example::trained_tokens).sum()
+        self.examples.trained_tokens()
     }
 
     /// Non-padding fraction of the rows at `max_length`.
     pub fn packing_efficiency(&self) -> f64 {
-        crate::pack::packing_efficiency(&self.rows, self.max_length)
+        crate::pack::packing_efficiency(self.total_tokens(), self.rows.len(), self.max_length)
+    }
+
+    /// Row `index` as one sequence (its examples with restarting positions).
+    pub fn row(&self, index: usize) -> Pack {
+        self.rows.row(index, &self.examples)
+    }
+
+    /// The length of row `index`, in tokens.
+    pub fn row_len(&self, index: usize) -> usize {
+        self.rows.len_of(index, &self.examples)
     }
 }
 
-/// Picks the chat template for `records` (see [`DataConfig::template`]): the configured
-/// one; else `alpaca` when every record is an alpaca record; else `own`, the model's own
-/// template (a GGUF's metadata, a model directory's `tokenizer_config.json`); else the
-/// `tokenizer_config.json` beside the tokenizer. `None` when no record needs one.
+/// What [`prepare_with`] keeps beside the examples and rows, where it caches them, and whom
+/// it tells how far it got.
+#[derive(Default)]
+pub struct PrepareOptions<'a> {
+    /// Keep every record and its untruncated example (the evaluator and `data inspect` show
+    /// them; memory grows with the text).
+    pub keep_records: bool,
+    /// Build the quality report while reading.
+    pub report: bool,
+    /// The prepared-data cache: reuse what an earlier run prepared from the same files,
+    /// tokenizer, template and options; save what this one prepares.
+    pub cache: Option<&'a Path>,
+    /// Called after each chunk of records.
+    pub progress: Option<&'a mut dyn FnMut(&Progress)>,
+}
+
+impl std::fmt::Debug for PrepareOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrepareOptions")
+            .field("keep_records", &self.keep_records)
+            .field("report", &self.report)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How far preparing a dataset got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The dataset's name.
+    pub dataset: String,
+    /// Bytes of the dataset's files read so far, and in all.
+    pub bytes: u64,
+    pub total_bytes: u64,
+    /// Examples prepared so far.
+    pub examples: usize,
+}
+
+/// Picks the chat template for `records` (all of a dataset's, or the first of each of its
+/// files; see [`DataConfig::template`]): the configured one; else `alpaca` when every record
+/// is an alpaca record; else `own`, the model's own template (a GGUF's metadata, a model
+/// directory's `tokenizer_config.json`); else the `tokenizer_config.json` beside the
+/// tokenizer. `None` when no record needs one.
 pub fn resolve_template(
     config: &DataConfig,
     tokenizer: &Tokenizer,
@@ -232,32 +299,54 @@ fn with_tokenizer_tokens(template: ChatTemplate, tokenizer: &Tokenizer) -> ChatT
 }
 
 /// Reads, renders, tokenizes (in parallel), truncates and packs a dataset, with the template
-/// [`resolve_template`] picks for it (no model template).
+/// [`template_for`] picks for it (no model template).
 pub fn prepare(
     dataset: &DatasetSpec,
     tokenizer: &Tokenizer,
     config: &DataConfig,
 ) -> Result<Prepared> {
-    let read = read_dataset(dataset, config)?;
-    let template = resolve_template(config, tokenizer, &read.records, None)?;
-    prepare_records(
-        &dataset.to_string(),
-        read,
+    let template = template_for(dataset, config, tokenizer, None)?;
+    prepare_with(
+        dataset,
         template.as_ref(),
         tokenizer,
         config,
+        PrepareOptions::default(),
     )
 }
 
-/// Reads the records of every file of a dataset, in order (the first step of [`prepare`]).
-pub fn read_dataset(dataset: &DatasetSpec, config: &DataConfig) -> Result<ReadOutcome> {
+/// The chat template for `dataset`: [`resolve_template`] over the first usable record of
+/// each of its files (a file's records share a format).
+pub fn template_for(
+    dataset: &DatasetSpec,
+    config: &DataConfig,
+    tokenizer: &Tokenizer,
+    own: Option<ChatTemplate>,
+) -> Result<Option<ChatTemplate>> {
     config.validate()?;
-    let options = ReadOptions {
+    let options = read_options(config);
+    let mut firsts = Vec::new();
+    for file in dataset.files()? {
+        firsts.extend(first_record(&file, &options)?);
+    }
+    resolve_template(config, tokenizer, &firsts, own)
+}
+
+fn read_options(config: &DataConfig) -> ReadOptions {
+    ReadOptions {
         format: config.format,
         fields: config.fields.clone(),
         on_error: config.on_error,
         drop_empty_outputs: config.drop.contains(&Filter::EmptyOutputs),
-    };
+        bytes_read: None,
+    }
+}
+
+/// Reads the records of every file of a dataset, in order, all at once (for small datasets
+/// and tests; [`prepare_with`] streams them).
+pub fn read_dataset(dataset: &DatasetSpec, config: &DataConfig) -> Result<ReadOutcome> {
+    config.validate()?;
+    let options = read_options(config);
     let mut outcome = ReadOutcome::default();
     for file in dataset.files()? {
         read_file_into(&file, &options, &mut outcome)?;
@@ -265,130 +354,230 @@ pub fn read_dataset(dataset: &DatasetSpec, config: &DataConfig) -> Result<ReadOu
     Ok(outcome)
 }
 
-/// Renders with `template`, tokenizes (in parallel), truncates and packs the records `read`
-/// from the dataset `name`.
-pub fn prepare_records(
-    name: &str,
-    read: ReadOutcome,
+/// Records per chunk: read in order, encoded in parallel, then folded into the examples.
+const CHUNK: usize = 16_384;
+
+/// Streams a dataset through the pipeline: reads its files record by record, renders with
+/// `template`, tokenizes a chunk of records at a time in parallel, filters, truncates, and
+/// packs. Only the token arrays stay in memory (and the records, with `keep_records`). With a
+/// cache, a dataset prepared before with the same files, tokenizer, template and options is
+/// memory-mapped instead, and a new one is saved.
+pub fn prepare_with(
+    dataset: &DatasetSpec,
     template: Option<&ChatTemplate>,
     tokenizer: &Tokenizer,
     config: &DataConfig,
+    mut options: PrepareOptions<'_>,
 ) -> Result<Prepared> {
-    let (mut read_records, mut outcome) = (
-        read.records,
-        ReadOutcome {
-            records: Vec::new(),
-            ..read
-        },
-    );
-    let (exact, near) = (
-        config.drop.contains(&Filter::Duplicates),
-        config.drop.contains(&Filter::NearDuplicates),
-    );
-    if exact || near {
-        read_records = drop_duplicates(read_records, exact, near, &mut outcome)?;
+    config.validate()?;
+    let files = dataset.files()?;
+    let cache = match options.cache {
+        Some(root) if !options.keep_records => Some(crate::cache::Entry::new(
+            root, &files, template, tokenizer, config,
+        )?),
+        _ => None,
+    };
+    if let Some(prepared) = cache.as_ref().and_then(|entry| entry.load(options.report)) {
+        return Ok(Prepared {
+            name: dataset.to_string(),
+            ..prepared
+        });
     }
-    let encoded: Vec<Result<Example>> = read_records
-        .par_iter()
-        .map(|record| encode_record(record, template, config.train_on, tokenizer))
-        .collect();
-
-    let truncation = config.effective_truncation();
-    let mut records = Vec::with_capacity(encoded.len());
-    let mut untruncated = Vec::with_capacity(encoded.len());
-    let mut examples = Vec::with_capacity(encoded.len());
-    for (record, example) in read_records.into_iter().zip(encoded) {
-        let example = match example {
-            Ok(example) => example,
-            Err(error) => {
-                outcome.skip_or_fail(error, config.on_error)?;
-                continue;
-            }
-        };
-        match truncate(example.clone(), config.max_length, truncation) {
-            Ok(kept) => examples.push(kept),
-            Err((problem, message)) => {
-                let error = Error::Record {
-                    at: record.at.clone(),
-                    problem,
-                    message,
-                };
-                // Dropping is what `drop` and an untrainable example ask for; `error` stops.
-                let on_error = if truncation == Truncation::Error {
-                    config.on_error
-                } else {
-                    OnError::Skip
-                };
-                outcome.skip_or_fail(error, on_error)?;
-            }
+    let total_bytes = files
+        .iter()
+        .map(|file| std::fs::metadata(file).map_or(0, |m| m.len()))
+        .sum();
+    let bytes_read = Arc::new(AtomicU64::new(0));
+    let read_options = ReadOptions {
+        bytes_read: Some(bytes_read.clone()),
+        ..read_options(config)
+    };
+    let mut builder = Builder::new(template, tokenizer, config, &options);
+    let mut outcome = ReadOutcome::default();
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut done_bytes = 0;
+    let name = dataset.to_string();
+    let mut report_progress = |builder: &Builder<'_>, bytes: u64| {
+        if let Some(progress) = options.progress.as_mut() {
+            progress(&Progress {
+                dataset: name.clone(),
+                bytes,
+                total_bytes,
+                examples: builder.examples.len(),
+            });
         }
-        records.push(record);
-        untruncated.push(example);
+    };
+    for file in &files {
+        bytes_read.store(0, Ordering::Relaxed);
+        read_file_each(file, &read_options, &mut outcome, &mut |record, outcome| {
+            chunk.push(record);
+            if chunk.len() == CHUNK {
+                builder.add(std::mem::take(&mut chunk), outcome)?;
+                report_progress(&builder, done_bytes + bytes_read.load(Ordering::Relaxed));
+            }
+            Ok(())
+        })?;
+        done_bytes += std::fs::metadata(file).map_or(0, |m| m.len());
     }
-    let rows = rows_of(&examples, config);
-    Ok(Prepared {
-        name: name.to_owned(),
-        records,
-        untruncated,
-        examples,
-        rows,
-        skipped: outcome.skipped,
-        first_skips: outcome.first_skips,
-        max_length: config.max_length,
-        packing: config.packing,
-        template: template.map(|t| t.name().to_owned()),
+    builder.add(chunk, &mut outcome)?;
+    report_progress(&builder, done_bytes);
+    let prepared = builder.finish(name, outcome);
+    Ok(match &cache {
+        Some(entry) => entry.save(prepared),
+        None => prepared,
     })
 }
 
-/// `records` without the duplicates `exact` and `near` ask to drop, each counted in
-/// `outcome` with the earlier record it repeats.
-fn drop_duplicates(
+/// The state of [`prepare_with`] between chunks.
+struct Builder<'a> {
+    template: Option<&'a ChatTemplate>,
+    tokenizer: &'a Tokenizer,
+    config: &'a DataConfig,
+    truncation: Truncation,
+    keep_records: bool,
+    drop_exact: bool,
+    drop_near: bool,
+    examples: Examples,
     records: Vec<Record>,
-    exact: bool,
-    near: bool,
-    outcome: &mut ReadOutcome,
-) -> Result<Vec<Record>> {
-    let (exact_of, near_of) = crate::report::duplicates_of(&records);
-    let earlier: Vec<Option<(Problem, Location)>> = exact_of
-        .iter()
-        .zip(&near_of)
-        .map(|(e, n)| match (e, n) {
-            (Some(first), _) if exact => Some((Problem::Duplicate, records[*first].at.clone())),
-            (_, Some(first)) if near => Some((Problem::NearDuplicate, records[*first].at.clone())),
-            _ => None,
-        })
-        .collect();
-    let mut kept = Vec::with_capacity(records.len());
-    for (record, earlier) in records.into_iter().zip(earlier) {
-        match earlier {
-            None => kept.push(record),
-            Some((problem, first)) => {
-                let how = match problem {
-                    Problem::Duplicate => "the same text as",
-                    _ => "nearly the same text as",
-                };
+    untruncated: Vec<Example>,
+    /// When duplicates are dropped or reported.
+    duplicates: Option<DuplicateFinder>,
+    report: Option<ReportBuilder>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(
+        template: Option<&'a ChatTemplate>,
+        tokenizer: &'a Tokenizer,
+        config: &'a DataConfig,
+        options: &PrepareOptions<'_>,
+    ) -> Builder<'a> {
+        let drop_exact = config.drop.contains(&Filter::Duplicates);
+        let drop_near = config.drop.contains(&Filter::NearDuplicates);
+        Builder {
+            template,
+            tokenizer,
+            config,
+            truncation: config.effective_truncation(),
+            keep_records: options.keep_records,
+            drop_exact,
+            drop_near,
+            examples: Examples::default(),
+            records: Vec::new(),
+            untruncated: Vec::new(),
+            duplicates: (drop_exact || drop_near || options.report).then(DuplicateFinder::default),
+            report: options.report.then(ReportBuilder::default),
+        }
+    }
+
+    /// Encodes `chunk` in parallel, then filters, truncates and keeps its examples in order.
+    fn add(&mut self, chunk: Vec<Record>, outcome: &mut ReadOutcome) -> Result<()> {
+        let find_duplicates = self.duplicates.is_some();
+        let (template, train_on, tokenizer) = (self.template, self.config.train_on, self.tokenizer);
+        let encoded: Vec<(Option<Fingerprint>, Result<Example>)> = chunk
+            .par_iter()
+            .map(|record| {
+                let fingerprint =
+                    find_duplicates.then(|| Fingerprint::of(&full_text(&record.sample)));
+                (
+                    fingerprint,
+                    encode_record(record, template, train_on, tokenizer),
+                )
+            })
+            .collect();
+        for (record, (fingerprint, example)) in chunk.into_iter().zip(encoded) {
+            let repeat = match (&mut self.duplicates, &fingerprint) {
+                (Some(finder), Some(fingerprint)) => finder.observe(fingerprint, &record.at),
+                _ => None,
+            };
+            let dropped = match repeat {
+                Some(Repeat::Exact(first)) if self.drop_exact => {
+                    Some((Problem::Duplicate, "the same text as", first))
+                }
+                Some(Repeat::Near(first)) if self.drop_near => {
+                    Some((Problem::NearDuplicate, "nearly the same text as", first))
+                }
+                _ => None,
+            };
+            if let Some((problem, how, first)) = dropped {
+                let first = self
+                    .duplicates
+                    .as_ref()
+                    .map(|finder| finder.location(first).to_string())
+                    .unwrap_or_default();
                 let error = Error::Record {
                     at: record.at,
                     problem,
                     message: format!("{how} {first}"),
                 };
                 outcome.skip_or_fail(error, OnError::Skip)?;
+                continue;
+            }
+            let example = match example {
+                Ok(example) => example,
+                Err(error) => {
+                    outcome.skip_or_fail(error, self.config.on_error)?;
+                    continue;
+                }
+            };
+            if let Some(report) = &mut self.report {
+                report.observe(&record, &example, repeat, self.config.max_length);
+            }
+            let untruncated = self.keep_records.then(|| example.clone());
+            match truncate(example, self.config.max_length, self.truncation) {
+                Ok(kept) => self.examples.push(&kept),
+                Err((problem, message)) => {
+                    let error = Error::Record {
+                        at: record.at.clone(),
+                        problem,
+                        message,
+                    };
+                    // Dropping is what `drop` and an untrainable example ask for; `error` stops.
+                    let on_error = if self.truncation == Truncation::Error {
+                        self.config.on_error
+                    } else {
+                        OnError::Skip
+                    };
+                    outcome.skip_or_fail(error, on_error)?;
+                }
+            }
+            if let Some(untruncated) = untruncated {
+                self.records.push(record);
+                self.untruncated.push(untruncated);
             }
         }
+        Ok(())
     }
-    Ok(kept)
+
+    fn finish(self, name: String, outcome: ReadOutcome) -> Prepared {
+        let rows = rows_of(&self.examples, self.config);
+        let mut prepared = Prepared {
+            name,
+            read: outcome.read,
+            records: self.records,
+            untruncated: self.untruncated,
+            examples: self.examples,
+            rows,
+            skipped: outcome.skipped,
+            first_skips: outcome.first_skips,
+            max_length: self.config.max_length,
+            packing: self.config.packing,
+            template: self.template.map(|t| t.name().to_owned()),
+            report: None,
+            from_cache: false,
+        };
+        prepared.report = self.report.map(|report| report.finish(&prepared));
+        prepared
+    }
 }
 
 /// The rows of `examples`: packs of several (with `packing`), or one example each.
-pub fn rows_of(examples: &[Example], config: &DataConfig) -> Vec<Pack> {
+pub fn rows_of(examples: &Examples, config: &DataConfig) -> Rows {
     if config.packing {
-        pack(examples, config.max_length)
+        let lengths: Vec<usize> = (0..examples.len()).map(|i| examples.len_of(i)).collect();
+        Rows::from_members(pack(&lengths, config.max_length))
     } else {
-        examples
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Pack::single(e, i))
-            .collect()
+        Rows::from_members((0..examples.len()).map(|index| [index]))
     }
 }
 

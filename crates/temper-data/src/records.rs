@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -170,6 +171,8 @@ pub struct Record {
 #[derive(Debug, Clone, Default)]
 pub struct ReadOutcome {
     pub records: Vec<Record>,
+    /// Records seen in the files, usable or not.
+    pub read: usize,
     /// Skipped records by problem (only with [`OnError::Skip`]).
     pub skipped: BTreeMap<Problem, usize>,
     /// The first message of each kind of skip, so a report can show an example.
@@ -206,6 +209,8 @@ pub struct ReadOptions {
     pub on_error: OnError,
     /// Skip (and count) records with an empty response, whatever `on_error` says.
     pub drop_empty_outputs: bool,
+    /// Where to count the bytes read from the file, for a progress bar.
+    pub bytes_read: Option<Arc<AtomicU64>>,
 }
 
 /// Reads the records of one file of any format [`crate::formats`] reads.
@@ -221,21 +226,27 @@ pub(crate) fn read_file_into(
     options: &ReadOptions,
     outcome: &mut ReadOutcome,
 ) -> Result<()> {
+    read_file_each(path, options, outcome, &mut |record, outcome| {
+        outcome.records.push(record);
+        Ok(())
+    })
+}
+
+/// Reads the records of one file, handing each usable one to `each` as it is read and
+/// counting (or failing on) the others in `outcome`; the format is detected per file.
+pub(crate) fn read_file_each(
+    path: &Path,
+    options: &ReadOptions,
+    outcome: &mut ReadOutcome,
+    each: &mut dyn FnMut(Record, &mut ReadOutcome) -> Result<()>,
+) -> Result<()> {
     let file: Arc<Path> = Arc::from(path);
-    let (records_before, skipped_before) = (outcome.records.len(), outcome.skipped_total());
     let mut format = options.format;
-    for item in crate::formats::open(&file)? {
-        let parsed = item.and_then(|(position, value)| {
-            let at = Location::new(&file, position);
-            let format = match format {
-                Some(format) => format,
-                None => *format.insert(detect_format(&at, &value, &options.fields)?),
-            };
-            let sample = parse_record(&at, &value, format, &options.fields)?;
-            Ok(Record { at, format, sample })
-        });
-        match parsed {
-            Ok(record) => outcome.records.push(record),
+    let read_before = outcome.read;
+    for item in crate::formats::open(&file, options.bytes_read.clone())? {
+        outcome.read += 1;
+        match parse_item(item, &file, &mut format, options) {
+            Ok(record) => each(record, outcome)?,
             Err(error) => {
                 let on_error = match error.problem() {
                     Some(Problem::EmptyResponse) if options.drop_empty_outputs => OnError::Skip,
@@ -245,13 +256,45 @@ pub(crate) fn read_file_into(
             }
         }
     }
-    if outcome.records.len() == records_before && outcome.skipped_total() == skipped_before {
+    if outcome.read == read_before {
         return Err(Error::File {
             path: path.to_owned(),
             message: "contains no records".into(),
         });
     }
     Ok(())
+}
+
+/// The first usable record of a file (its records share its format), if it has one.
+pub(crate) fn first_record(path: &Path, options: &ReadOptions) -> Result<Option<Record>> {
+    let file: Arc<Path> = Arc::from(path);
+    let mut format = options.format;
+    for item in crate::formats::open(&file, None)? {
+        match parse_item(item, &file, &mut format, options) {
+            Ok(record) => return Ok(Some(record)),
+            // A bad record is reported when the file is read; a broken file stops here.
+            Err(error) if error.problem().is_some() => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(None)
+}
+
+/// A record from a file's raw item, detecting the file's `format` from its first record.
+fn parse_item(
+    item: crate::formats::RawRecord,
+    file: &Arc<Path>,
+    format: &mut Option<Format>,
+    options: &ReadOptions,
+) -> Result<Record> {
+    let (position, value) = item?;
+    let at = Location::new(file, position);
+    let format = match *format {
+        Some(format) => format,
+        None => *format.insert(detect_format(&at, &value, &options.fields)?),
+    };
+    let sample = parse_record(&at, &value, format, &options.fields)?;
+    Ok(Record { at, format, sample })
 }
 
 /// The format of a file, from the keys of its first record.

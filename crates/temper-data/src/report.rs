@@ -1,17 +1,19 @@
 //! The dataset quality report: what a person should know about a dataset before training on it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 
-use rayon::prelude::*;
-use serde::Serialize;
+use rustc_hash::{FxBuildHasher, FxHashSet};
+use serde::{Deserialize, Serialize};
 use temper_chat::Role;
 
+use crate::duplicates::Repeat;
+use crate::example::Example;
 use crate::pipeline::Prepared;
 use crate::records::{Record, Sample};
 
 /// Summary statistics of a list of lengths.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LengthStats {
     pub min: usize,
     pub mean: f64,
@@ -50,14 +52,14 @@ impl LengthStats {
 }
 
 /// A repeated opening of instructions or outputs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RepeatedPrefix {
     pub prefix: String,
     pub count: usize,
 }
 
 /// Everything the report says.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QualityReport {
     pub file: String,
     /// Usable records by format.
@@ -83,8 +85,8 @@ pub struct QualityReport {
     pub repeated_output_prefixes: Vec<RepeatedPrefix>,
     /// Records identical to an earlier one (same instruction, input and output).
     pub exact_duplicates: usize,
-    /// Records that are not exact duplicates but share at least 80% of their word 3-grams
-    /// with an earlier record (MinHash candidates, verified exactly).
+    /// Records that are not exact duplicates but share about 80% or more of their word
+    /// 3-grams with an earlier record (estimated from 64 MinHash values).
     pub near_duplicates: usize,
     /// Records skipped because the response was empty.
     pub empty_outputs: usize,
@@ -114,7 +116,8 @@ fn instruction_and_output(sample: &Sample) -> (String, String) {
     }
 }
 
-fn full_text(sample: &Sample) -> String {
+/// The whole text of a sample (what duplicates are found in).
+pub(crate) fn full_text(sample: &Sample) -> String {
     match sample {
         Sample::Chat(conversation) => conversation
             .messages
@@ -136,14 +139,8 @@ fn prefix(text: &str, words: usize) -> String {
         .to_lowercase()
 }
 
-fn top_prefixes(texts: &[String], words: usize, limit: usize) -> Vec<RepeatedPrefix> {
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for text in texts {
-        let prefix = prefix(text, words);
-        if !prefix.is_empty() {
-            *counts.entry(prefix).or_default() += 1;
-        }
-    }
+/// The `limit` most frequent prefixes counted more than once.
+fn top_prefixes(counts: HashMap<String, usize>, limit: usize) -> Vec<RepeatedPrefix> {
     let mut repeated: Vec<RepeatedPrefix> = counts
         .into_iter()
         .filter(|(_, count)| *count > 1)
@@ -154,127 +151,74 @@ fn top_prefixes(texts: &[String], words: usize, limit: usize) -> Vec<RepeatedPre
     repeated
 }
 
-fn hash_of(value: impl Hash, seed: u64) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    seed.hash(&mut hasher);
-    value.hash(&mut hasher);
-    hasher.finish()
+/// Words of the prefixes the report counts, and how many prefixes it lists.
+const PREFIX_WORDS: usize = 3;
+const PREFIXES_LISTED: usize = 5;
+
+/// The report, accumulated record by record as a dataset streams past: lengths, counts and
+/// hashes, never the text.
+#[derive(Debug, Default)]
+pub(crate) struct ReportBuilder {
+    records_by_format: BTreeMap<String, usize>,
+    prompt: Vec<usize>,
+    response: Vec<usize>,
+    total: Vec<usize>,
+    over_max_length: usize,
+    instructions: FxHashSet<u64>,
+    with_instruction: usize,
+    instruction_prefixes: HashMap<String, usize>,
+    output_prefixes: HashMap<String, usize>,
+    exact_duplicates: usize,
+    near_duplicates: usize,
 }
 
-/// Word 3-gram shingles of normalised text.
-fn shingles(text: &str) -> HashSet<u64> {
-    let words: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
-    if words.len() < 3 {
-        return std::iter::once(hash_of(&words, 0)).collect();
-    }
-    words.windows(3).map(|w| hash_of(w, 0)).collect()
-}
-
-const MINHASH_BANDS: usize = 16;
-const MINHASH_ROWS: usize = 4;
-const NEAR_DUPLICATE_JACCARD: f64 = 0.8;
-
-/// For each text, the earlier text it nearly duplicates (exact duplicates excluded).
-fn near_duplicates_of(texts: &[String], exact: &[Option<usize>]) -> Vec<Option<usize>> {
-    let sets: Vec<HashSet<u64>> = texts.par_iter().map(|t| shingles(t)).collect();
-    let signatures: Vec<Vec<u64>> = sets
-        .par_iter()
-        .map(|set| {
-            (0..MINHASH_BANDS * MINHASH_ROWS)
-                .map(|k| {
-                    set.iter()
-                        .map(|&s| hash_of(s, k as u64 + 1))
-                        .min()
-                        .unwrap_or(u64::MAX)
-                })
-                .collect()
-        })
-        .collect();
-    // A record is a near duplicate if, in some band, it collides with the first record of
-    // that bucket and their exact Jaccard similarity is high enough.
-    let mut near = vec![None; texts.len()];
-    for band in 0..MINHASH_BANDS {
-        let mut first_in_bucket: HashMap<&[u64], usize> = HashMap::new();
-        for (index, signature) in signatures.iter().enumerate() {
-            let key = &signature[band * MINHASH_ROWS..(band + 1) * MINHASH_ROWS];
-            match first_in_bucket.get(key) {
-                None => {
-                    first_in_bucket.insert(key, index);
-                }
-                Some(&first) if near[index].is_none() && exact[index].is_none() => {
-                    let (a, b) = (&sets[first], &sets[index]);
-                    let shared = a.intersection(b).count();
-                    let jaccard = shared as f64 / (a.len() + b.len() - shared).max(1) as f64;
-                    if jaccard >= NEAR_DUPLICATE_JACCARD {
-                        near[index] = Some(first);
-                    }
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    near
-}
-
-/// For each record, the earlier record it duplicates exactly and the one it nearly
-/// duplicates (>= 80% shared word 3-grams; MinHash candidates, verified exactly).
-pub(crate) fn duplicates_of(records: &[Record]) -> (Vec<Option<usize>>, Vec<Option<usize>>) {
-    let texts: Vec<String> = records.par_iter().map(|r| full_text(&r.sample)).collect();
-    let mut first: HashMap<&str, usize> = HashMap::new();
-    let exact: Vec<Option<usize>> = texts
-        .iter()
-        .enumerate()
-        .map(|(index, text)| match first.entry(text.as_str()) {
-            std::collections::hash_map::Entry::Occupied(earlier) => Some(*earlier.get()),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(index);
-                None
-            }
-        })
-        .collect();
-    let near = near_duplicates_of(&texts, &exact);
-    (exact, near)
-}
-
-impl QualityReport {
-    pub fn build(prepared: &Prepared) -> QualityReport {
-        let mut records_by_format = BTreeMap::new();
-        for record in &prepared.records {
-            *records_by_format
-                .entry(record.format.as_str().to_owned())
-                .or_insert(0) += 1;
-        }
-        let prompt: Vec<usize> = prepared
-            .untruncated
-            .iter()
-            .map(|e| e.len() - e.trained_tokens())
-            .collect();
-        let response: Vec<usize> = prepared
-            .untruncated
-            .iter()
-            .map(|e| e.trained_tokens())
-            .collect();
-        let total: Vec<usize> = prepared.untruncated.iter().map(|e| e.len()).collect();
-
-        let (instructions, outputs): (Vec<String>, Vec<String>) = prepared
-            .records
-            .iter()
-            .map(|r| instruction_and_output(&r.sample))
-            .unzip();
+impl ReportBuilder {
+    /// Counts a usable record, its example before truncation, and what it repeats.
+    pub(crate) fn observe(
+        &mut self,
+        record: &Record,
+        untruncated: &Example,
+        repeat: Option<Repeat>,
+        max_length: usize,
+    ) {
+        *self
+            .records_by_format
+            .entry(record.format.as_str().to_owned())
+            .or_insert(0) += 1;
+        let trained = untruncated.trained_tokens();
+        self.prompt.push(untruncated.len() - trained);
+        self.response.push(trained);
+        self.total.push(untruncated.len());
+        self.over_max_length += usize::from(untruncated.len() > max_length);
+        let (instruction, output) = instruction_and_output(&record.sample);
         // Plain-text records have no instruction; diversity is over the records that do.
-        let with_instruction: Vec<&String> =
-            instructions.iter().filter(|i| !i.is_empty()).collect();
-        let unique_instructions = with_instruction.iter().collect::<HashSet<_>>().len();
-        let (exact, near) = duplicates_of(&prepared.records);
+        if !instruction.is_empty() {
+            self.with_instruction += 1;
+            self.instructions
+                .insert(FxBuildHasher.hash_one(&instruction));
+        }
+        for (text, counts) in [
+            (instruction, &mut self.instruction_prefixes),
+            (output, &mut self.output_prefixes),
+        ] {
+            let prefix = prefix(&text, PREFIX_WORDS);
+            if !prefix.is_empty() {
+                *counts.entry(prefix).or_default() += 1;
+            }
+        }
+        match repeat {
+            Some(Repeat::Exact(_)) => self.exact_duplicates += 1,
+            Some(Repeat::Near(_)) => self.near_duplicates += 1,
+            None => {}
+        }
+    }
 
+    pub(crate) fn finish(self, prepared: &Prepared) -> QualityReport {
         let all_tokens = prepared.total_tokens();
+        let unique_instructions = self.instructions.len();
         QualityReport {
             file: prepared.name.clone(),
-            records_by_format,
+            records_by_format: self.records_by_format,
             skipped: prepared
                 .skipped
                 .iter()
@@ -283,28 +227,25 @@ impl QualityReport {
             examples: prepared.examples.len(),
             template: prepared.template.clone(),
             max_length: prepared.max_length,
-            prompt_tokens: LengthStats::of(&prompt),
-            response_tokens: LengthStats::of(&response),
-            total_tokens: LengthStats::of(&total),
-            over_max_length: total
-                .iter()
-                .filter(|&&len| len > prepared.max_length)
-                .count(),
+            prompt_tokens: LengthStats::of(&self.prompt),
+            response_tokens: LengthStats::of(&self.response),
+            total_tokens: LengthStats::of(&self.total),
+            over_max_length: self.over_max_length,
             trained_token_fraction: if all_tokens == 0 {
                 0.0
             } else {
                 prepared.trained_tokens() as f64 / all_tokens as f64
             },
             unique_instructions,
-            instruction_diversity: if with_instruction.is_empty() {
+            instruction_diversity: if self.with_instruction == 0 {
                 0.0
             } else {
-                unique_instructions as f64 / with_instruction.len() as f64
+                unique_instructions as f64 / self.with_instruction as f64
             },
-            repeated_instruction_prefixes: top_prefixes(&instructions, 3, 5),
-            repeated_output_prefixes: top_prefixes(&outputs, 3, 5),
-            exact_duplicates: exact.iter().flatten().count(),
-            near_duplicates: near.iter().flatten().count(),
+            repeated_instruction_prefixes: top_prefixes(self.instruction_prefixes, PREFIXES_LISTED),
+            repeated_output_prefixes: top_prefixes(self.output_prefixes, PREFIXES_LISTED),
+            exact_duplicates: self.exact_duplicates,
+            near_duplicates: self.near_duplicates,
             empty_outputs: prepared
                 .skipped
                 .get(&crate::error::Problem::EmptyResponse)
@@ -332,34 +273,18 @@ mod tests {
     }
 
     #[test]
-    fn near_duplicates_are_found_and_distinct_texts_are_not() {
-        let base = "the quick brown fox jumps over the lazy dog near the river bank today";
-        let texts = vec![
-            base.to_owned(),
-            format!("{base} again"),
-            "completely different words about sorting numbers in ascending order quickly"
-                .to_owned(),
-            base.to_owned(),
-        ];
-        let exact = [None, None, None, Some(0)];
-        assert_eq!(
-            near_duplicates_of(&texts, &exact),
-            [None, Some(0), None, None]
-        );
-    }
-
-    #[test]
     fn repeated_prefixes_are_counted() {
-        let texts: Vec<String> = [
+        let mut counts = HashMap::new();
+        for text in [
             "Write a poem",
             "write a story",
             "Write a haiku now",
             "Explain this",
-        ]
-        .map(String::from)
-        .to_vec();
+        ] {
+            *counts.entry(prefix(text, 2)).or_default() += 1;
+        }
         assert_eq!(
-            top_prefixes(&texts, 2, 5),
+            top_prefixes(counts, 5),
             [RepeatedPrefix {
                 prefix: "write a".into(),
                 count: 3

@@ -220,6 +220,11 @@ impl Tokenizer {
         Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
     }
 
+    /// The whole tokenizer as JSON (what the prepared-data cache's key hashes).
+    pub(crate) fn definition(&self) -> String {
+        self.inner.to_string(false).unwrap_or_default()
+    }
+
     /// Whether the exact fast byte-level BPE encoder is in use.
     pub fn uses_fast_path(&self) -> bool {
         self.fast.is_some()

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use temper_chat::ChatTemplate;
-use temper_data::{Batch, Pack, Tokenizer, collate};
+use temper_data::{Batch, Pack, PrepareOptions, Tokenizer, collate};
 use temper_lora::LoraConfig;
 use temper_models::CausalLm;
 
@@ -51,18 +51,20 @@ pub(crate) fn held_out(
             merge: None,
         });
     };
-    let read = temper_data::pipeline::read_dataset(dataset, &config.data)?;
-    let records = read.records.len();
-    let eval = temper_data::pipeline::prepare_records(
-        &dataset.to_string(),
-        read,
+    let eval = temper_data::prepare_with(
+        dataset,
         template,
         tokenizer,
         &config.data,
+        PrepareOptions {
+            keep_records: true,
+            ..PrepareOptions::default()
+        },
     )?;
-    crate::run::require_examples(&eval, "held-out", records)?;
+    crate::run::require_examples(&eval, "held-out", eval.read)?;
+    let rows: Vec<Pack> = (0..eval.rows.len()).map(|row| eval.row(row)).collect();
     let batches = batches_of(
-        &eval.rows,
+        &rows,
         config.eval.max_rows,
         config.train.batch_size,
         tokenizer.pad_id,

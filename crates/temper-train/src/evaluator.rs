@@ -366,7 +366,7 @@ fn answer_losses<B: Backend>(
                 loss_mask: case.scored.loss_mask[start..].to_vec(),
                 line: case.scored.line,
             };
-            Pack::single(&end, 0)
+            Pack::single(&end)
         })
         .collect();
     let batch = collate(&rows.iter().collect::<Vec<_>>(), pad_id, None);

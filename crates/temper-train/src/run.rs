@@ -10,7 +10,10 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use temper_chat::ChatTemplate;
-use temper_data::{Batch, Mixture, Pack, Prepared, Sampler, Tokenizer, collate, padded_length};
+use temper_data::{
+    Batch, Mixture, Pack, PrepareOptions, Prepared, Progress, Sampler, Tokenizer, collate,
+    padded_length,
+};
 use temper_lora::ParamCount;
 use temper_models::CausalLm;
 use temper_optim::{AdamW, LrSchedule, lr_at};
@@ -72,6 +75,8 @@ impl std::fmt::Display for EvalPoint {
 pub enum Event {
     /// Something worth a line: data loaded, a checkpoint written, ...
     Message(String),
+    /// A dataset is being prepared (after each chunk of records).
+    Preparing(Progress),
     /// Training starts (or resumes) at `first_step` of `total_steps`.
     Started { first_step: u64, total_steps: u64 },
     /// A step finished.
@@ -296,7 +301,10 @@ fn check_memory<B: Backend>(
     train: &Prepared,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<StepMemory> {
-    let longest = train.rows.iter().map(Pack::len).max().unwrap_or(0);
+    let longest = (0..train.rows.len())
+        .map(|row| train.row_len(row))
+        .max()
+        .unwrap_or(0);
     let batch = MicroBatch {
         rows: config.train.batch_size.min(train.rows.len()),
         length: padded_length(longest, config.data.pad_to_multiple_of),
@@ -366,6 +374,7 @@ fn setup<B: AutodiffBackend>(
         &base,
         &temper_data::dataset::content_identity(&train_files)?,
     );
+    let cache = temper_data::cache_dir();
     let Mixture {
         prepared: train,
         template,
@@ -377,8 +386,13 @@ fn setup<B: AutodiffBackend>(
         &tokenizer,
         own_template,
         config.train.seed,
+        PrepareOptions {
+            cache: cache.as_deref(),
+            progress: Some(&mut |progress: &Progress| on_event(Event::Preparing(progress.clone()))),
+            ..PrepareOptions::default()
+        },
     )?;
-    require_examples(&train, "trainable", train.records.len())?;
+    require_examples(&train, "trainable", train.read)?;
     if shares.len() > 1 {
         for share in &shares {
             on_event(Event::Message(format!(
@@ -624,9 +638,9 @@ fn train<B: AutodiffBackend>(
         let micro_batches: Vec<Batch> = rows
             .chunks(t.batch_size)
             .map(|indices| {
-                let rows: Vec<&Pack> = indices.iter().map(|&i| &run.data.rows[i]).collect();
+                let rows: Vec<Pack> = indices.iter().map(|&i| run.data.row(i)).collect();
                 collate(
-                    &rows,
+                    &rows.iter().collect::<Vec<_>>(),
                     run.tokenizer.pad_id,
                     run.config.data.pad_to_multiple_of,
                 )

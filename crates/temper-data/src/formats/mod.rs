@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
@@ -104,13 +105,35 @@ fn file_error(file: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Opens a dataset file of any supported format and compression.
-pub fn open(file: &Arc<Path>) -> Result<Records> {
+/// A file that counts the bytes read from it, when asked to.
+struct Counted {
+    file: File,
+    bytes_read: Option<Arc<AtomicU64>>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.file.read(buffer)?;
+        if let Some(bytes_read) = &self.bytes_read {
+            bytes_read.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        Ok(read)
+    }
+}
+
+/// Opens a dataset file of any supported format and compression; `bytes_read` (if given)
+/// counts the bytes read from the file as its records are read (an uncompressed Parquet
+/// file, read by position, does not count).
+pub fn open(file: &Arc<Path>, bytes_read: Option<Arc<AtomicU64>>) -> Result<Records> {
     let io = |error| Error::Io {
         path: file.to_path_buf(),
         error,
     };
-    let mut reader = BufReader::with_capacity(1 << 16, File::open(file).map_err(io)?);
+    let counted = Counted {
+        file: File::open(file).map_err(io)?,
+        bytes_read,
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, counted);
     let head = reader.fill_buf().map_err(io)?.to_vec();
     if head.is_empty() {
         return Err(file_error(file, "is empty"));
@@ -126,7 +149,7 @@ pub fn open(file: &Arc<Path>) -> Result<Records> {
     if format == FileFormat::Parquet && compression == Compression::None {
         // Parquet is read from its footer: the file itself, not a stream.
         return Ok(Box::new(arrow::BatchRows::new(
-            arrow::parquet_batches(reader.into_inner(), file)?,
+            arrow::parquet_batches(reader.into_inner().file, file)?,
             file,
         )));
     }
