@@ -3,8 +3,9 @@
 //!
 //! `tokenizers` builds a `NormalizedString` with per-byte alignments for every pre-token and
 //! runs an Oniguruma regex; that, not BPE, dominates its time on SFT data. This path splits
-//! added tokens with Aho-Corasick, pre-tokenizes with the GPT-2 pattern in the `regex` crate
-//! (emulating its one lookahead), and memoises each pre-token's BPE result per thread, calling
+//! added tokens with Aho-Corasick, pre-tokenizes with the GPT-2 pattern (by hand over ASCII,
+//! in the `regex` crate where a non-ASCII character is involved; emulating its one
+//! lookahead), and memoises each pre-token's BPE result per thread, calling
 //! the tokenizer's own BPE model on a miss. It is used only for tokenizers whose configuration
 //! it reproduces exactly (see [`FastByteLevel::for_tokenizer`]); the test
 //! `fast_path_matches_tokenizers` in `tests/pipeline.rs` compares it with `tokenizers` on
@@ -140,11 +141,14 @@ impl FastByteLevel {
         let segment = &text[start..end];
         let mut position = 0;
         while position < segment.len() {
-            let Some(found) = self.split.find_at(segment, position) else {
-                break;
+            let (piece_start, mut piece_end) = match ascii_match_end(segment.as_bytes(), position) {
+                Some(end) => (position, end),
+                None => match self.split.find_at(segment, position) {
+                    Some(found) => (found.start(), found.end()),
+                    None => break,
+                },
             };
-            let mut piece_end = found.end();
-            let piece = found.as_str();
+            let piece = &segment[piece_start..piece_end];
             // `\s+(?!\S)`: a run of whitespace followed by a non-space gives up its last
             // character, which then starts the next pre-token (" word").
             if piece_end < segment.len()
@@ -153,7 +157,6 @@ impl FastByteLevel {
             {
                 piece_end -= piece.chars().next_back().map_or(0, char::len_utf8);
             }
-            let piece_start = found.start();
             let piece = &segment[piece_start..piece_end];
             let base = start + piece_start;
             MEMO.with(|memo| -> tokenizers::Result<()> {
@@ -216,6 +219,69 @@ impl FastByteLevel {
     }
 }
 
+/// Whether `byte` is an ASCII character of Unicode's White_Space (what `\s` matches).
+fn is_ascii_space(byte: u8) -> bool {
+    matches!(byte, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
+}
+
+/// The GPT-2 pattern's classes of ASCII characters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Letter,
+    Number,
+    Space,
+    Other,
+}
+
+fn ascii_class(byte: u8) -> Class {
+    if byte.is_ascii_alphabetic() {
+        Class::Letter
+    } else if byte.is_ascii_digit() {
+        Class::Number
+    } else if is_ascii_space(byte) {
+        Class::Space
+    } else {
+        Class::Other
+    }
+}
+
+/// The end of the match of [`GPT2_PATTERN`] at `position` of `text`, found without the regex
+/// where only ASCII is involved; `None` when a non-ASCII character could change it (the regex
+/// decides those).
+fn ascii_match_end(text: &[u8], position: usize) -> Option<usize> {
+    let first = *text.get(position)?;
+    if !first.is_ascii() {
+        return None;
+    }
+    if first == b'\'' {
+        let rest = &text[position + 1..];
+        let contraction = ["s", "t", "re", "ve", "m", "ll", "d"]
+            .into_iter()
+            .find(|suffix| rest.starts_with(suffix.as_bytes()));
+        if let Some(suffix) = contraction {
+            return Some(position + 1 + suffix.len());
+        }
+    }
+    // ` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+`: a space joins the run after it.
+    let start = match text.get(position + 1) {
+        Some(&next) if first == b' ' && !next.is_ascii() => return None,
+        Some(&next) if first == b' ' && !is_ascii_space(next) => position + 1,
+        _ => position,
+    };
+    let class = ascii_class(text[start]);
+    let mut end = start + 1;
+    while let Some(&byte) = text.get(end) {
+        if !byte.is_ascii() {
+            return None;
+        }
+        if ascii_class(byte) != class {
+            break;
+        }
+        end += 1;
+    }
+    Some(end)
+}
+
 /// GPT-2's reversible map from bytes to printable characters.
 fn byte_to_char() -> [char; 256] {
     let mut table = ['\0'; 256];
@@ -231,4 +297,43 @@ fn byte_to_char() -> [char; 256] {
         };
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ascii_scanner_matches_the_regex() {
+        let pattern = Regex::new(GPT2_PATTERN).unwrap();
+        // Every class and contraction, in a seeded jumble.
+        let alphabet: Vec<&str> = vec![
+            "a", "Z", "q", "0", "7", "'", "s", "t", "re", "ve", "m", "ll", "d", "S", " ", " ",
+            "\n", "\t", "\r", "\u{b}", "\u{c}", "!", ".", ",", "-", "\u{1}", "\u{7f}", "_",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..3000 {
+            let mut text = String::new();
+            for _ in 0..(state % 24) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(alphabet[(state % alphabet.len() as u64) as usize]);
+            }
+            for position in 0..text.len() {
+                let expected = pattern
+                    .find_at(&text, position)
+                    .map(|m| (m.start(), m.end()));
+                assert_eq!(
+                    ascii_match_end(text.as_bytes(), position).map(|end| (position, end)),
+                    expected,
+                    "{text:?} at {position}"
+                );
+            }
+        }
+        // Non-ASCII is left to the regex.
+        assert_eq!(ascii_match_end("caf\u{e9}".as_bytes(), 0), None);
+        assert_eq!(ascii_match_end(" \u{e9}".as_bytes(), 0), None);
+        assert_eq!(ascii_match_end("ab c\u{e9}".as_bytes(), 0), Some(2));
+    }
 }

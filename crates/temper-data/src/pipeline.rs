@@ -1,9 +1,10 @@
 //! The whole data pipeline of one dataset: read, render, tokenize, mask, truncate, pack.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -387,45 +388,128 @@ pub fn prepare_with(
         .iter()
         .map(|file| std::fs::metadata(file).map_or(0, |m| m.len()))
         .sum();
-    let bytes_read = Arc::new(AtomicU64::new(0));
-    let read_options = ReadOptions {
-        bytes_read: Some(bytes_read.clone()),
-        ..read_options(config)
-    };
+    let read_options = read_options(config);
     let mut builder = Builder::new(template, tokenizer, config, &options);
+    // Text has at least about two bytes a token: growing the token arrays by doubling would
+    // copy them and fault their pages in again each time.
+    builder
+        .examples
+        .reserve_tokens(usize::try_from(total_bytes / 2).unwrap_or(0));
+    // Skips of the pipeline after reading (the reader counts its own).
     let mut outcome = ReadOutcome::default();
-    let mut chunk = Vec::with_capacity(CHUNK);
-    let mut done_bytes = 0;
     let name = dataset.to_string();
-    let mut report_progress = |builder: &Builder<'_>, bytes: u64| {
-        if let Some(progress) = options.progress.as_mut() {
-            progress(&Progress {
-                dataset: name.clone(),
-                bytes,
-                total_bytes,
-                examples: builder.examples.len(),
-            });
-        }
-    };
-    for file in &files {
-        bytes_read.store(0, Ordering::Relaxed);
-        read_file_each(file, &read_options, &mut outcome, &mut |record, outcome| {
-            chunk.push(record);
-            if chunk.len() == CHUNK {
-                builder.add(std::mem::take(&mut chunk), outcome)?;
-                report_progress(&builder, done_bytes + bytes_read.load(Ordering::Relaxed));
+    // One thread reads and parses records while the others encode the chunk before.
+    let mut read = std::thread::scope(|scope| -> Result<ReadOutcome> {
+        let (send, chunks) = std::sync::mpsc::sync_channel(2);
+        let reader = scope.spawn(|| read_chunks(&files, read_options, send));
+        let encoder = builder.encoder();
+        // Each chunk is encoded while the one before it is folded into the examples. The loop
+        // ends when the reader is done or fails; returning early drops `chunks`, which stops
+        // the reader at its next chunk.
+        let mut encoded: Option<(Encoded, u64)> = None;
+        for chunk in chunks.into_iter().map(Some).chain([None]) {
+            let (next, folded) = rayon::join(
+                || chunk.map(|(records, bytes)| (encoder.encode(records), bytes)),
+                || match encoded.take() {
+                    Some((chunk, bytes)) => builder.fold(chunk, &mut outcome).map(|()| Some(bytes)),
+                    None => Ok(None),
+                },
+            );
+            if let (Some(bytes), Some(progress)) = (folded?, options.progress.as_mut()) {
+                progress(&Progress {
+                    dataset: name.clone(),
+                    bytes,
+                    total_bytes,
+                    examples: builder.examples.len(),
+                });
             }
-            Ok(())
-        })?;
-        done_bytes += std::fs::metadata(file).map_or(0, |m| m.len());
+            encoded = next;
+        }
+        reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
+    for (problem, count) in outcome.skipped {
+        *read.skipped.entry(problem).or_default() += count;
     }
-    builder.add(chunk, &mut outcome)?;
-    report_progress(&builder, done_bytes);
-    let prepared = builder.finish(name, outcome);
+    for (problem, first) in outcome.first_skips {
+        read.first_skips.entry(problem).or_insert(first);
+    }
+    let prepared = builder.finish(name, read);
     Ok(match &cache {
         Some(entry) => entry.save(prepared),
         None => prepared,
     })
+}
+
+/// Reads the records of `files` in chunks of [`CHUNK`] and sends each with the bytes read so
+/// far; returns the reader's counts (or its first error under `on_error = "fail"`).
+fn read_chunks(
+    files: &[PathBuf],
+    options: ReadOptions,
+    send: SyncSender<(Vec<Record>, u64)>,
+) -> Result<ReadOutcome> {
+    let bytes_read = Arc::new(AtomicU64::new(0));
+    let options = ReadOptions {
+        bytes_read: Some(bytes_read.clone()),
+        ..options
+    };
+    let mut outcome = ReadOutcome::default();
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut done = 0;
+    for file in files {
+        bytes_read.store(0, Ordering::Relaxed);
+        read_file_each(file, &options, &mut outcome, &mut |record, _| {
+            chunk.push(record);
+            if chunk.len() == CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                let bytes = done + bytes_read.load(Ordering::Relaxed);
+                // The pipeline stopped on an error of its own, which is the one reported.
+                send.send((full, bytes)).map_err(|_| Error::Io {
+                    path: file.clone(),
+                    error: std::io::Error::other("the pipeline stopped"),
+                })?;
+            }
+            Ok(())
+        })?;
+        done += std::fs::metadata(file).map_or(0, |m| m.len());
+    }
+    // A pipeline that stopped has its own error to report.
+    let _ = send.send((chunk, done));
+    Ok(outcome)
+}
+
+/// What the encoding of a chunk needs (shared by the threads that encode it).
+#[derive(Clone, Copy)]
+struct Encoder<'a> {
+    template: Option<&'a ChatTemplate>,
+    tokenizer: &'a Tokenizer,
+    train_on: TrainOn,
+    /// Whether duplicates are looked for.
+    fingerprints: bool,
+}
+
+/// A chunk of records with their examples (or why they have none).
+struct Encoded {
+    records: Vec<Record>,
+    examples: Vec<(Option<Fingerprint>, Result<Example>)>,
+}
+
+impl Encoder<'_> {
+    /// Renders and tokenizes `records` in parallel.
+    fn encode(&self, records: Vec<Record>) -> Encoded {
+        let examples = records
+            .par_iter()
+            .map(|record| {
+                let fingerprint = self
+                    .fingerprints
+                    .then(|| Fingerprint::of(&full_text(&record.sample)));
+                let example = encode_record(record, self.template, self.train_on, self.tokenizer);
+                (fingerprint, example)
+            })
+            .collect();
+        Encoded { records, examples }
+    }
 }
 
 /// The state of [`prepare_with`] between chunks.
@@ -470,22 +554,18 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// Encodes `chunk` in parallel, then filters, truncates and keeps its examples in order.
-    fn add(&mut self, chunk: Vec<Record>, outcome: &mut ReadOutcome) -> Result<()> {
-        let find_duplicates = self.duplicates.is_some();
-        let (template, train_on, tokenizer) = (self.template, self.config.train_on, self.tokenizer);
-        let encoded: Vec<(Option<Fingerprint>, Result<Example>)> = chunk
-            .par_iter()
-            .map(|record| {
-                let fingerprint =
-                    find_duplicates.then(|| Fingerprint::of(&full_text(&record.sample)));
-                (
-                    fingerprint,
-                    encode_record(record, template, train_on, tokenizer),
-                )
-            })
-            .collect();
-        for (record, (fingerprint, example)) in chunk.into_iter().zip(encoded) {
+    fn encoder(&self) -> Encoder<'a> {
+        Encoder {
+            template: self.template,
+            tokenizer: self.tokenizer,
+            train_on: self.config.train_on,
+            fingerprints: self.duplicates.is_some(),
+        }
+    }
+
+    /// Filters, truncates and keeps the examples of an encoded chunk, in order.
+    fn fold(&mut self, chunk: Encoded, outcome: &mut ReadOutcome) -> Result<()> {
+        for (record, (fingerprint, example)) in chunk.records.into_iter().zip(chunk.examples) {
             let repeat = match (&mut self.duplicates, &fingerprint) {
                 (Some(finder), Some(fingerprint)) => finder.observe(fingerprint, &record.at),
                 _ => None,

@@ -156,6 +156,13 @@ impl Examples {
         (0..self.len()).map(|index| self.get(index))
     }
 
+    /// Room for `tokens` more tokens without moving the arrays (memory is only touched when
+    /// it is written, so a generous guess costs address space, not memory).
+    pub fn reserve_tokens(&mut self, tokens: usize) {
+        self.ids.to_mut().reserve(tokens);
+        self.mask.to_mut().reserve(tokens);
+    }
+
     pub fn push(&mut self, example: &Example) {
         self.ids.to_mut().extend_from_slice(&example.input_ids);
         self.mask
