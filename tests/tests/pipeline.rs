@@ -67,7 +67,7 @@ fn alpaca_trains_exactly_the_output_and_eos() {
         &tokenizer,
         &config,
         PrepareOptions {
-            keep_records: true,
+            keep_records: usize::MAX,
             ..PrepareOptions::default()
         },
     )

@@ -164,7 +164,7 @@ fn answers_scored_with_their_prompts_have_the_loss_of_a_pass_of_their_own() {
         &smol.tokenizer,
         &config,
         temper_data::PrepareOptions {
-            keep_records: true,
+            keep_records: usize::MAX,
             ..Default::default()
         },
     )

@@ -115,19 +115,34 @@ pub(crate) fn strip_generation_marks(raw: &str) -> Clean {
 pub(crate) fn finalize(raw: &str, bos: Option<&str>, eos: Option<&str>) -> (String, Vec<usize>) {
     let mut text = String::with_capacity(raw.len() + 16);
     let mut offsets = Vec::with_capacity(raw.len() + 1);
-    for ch in raw.chars() {
-        let replacement = match ch {
-            BOS_SENTINEL => bos,
-            EOS_SENTINEL => eos,
-            _ => None,
-        };
+    // Each byte of a character maps to where the character starts.
+    let copy = |run: &str, text: &mut String, offsets: &mut Vec<usize>| {
         let start = text.len();
-        match replacement {
-            Some(replacement) => text.push_str(replacement),
-            None => text.push(ch),
+        text.push_str(run);
+        if run.is_ascii() {
+            offsets.extend(start..text.len());
+        } else {
+            for (at, ch) in run.char_indices() {
+                offsets.extend(std::iter::repeat_n(start + at, ch.len_utf8()));
+            }
         }
-        offsets.extend(std::iter::repeat_n(start, ch.len_utf8()));
+    };
+    let mut rest = raw;
+    while let Some(at) = rest.find([BOS_SENTINEL, EOS_SENTINEL]) {
+        copy(&rest[..at], &mut text, &mut offsets);
+        let sentinel = rest[at..].chars().next().unwrap_or(BOS_SENTINEL);
+        let replacement = if sentinel == BOS_SENTINEL { bos } else { eos };
+        match replacement {
+            Some(replacement) => {
+                let start = text.len();
+                text.push_str(replacement);
+                offsets.extend(std::iter::repeat_n(start, sentinel.len_utf8()));
+            }
+            None => copy(&rest[at..at + sentinel.len_utf8()], &mut text, &mut offsets),
+        }
+        rest = &rest[at + sentinel.len_utf8()..];
     }
+    copy(rest, &mut text, &mut offsets);
     offsets.push(text.len());
     (text, offsets)
 }
@@ -555,6 +570,28 @@ fn span_error(template: &ChatTemplate, index: usize, error: Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finalize_maps_every_byte_to_where_its_character_landed() {
+        let raw = format!("{BOS_SENTINEL}Hé said: «hi»{EOS_SENTINEL}\n{EOS_SENTINEL}");
+        let (text, offsets) = finalize(&raw, Some("<s>"), Some("</s>"));
+        assert_eq!(text, "<s>Hé said: «hi»</s>\n</s>");
+        // Character by character: each byte of a character maps to the character's start.
+        let mut expected = Vec::new();
+        let mut at = 0;
+        for ch in raw.chars() {
+            expected.extend(std::iter::repeat_n(at, ch.len_utf8()));
+            at += match ch {
+                BOS_SENTINEL => 3,
+                EOS_SENTINEL => 4,
+                ch => ch.len_utf8(),
+            };
+        }
+        expected.push(text.len());
+        assert_eq!(offsets, expected);
+        // Without a token to put in, a sentinel stays.
+        assert_eq!(finalize(&raw, None, None).0, raw);
+    }
     use expect_test::{Expect, expect};
 
     /// Renders and shows the text with each span bracketed: `[role+|...|]` for trained spans,

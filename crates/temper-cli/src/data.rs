@@ -196,17 +196,20 @@ fn inspect(input: &InputArgs, count: usize, json: bool) -> Result<()> {
     let (config, tokenizer) = input.load()?;
     let dataset = input.dataset();
     let template = temper_data::template_for(&dataset, &config, &tokenizer, None)?;
+    let mut bar = ProgressShown::new();
     let prepared = prepare_with(
         &dataset,
         template.as_ref(),
         &tokenizer,
         &config,
         PrepareOptions {
-            keep_records: true,
+            keep_records: count,
             report: true,
+            progress: Some(&mut |progress: &Progress| bar.show(progress)),
             ..PrepareOptions::default()
         },
     )?;
+    bar.finish();
     let Some(report) = prepared.report.clone() else {
         bail!("{dataset}: no report was built");
     };
@@ -340,7 +343,7 @@ fn print_report(report: &QualityReport, prepared: &Prepared) {
     println!("file              {}", report.file);
     println!(
         "records           {} ({})",
-        prepared.records.len(),
+        report.records_by_format.values().sum::<usize>(),
         formats.join(", ")
     );
     println!(

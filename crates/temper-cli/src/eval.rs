@@ -132,7 +132,7 @@ fn eval_on<B: Backend>(args: &EvalArgs, model: &ModelArgs, device: &B::Device) -
         tokenizer,
         &config,
         temper_data::PrepareOptions {
-            keep_records: true,
+            keep_records: usize::MAX,
             ..Default::default()
         },
     )?;

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytemuck::Pod;
 use serde::{Deserialize, Serialize};
@@ -180,12 +181,15 @@ impl Entry {
         let Some(parent) = self.dir.parent() else {
             return prepared;
         };
+        // Unique to this save: two runs (or threads) may prepare the same dataset at once.
+        static SAVES: AtomicUsize = AtomicUsize::new(0);
         let temporary = parent.join(format!(
-            ".{}.tmp-{}",
+            ".{}.tmp-{}-{}",
             self.dir
                 .file_name()
                 .map_or_else(Default::default, |n| n.to_string_lossy()),
-            std::process::id()
+            std::process::id(),
+            SAVES.fetch_add(1, Ordering::Relaxed)
         ));
         let written = self.write(&temporary, &prepared).and_then(|()| {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -196,6 +200,10 @@ impl Entry {
         });
         if let Err(error) = written {
             let _ = std::fs::remove_dir_all(&temporary);
+            // Another run that saved the same entry first is no failure.
+            if self.dir.join("header.json").is_file() {
+                return prepared;
+            }
             tracing::warn!("could not save the prepared dataset in the cache: {error}");
         }
         prepared

@@ -250,7 +250,7 @@ pub fn prepare_mixture(
         let dataset = source.dataset();
         let resolved = template_for(&dataset, &config, tokenizer, own.clone())?;
         let part_options = PrepareOptions {
-            keep_records: false,
+            keep_records: 0,
             report: true,
             cache: options.cache.filter(|_| config.cache),
             progress: match &mut options.progress {

@@ -147,8 +147,8 @@ pub struct Prepared {
     pub name: String,
     /// Records in the dataset's files, usable or not.
     pub read: usize,
-    /// With [`PrepareOptions::keep_records`]: the records that rendered and tokenized, and
-    /// their examples before truncation (parallel lists); else empty.
+    /// The first [`PrepareOptions::keep_records`] records that rendered and tokenized, and
+    /// their examples before truncation (parallel lists).
     pub records: Vec<Record>,
     pub untruncated: Vec<Example>,
     /// Examples that survived truncation (what training sees).
@@ -197,9 +197,9 @@ impl Prepared {
 /// it tells how far it got.
 #[derive(Default)]
 pub struct PrepareOptions<'a> {
-    /// Keep every record and its untruncated example (the evaluator and `data inspect` show
-    /// them; memory grows with the text).
-    pub keep_records: bool,
+    /// Keep the first this many records and their untruncated examples (the evaluator and
+    /// `data inspect` show them; memory grows with their text). `usize::MAX` keeps all.
+    pub keep_records: usize,
     /// Build the quality report while reading.
     pub report: bool,
     /// The prepared-data cache: reuse what an earlier run prepared from the same files,
@@ -360,7 +360,7 @@ const CHUNK: usize = 16_384;
 
 /// Streams a dataset through the pipeline: reads its files record by record, renders with
 /// `template`, tokenizes a chunk of records at a time in parallel, filters, truncates, and
-/// packs. Only the token arrays stay in memory (and the records, with `keep_records`). With a
+/// packs. Only the token arrays stay in memory (and the records `keep_records` asks for). With a
 /// cache, a dataset prepared before with the same files, tokenizer, template and options is
 /// memory-mapped instead, and a new one is saved.
 pub fn prepare_with(
@@ -373,7 +373,7 @@ pub fn prepare_with(
     config.validate()?;
     let files = dataset.files()?;
     let cache = match options.cache {
-        Some(root) if !options.keep_records => Some(crate::cache::Entry::new(
+        Some(root) if options.keep_records == 0 => Some(crate::cache::Entry::new(
             root, &files, template, tokenizer, config,
         )?),
         _ => None,
@@ -518,7 +518,7 @@ struct Builder<'a> {
     tokenizer: &'a Tokenizer,
     config: &'a DataConfig,
     truncation: Truncation,
-    keep_records: bool,
+    keep_records: usize,
     drop_exact: bool,
     drop_near: bool,
     examples: Examples,
@@ -603,7 +603,7 @@ impl<'a> Builder<'a> {
             if let Some(report) = &mut self.report {
                 report.observe(&record, &example, repeat, self.config.max_length);
             }
-            let untruncated = self.keep_records.then(|| example.clone());
+            let untruncated = (self.records.len() < self.keep_records).then(|| example.clone());
             match truncate(example, self.config.max_length, self.truncation) {
                 Ok(kept) => self.examples.push(&kept),
                 Err((problem, message)) => {

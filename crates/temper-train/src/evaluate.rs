@@ -57,7 +57,7 @@ pub(crate) fn held_out(
         tokenizer,
         &config.data,
         PrepareOptions {
-            keep_records: true,
+            keep_records: usize::MAX,
             ..PrepareOptions::default()
         },
     )?;
