@@ -202,16 +202,6 @@ impl Examples {
     }
 }
 
-impl FromIterator<Example> for Examples {
-    fn from_iter<I: IntoIterator<Item = Example>>(examples: I) -> Self {
-        let mut all = Examples::default();
-        for example in examples {
-            all.push(&example);
-        }
-        all
-    }
-}
-
 /// The rows to train on: each a list of example indices (several when packed, one when
 /// padded).
 #[derive(Debug, Clone)]
