@@ -417,25 +417,48 @@ pub(crate) fn template_messages(messages: &[Message]) -> Result<Vec<Value>> {
     messages
         .iter()
         .enumerate()
-        .map(|(index, message)| {
-            let json = message.to_template_json();
-            check_reserved(&json, index)?;
-            Ok(Value::from_serialize(&json))
-        })
+        .map(|(index, message)| message_value(message, index))
         .collect()
+}
+
+/// A message as the template value [`Message::to_template_json`] describes, built directly
+/// (it is the hot path of preparing a dataset) unless its reasoning is aliased.
+fn message_value(message: &Message, index: usize) -> Result<Value> {
+    if message.has_reasoning() {
+        let json = message.to_template_json();
+        check_reserved(&json, index)?;
+        return Ok(Value::from_serialize(&json));
+    }
+    let mut entries = Vec::with_capacity(2 + message.extra.len());
+    entries.push(("role", Value::from(message.role.as_str())));
+    if let Some(content) = &message.content {
+        check_reserved_text(content, index)?;
+        entries.push(("content", Value::from(content.as_str())));
+    }
+    for (key, value) in &message.extra {
+        check_reserved(value, index)?;
+        entries.push((key.as_str(), Value::from_serialize(value)));
+    }
+    Ok(entries.into_iter().collect())
+}
+
+fn check_reserved_text(text: &str, index: usize) -> Result<()> {
+    // The reserved code points are U+FDD0..=U+FDD4, encoded as EF B7 90..=94.
+    if !text.as_bytes().contains(&0xEF) {
+        return Ok(());
+    }
+    match text.chars().find(|c| ('\u{FDD0}'..='\u{FDD4}').contains(c)) {
+        Some(c) => Err(Error::ReservedCodePoint {
+            index,
+            code_point: c as u32,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn check_reserved(value: &serde_json::Value, index: usize) -> Result<()> {
     match value {
-        serde_json::Value::String(text) => {
-            match text.chars().find(|c| ('\u{FDD0}'..='\u{FDD4}').contains(c)) {
-                Some(c) => Err(Error::ReservedCodePoint {
-                    index,
-                    code_point: c as u32,
-                }),
-                None => Ok(()),
-            }
-        }
+        serde_json::Value::String(text) => check_reserved_text(text, index),
         serde_json::Value::Array(items) => items
             .iter()
             .try_for_each(|item| check_reserved(item, index)),

@@ -356,7 +356,7 @@ pub fn read_dataset(dataset: &DatasetSpec, config: &DataConfig) -> Result<ReadOu
 }
 
 /// Records per chunk: read in order, encoded in parallel, then folded into the examples.
-const CHUNK: usize = 16_384;
+const CHUNK: usize = 4_096;
 
 /// Streams a dataset through the pipeline: reads its files record by record, renders with
 /// `template`, tokenizes a chunk of records at a time in parallel, filters, truncates, and
