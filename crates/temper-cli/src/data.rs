@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use temper_chat::TrainOn;
+use temper_chat::{ChatTemplate, TrainOn};
 use temper_data::example::render_record;
 use temper_data::{
     DataConfig, DatasetSpec, Filter, Format, OnError, PrepareOptions, Prepared, Progress,
@@ -156,6 +156,31 @@ impl InputArgs {
         self.records.dataset(&self.dataset)
     }
 
+    /// The dataset prepared with its template and `options`, with a progress bar; and the
+    /// template.
+    fn prepare(
+        &self,
+        config: &DataConfig,
+        tokenizer: &Tokenizer,
+        options: PrepareOptions<'_>,
+    ) -> Result<(Prepared, Option<ChatTemplate>)> {
+        let dataset = self.dataset();
+        let template = temper_data::template_for(&dataset, config, tokenizer, None)?;
+        let mut bar = ProgressShown::new();
+        let prepared = prepare_with(
+            &dataset,
+            template.as_ref(),
+            tokenizer,
+            config,
+            PrepareOptions {
+                progress: Some(&mut |progress: &Progress| bar.show(progress)),
+                ..options
+            },
+        );
+        bar.finish();
+        Ok((prepared?, template))
+    }
+
     fn load(&self) -> Result<(DataConfig, Tokenizer)> {
         let config = self.config()?;
         let tokenizer = Tokenizer::from_file(&self.tokenizer, &config.special_token_names())?;
@@ -195,21 +220,12 @@ struct ShownExample {
 fn inspect(input: &InputArgs, count: usize, json: bool) -> Result<()> {
     let (config, tokenizer) = input.load()?;
     let dataset = input.dataset();
-    let template = temper_data::template_for(&dataset, &config, &tokenizer, None)?;
-    let mut bar = ProgressShown::new();
-    let prepared = prepare_with(
-        &dataset,
-        template.as_ref(),
-        &tokenizer,
-        &config,
-        PrepareOptions {
-            keep_records: count,
-            report: true,
-            progress: Some(&mut |progress: &Progress| bar.show(progress)),
-            ..PrepareOptions::default()
-        },
-    )?;
-    bar.finish();
+    let options = PrepareOptions {
+        keep_records: count,
+        report: true,
+        ..PrepareOptions::default()
+    };
+    let (prepared, template) = input.prepare(&config, &tokenizer, options)?;
     let Some(report) = prepared.report.clone() else {
         bail!("{dataset}: no report was built");
     };
@@ -452,23 +468,13 @@ fn prepare_command(
         check_output(output, input, overwrite)?;
     }
     let (config, tokenizer) = input.load()?;
-    let dataset = input.dataset();
     let started = Instant::now();
-    let template = temper_data::template_for(&dataset, &config, &tokenizer, None)?;
     let cache = temper_data::cache_dir().filter(|_| !no_cache);
-    let mut bar = ProgressShown::new();
-    let prepared = prepare_with(
-        &dataset,
-        template.as_ref(),
-        &tokenizer,
-        &config,
-        PrepareOptions {
-            cache: cache.as_deref(),
-            progress: Some(&mut |progress: &Progress| bar.show(progress)),
-            ..PrepareOptions::default()
-        },
-    )?;
-    bar.finish();
+    let options = PrepareOptions {
+        cache: cache.as_deref(),
+        ..PrepareOptions::default()
+    };
+    let (prepared, _) = input.prepare(&config, &tokenizer, options)?;
     let seconds = started.elapsed().as_secs_f64();
     let stats = PrepareStats {
         file: prepared.name.clone(),
