@@ -71,7 +71,7 @@ pub type Fingerprint = BTreeMap<String, String>;
 /// Configuration keys that do not change what a run computes, so a resume may change them.
 /// `max_steps` and `num_train_epochs` are among them: a longer (or shorter, but not
 /// finished) run continues the same steps, with the schedule stretched to the new end.
-const FREE_KEYS: [&str; 11] = [
+const FREE_KEYS: [&str; 12] = [
     "train.output_dir",
     "train.max_steps",
     "train.num_train_epochs",
@@ -80,6 +80,8 @@ const FREE_KEYS: [&str; 11] = [
     "train.save_steps",
     "train.save_total_limit",
     "train.gradient_checkpointing",
+    // The prepared-data cache gives the same examples as preparing them again.
+    "data.cache",
     "dataset.eval",
     "eval",
     "export",
