@@ -185,22 +185,10 @@ impl Message {
     }
 }
 
-/// Where a message may keep its reasoning, in the order transformers looks.
-const REASONING_KEYS: [&str; 3] = ["reasoning_content", "thinking", "reasoning"];
-
-impl Message {
-    /// Whether [`Message::to_template_json`] adds reasoning aliases to this message.
-    pub(crate) fn has_reasoning(&self) -> bool {
-        REASONING_KEYS
-            .iter()
-            .any(|key| self.extra.get(*key).is_some_and(|value| !value.is_null()))
-    }
-}
-
 /// transformers copies a message's reasoning (`reasoning_content`, `thinking` or `reasoning`)
 /// to `thinking` (first) and `reasoning_content` (last), because templates read different names.
 fn alias_reasoning_fields(object: Map<String, Value>) -> Value {
-    let reasoning = REASONING_KEYS
+    let reasoning = ["reasoning_content", "thinking", "reasoning"]
         .into_iter()
         .find_map(|key| object.get(key).filter(|value| !value.is_null()).cloned());
     let Some(reasoning) = reasoning else {

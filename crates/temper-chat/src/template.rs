@@ -417,29 +417,12 @@ pub(crate) fn template_messages(messages: &[Message]) -> Result<Vec<Value>> {
     messages
         .iter()
         .enumerate()
-        .map(|(index, message)| message_value(message, index))
+        .map(|(index, message)| {
+            let json = message.to_template_json();
+            check_reserved(&json, index)?;
+            Ok(Value::from_serialize(&json))
+        })
         .collect()
-}
-
-/// A message as the template value [`Message::to_template_json`] describes, built directly
-/// (it is the hot path of preparing a dataset) unless its reasoning is aliased.
-fn message_value(message: &Message, index: usize) -> Result<Value> {
-    if message.has_reasoning() {
-        let json = message.to_template_json();
-        check_reserved(&json, index)?;
-        return Ok(Value::from_serialize(&json));
-    }
-    let mut entries = Vec::with_capacity(2 + message.extra.len());
-    entries.push(("role", Value::from(message.role.as_str())));
-    if let Some(content) = &message.content {
-        check_reserved_text(content, index)?;
-        entries.push(("content", Value::from(content.as_str())));
-    }
-    for (key, value) in &message.extra {
-        check_reserved(value, index)?;
-        entries.push((key.as_str(), Value::from_serialize(value)));
-    }
-    Ok(entries.into_iter().collect())
 }
 
 fn check_reserved_text(text: &str, index: usize) -> Result<()> {

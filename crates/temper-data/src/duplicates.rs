@@ -42,12 +42,23 @@ pub(crate) enum Repeat {
 }
 
 /// Every record observed so far: its text hash and its MinHash values, bucketed by band.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct DuplicateFinder {
     first_with_text: FxHashMap<u128, u32>,
     first_in_bucket: Vec<FxHashMap<u64, u32>>,
     minhashes: Vec<[u16; HASHES]>,
     locations: Vec<Location>,
+}
+
+impl Default for DuplicateFinder {
+    fn default() -> Self {
+        DuplicateFinder {
+            first_with_text: FxHashMap::default(),
+            first_in_bucket: vec![FxHashMap::default(); BANDS],
+            minhashes: Vec::new(),
+            locations: Vec::new(),
+        }
+    }
 }
 
 impl DuplicateFinder {
@@ -56,9 +67,6 @@ impl DuplicateFinder {
     pub(crate) fn observe(&mut self, fingerprint: &Fingerprint, at: &Location) -> Option<Repeat> {
         let index = self.minhashes.len() as u32;
         self.locations.push(at.clone());
-        if self.first_in_bucket.is_empty() {
-            self.first_in_bucket = vec![FxHashMap::default(); BANDS];
-        }
         self.minhashes.push(fingerprint.minhash);
         let exact = *self
             .first_with_text

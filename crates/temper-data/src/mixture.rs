@@ -13,7 +13,6 @@
 //! weight = 2.0                     # every example twice
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +21,7 @@ use temper_chat::ChatTemplate;
 use crate::dataset::DatasetSpec;
 use crate::error::{Error, Result};
 use crate::pipeline::{DataConfig, PrepareOptions, Prepared, prepare_with, rows_of, template_for};
-use crate::records::{FieldNames, Format};
+use crate::records::{FieldNames, Format, ReadOutcome};
 use crate::report::QualityReport;
 use crate::shuffle::epoch_order;
 use crate::store::Examples;
@@ -300,15 +299,9 @@ pub fn prepare_mixture(
     for share in &mut shares {
         share.trained_token_share = share.trained_tokens as f64 / total_trained.max(1) as f64;
     }
-    let mut skipped = BTreeMap::new();
-    let mut first_skips = BTreeMap::new();
+    let mut skips = ReadOutcome::default();
     for part in &parts {
-        for (problem, count) in &part.skipped {
-            *skipped.entry(*problem).or_default() += count;
-        }
-        for (problem, first) in &part.first_skips {
-            first_skips.entry(*problem).or_insert_with(|| first.clone());
-        }
+        skips.add_skips(&part.skipped, &part.first_skips);
     }
     let prepared = Prepared {
         name: sources_name(sources),
@@ -317,8 +310,8 @@ pub fn prepare_mixture(
         untruncated: Vec::new(),
         rows: rows_of(&examples, data),
         examples,
-        skipped,
-        first_skips,
+        skipped: skips.skipped,
+        first_skips: skips.first_skips,
         max_length: data.max_length,
         packing: data.packing,
         template: parts[0].template.clone(),

@@ -429,12 +429,7 @@ pub fn prepare_with(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
-    for (problem, count) in outcome.skipped {
-        *read.skipped.entry(problem).or_default() += count;
-    }
-    for (problem, first) in outcome.first_skips {
-        read.first_skips.entry(problem).or_insert(first);
-    }
+    read.add_skips(&outcome.skipped, &outcome.first_skips);
     let prepared = builder.finish(name, read);
     Ok(match &cache {
         Some(entry) => entry.save(prepared),

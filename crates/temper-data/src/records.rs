@@ -185,6 +185,22 @@ impl ReadOutcome {
         self.skipped.values().sum()
     }
 
+    /// Adds skip counts made elsewhere (first messages already here stay).
+    pub(crate) fn add_skips(
+        &mut self,
+        skipped: &BTreeMap<Problem, usize>,
+        first_skips: &BTreeMap<Problem, String>,
+    ) {
+        for (problem, count) in skipped {
+            *self.skipped.entry(*problem).or_default() += count;
+        }
+        for (problem, first) in first_skips {
+            self.first_skips
+                .entry(*problem)
+                .or_insert_with(|| first.clone());
+        }
+    }
+
     /// Counts a skipped record (or returns the error under [`OnError::Fail`]).
     pub fn skip_or_fail(&mut self, error: Error, on_error: OnError) -> Result<()> {
         match (on_error, error.problem()) {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use temper_chat::ChatTemplate;
-use temper_data::{Batch, Pack, PrepareOptions, Tokenizer, collate};
+use temper_data::{Batch, Pack, PrepareOptions, Prepared, Tokenizer, collate};
 use temper_lora::LoraConfig;
 use temper_models::CausalLm;
 
@@ -62,9 +62,8 @@ pub(crate) fn held_out(
         },
     )?;
     crate::run::require_examples(&eval, "held-out", eval.read)?;
-    let rows: Vec<Pack> = (0..eval.rows.len()).map(|row| eval.row(row)).collect();
     let batches = batches_of(
-        &rows,
+        &eval,
         config.eval.max_rows,
         config.train.batch_size,
         tokenizer.pad_id,
@@ -102,21 +101,21 @@ pub(crate) fn eval_loss<B: Backend>(
     }))
 }
 
-/// Padded micro-batches of (at most `max_rows` of) `rows`, in order.
+/// Padded micro-batches of (at most `max_rows` of) the rows of `eval`, in order.
 fn batches_of(
-    rows: &[Pack],
+    eval: &Prepared,
     max_rows: usize,
     batch_size: usize,
     pad_id: u32,
     pad_to_multiple_of: Option<usize>,
 ) -> Vec<Batch> {
     let take = if max_rows == 0 {
-        rows.len()
+        eval.rows.len()
     } else {
-        max_rows.min(rows.len())
+        max_rows.min(eval.rows.len())
     };
-    rows[..take]
-        .chunks(batch_size)
+    let rows: Vec<Pack> = (0..take).map(|row| eval.row(row)).collect();
+    rows.chunks(batch_size)
         .map(|chunk| {
             collate(
                 &chunk.iter().collect::<Vec<_>>(),
