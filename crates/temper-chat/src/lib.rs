@@ -24,6 +24,7 @@ pub mod budget;
 mod error;
 mod message;
 mod python;
+mod shape;
 pub mod spans;
 mod template;
 

@@ -20,13 +20,14 @@
 //!   to stop.
 //!
 //! Rendering every prefix would cost a render per message, quadratic in the messages of a
-//! record. So the messages are first located all at once ([`Verbatim`]): one more render with
-//! every content replaced by a sentinel finds each content's bytes, and one render per role with
-//! that role's last message as the conversation's last gives the text the template writes after
-//! such a message. A message ends where the full render stops agreeing with that text, which is
-//! what rendering its prefix would show wherever a template renders the turns of a role alike.
-//! Only messages the template does not render verbatim (a content it rewrites, or none) fall
-//! back to rendering prefixes.
+//! record. So the messages are first located all at once ([`Verbatim`]): a render with every
+//! string of the messages replaced by a marker finds each content's bytes, and one render per
+//! role with that role's last message as the conversation's last gives the text the template
+//! writes after such a message. A message ends where the full render stops agreeing with that
+//! text, which is what rendering its prefix would show wherever a template renders the turns of
+//! a role alike. Those renders depend only on the conversation's shape (`shape`), so records of
+//! one shape share them and cost one render each. Only messages the template does not render
+//! verbatim (a content it rewrites, or none) fall back to rendering prefixes.
 //!
 //! BOS/EOS are rendered as private sentinel characters while spans are located, so a template
 //! that appends `eos_token` only to its last message cannot make two renders agree on a few
@@ -34,13 +35,17 @@
 //! (TRL's `*_training` templates) mark the trained bytes themselves, and those marks are used
 //! for assistant messages instead of the header rule.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::message::{Conversation, Message, Role, TrainOn};
+use crate::shape::{Masked, Probe};
 use crate::template::{
-    BOS_SENTINEL, ChatTemplate, EOS_SENTINEL, GENERATION_END, GENERATION_START, RenderOptions,
-    template_messages,
+    BOS_SENTINEL, CONTENT_SENTINEL, ChatTemplate, EOS_SENTINEL, GENERATION_END, GENERATION_START,
+    RenderOptions, template_json,
 };
 
 /// A rendered conversation: the text and the byte spans that produced it.
@@ -156,10 +161,6 @@ fn common_prefix(a: &str, b: &str) -> usize {
     len
 }
 
-/// Stands in for an assistant message's content while its rendered position is located. A
-/// noncharacter, so it cannot occur in real text (messages containing one are refused).
-const CONTENT_SENTINEL: char = '\u{FDD4}';
-
 pub(crate) fn render_with_spans(
     template: &ChatTemplate,
     conversation: &Conversation,
@@ -194,7 +195,9 @@ fn render_spans_by(
     exact_untrained_spans: bool,
     method: Method,
 ) -> Result<Rendered> {
-    let messages = template_messages(&conversation.messages)?;
+    let json = template_json(&conversation.messages)?;
+    let messages: Vec<minijinja::Value> =
+        json.iter().map(minijinja::Value::from_serialize).collect();
     let n = messages.len();
     let agp = options.add_generation_prompt;
     let render_values =
@@ -209,7 +212,13 @@ fn render_spans_by(
     let full = render(n, agp)?;
     let trained = train_on.trained(&conversation.messages);
     let verbatim = match method {
-        Method::Verbatim => Verbatim::find(conversation, &messages, agp, &full, &render_values),
+        Method::Verbatim => {
+            let masked = Masked::new(&json, conversation, options, agp);
+            let probe = template.probes().get_or_make(&masked.key, || {
+                Probe::render(&masked, conversation, agp, &render_values)
+            });
+            Verbatim::find(conversation, &masked, probe, &full)
+        }
         Method::Prefixes => Verbatim::none(n),
     };
 
@@ -331,18 +340,17 @@ fn render_spans_by(
     Ok(Rendered { text, spans })
 }
 
-type RenderValues<'a> = dyn Fn(&[minijinja::Value], bool) -> Result<Clean> + 'a;
+pub(crate) type RenderValues<'a> = dyn Fn(&[minijinja::Value], bool) -> Result<Clean> + 'a;
 
-/// The messages whose content the template renders verbatim, located with a fixed number of
-/// renders whatever the length of the conversation.
+/// The messages whose content the template renders verbatim, located with the renders of the
+/// conversation's shape ([`Probe`]), whatever the length of the conversation.
 struct Verbatim {
     roles: Vec<Role>,
     /// Each message's content bytes in the full render, where the template writes it as it is
     /// (or trimmed), once, in message order.
     content: Vec<Option<(usize, usize)>>,
-    /// For each role: what the template writes after the content of that role's last message
-    /// when it is rendered as the conversation's last message, without a generation prompt.
-    tails: Vec<(Role, String)>,
+    /// The shape's probe, for what the template writes after each role's last message.
+    probe: Option<Arc<Probe>>,
 }
 
 impl Verbatim {
@@ -350,97 +358,90 @@ impl Verbatim {
         Verbatim {
             roles: Vec::new(),
             content: vec![None; n],
-            tails: Vec::new(),
+            probe: None,
         }
     }
 
-    /// One render with every content replaced by [`CONTENT_SENTINEL`] finds the contents: the
-    /// text between the sentinels must be the full render's, with each message's content (or
-    /// its trimmed content) in place of its sentinel. Anything else locates nothing.
+    /// Locates the contents with the probe of the conversation's shape: the full render must be
+    /// the probe's text with each marker replaced by its string (or the string trimmed).
+    /// Anything else locates nothing; a content the template does not write exactly once is not
+    /// located.
     fn find(
         conversation: &Conversation,
-        values: &[minijinja::Value],
-        add_generation_prompt: bool,
+        masked: &Masked<'_>,
+        probe: Arc<Probe>,
         full: &Clean,
-        render_values: &RenderValues<'_>,
     ) -> Verbatim {
-        let messages = &conversation.messages;
-        let mut found = Verbatim::none(messages.len());
-        let contents: Vec<Option<&str>> = messages
-            .iter()
-            .map(|message| message.content.as_deref().filter(|c| !c.is_empty()))
-            .collect();
-        let probe: Vec<minijinja::Value> = (0..messages.len())
-            .map(|i| match contents[i] {
-                Some(_) => with_sentinel_content(&messages[i]),
-                None => values[i].clone(),
-            })
-            .collect();
-        let Ok(probe) = render_values(&probe, add_generation_prompt) else {
+        let n = conversation.messages.len();
+        let mut found = Verbatim::none(n);
+        let Some((first, parts)) = &probe.parts else {
             return found;
         };
-        let pieces: Vec<&str> = probe.text.split(CONTENT_SENTINEL).collect();
-        let with_content: Vec<usize> = (0..messages.len())
-            .filter(|&i| contents[i].is_some())
-            .collect();
         let text = full.text.as_str();
-        if pieces.len() != with_content.len() + 1 || !text.starts_with(pieces[0]) {
+        if !text.starts_with(first.as_str()) || (parts.is_empty() && text != first) {
             return found;
         }
-        let mut at = pieces[0].len();
-        let mut content = vec![None; messages.len()];
-        for (j, &i) in with_content.iter().enumerate() {
-            let (rest, next) = (&text[at..], pieces[j + 1]);
-            let last = j + 1 == with_content.len();
+        let content_of: HashMap<usize, usize> = (0..n)
+            .filter_map(|i| Some((masked.content[i]?, i)))
+            .collect();
+        let mut content = vec![None; n];
+        let mut written_times = vec![0usize; n];
+        let mut at = first.len();
+        for (j, (marker, next)) in parts.iter().enumerate() {
+            let rest = &text[at..];
+            let last = j + 1 == parts.len();
             let fits = |written: &&str| {
                 rest.starts_with(*written) && {
                     let after = &rest[written.len()..];
                     if last {
                         after == next
                     } else {
-                        after.starts_with(next)
+                        after.starts_with(next.as_str())
                     }
                 }
             };
-            let written = contents[i].unwrap_or_default();
+            let string = masked.strings[*marker];
             let Some(written) = [
-                written,
-                written.trim(),
-                written.trim_start(),
-                written.trim_end(),
+                string,
+                string.trim(),
+                string.trim_start(),
+                string.trim_end(),
             ]
             .into_iter()
             .find(fits) else {
                 return found;
             };
-            content[i] = Some((at, at + written.len()));
+            if let Some(&i) = content_of.get(marker) {
+                written_times[i] += 1;
+                content[i] = Some((at, at + written.len()));
+            }
             at += written.len() + next.len();
         }
-        found.content = content;
-        found.roles = messages.iter().map(|message| message.role).collect();
-        for role in Role::ALL {
-            let Some(last) = with_content
-                .iter()
-                .rev()
-                .find(|&&i| messages[i].role == role)
-            else {
-                continue;
-            };
-            let mut prefix = values[..=*last].to_vec();
-            prefix[*last] = with_sentinel_content(&messages[*last]);
-            let tail = render_values(&prefix, false).ok().and_then(|as_last| {
-                Some(as_last.text[after_only_sentinel(&as_last.text)?..].to_owned())
-            });
-            if let Some(tail) = tail {
-                found.tails.push((role, tail));
+        for (i, times) in written_times.into_iter().enumerate() {
+            if times != 1 {
+                content[i] = None;
             }
         }
+        let mut located = content.iter().flatten();
+        if let Some(mut previous) = located.next() {
+            for range in located {
+                if range.0 < previous.1 {
+                    return found;
+                }
+                previous = range;
+            }
+        }
+        found.content = content;
+        found.roles = conversation.messages.iter().map(|m| m.role).collect();
+        found.probe = Some(probe);
         found
     }
 
     fn tail(&self, i: usize) -> Option<&str> {
         let role = self.roles.get(i)?;
-        self.tails
+        self.probe
+            .as_ref()?
+            .tails
             .iter()
             .find(|(r, _)| r == role)
             .map(|(_, tail)| tail.as_str())
@@ -792,6 +793,50 @@ mod tests {
         let last = &long.spans[long.spans.len() - 1];
         assert_eq!(&long.text[last.start..last.end], "answer 1999<|im_end|>\n");
         assert!(last.trained);
+    }
+
+    #[test]
+    fn conversations_of_one_shape_share_the_renders_that_locate_them() {
+        let template = ChatTemplate::builtin("alpaca")
+            .unwrap()
+            .with_special_tokens(None, Some("</s>".into()));
+        // An alpaca record: the template writes `instruction` and `input`, not the content.
+        let record = |instruction: &str, input: &str, output: &str| {
+            Conversation::new(vec![
+                Message::user(format!("{instruction}\n\n{input}"))
+                    .with_extra("instruction", instruction)
+                    .with_extra("input", input),
+                Message::assistant(output),
+            ])
+        };
+        let renders = |conversation: &Conversation| {
+            let before = crate::template::RENDERS.with(std::cell::Cell::get);
+            let rendered = template
+                .render_for_training(conversation, &RenderOptions::default(), TrainOn::Assistant)
+                .unwrap();
+            let trained: Vec<String> = rendered
+                .trained_ranges()
+                .map(|range| rendered.text[range].to_owned())
+                .collect();
+            (
+                trained,
+                crate::template::RENDERS.with(std::cell::Cell::get) - before,
+            )
+        };
+        let (trained, first) = renders(&record("Add", "1 2", "3"));
+        assert_eq!(trained, ["3</s>"]);
+        assert!(first > 1);
+        // The same shape: only its own render.
+        let (trained, again) = renders(&record("Subtract", "5 4", "1"));
+        assert_eq!((trained, again), (vec!["1</s>".to_owned()], 1));
+        // An empty input is another shape (the template tests it).
+        let (trained, other) = renders(&record("Say hi", "", "Hello"));
+        assert_eq!(trained, ["Hello</s>"]);
+        assert!(other > 1);
+        // The template checks the probe against each render: an output the template would
+        // write otherwise is still located.
+        let (trained, _) = renders(&record("Add", "1 2", " 3 "));
+        assert_eq!(trained, [" 3 </s>"]);
     }
 
     /// Locating verbatim messages must train what rendering every prefix trains, on every

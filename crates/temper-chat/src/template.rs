@@ -9,6 +9,7 @@ use serde_json::Map;
 use crate::error::{Error, Result};
 use crate::message::{Conversation, Message};
 use crate::python;
+use crate::shape::Probes;
 use crate::spans::{self, Rendered};
 
 /// Names and sources of the built-in templates.
@@ -37,6 +38,9 @@ pub(crate) const BOS_SENTINEL: char = '\u{FDD0}';
 pub(crate) const EOS_SENTINEL: char = '\u{FDD1}';
 pub(crate) const GENERATION_START: char = '\u{FDD2}';
 pub(crate) const GENERATION_END: char = '\u{FDD3}';
+/// Stands in for a message's strings while their rendered positions are located (see
+/// `shape`).
+pub(crate) const CONTENT_SENTINEL: char = '\u{FDD4}';
 
 /// The most instructions one render may run. Real chat templates use a few hundred per
 /// message, so this renders conversations of tens of thousands of messages; a template that
@@ -101,6 +105,8 @@ pub struct ChatTemplate {
     has_generation_blocks: bool,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    /// Renders of conversation shapes, shared by clones (which render alike).
+    probes: Probes,
 }
 
 /// Options of one render.
@@ -133,6 +139,7 @@ impl ChatTemplate {
             has_generation_blocks,
             bos_token: None,
             eos_token: None,
+            probes: Probes::default(),
         })
     }
 
@@ -270,11 +277,17 @@ impl ChatTemplate {
     ) -> Self {
         self.bos_token = bos_token;
         self.eos_token = eos_token;
+        // Other special tokens render other text.
+        self.probes = Probes::default();
         self
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub(crate) fn probes(&self) -> &Probes {
+        &self.probes
     }
 
     /// The template source as it was given (before `{% generation %}` is rewritten).
@@ -301,7 +314,10 @@ impl ChatTemplate {
         conversation: &Conversation,
         options: &RenderOptions,
     ) -> Result<String> {
-        let messages = template_messages(&conversation.messages)?;
+        let messages: Vec<Value> = template_json(&conversation.messages)?
+            .iter()
+            .map(Value::from_serialize)
+            .collect();
         let raw = self.render_raw(
             &messages,
             conversation,
@@ -412,15 +428,15 @@ thread_local! {
     pub(crate) static RENDERS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// The messages as template values, after checking that no text contains a sentinel.
-pub(crate) fn template_messages(messages: &[Message]) -> Result<Vec<Value>> {
+/// The messages as the JSON a template sees, after checking that no text contains a sentinel.
+pub(crate) fn template_json(messages: &[Message]) -> Result<Vec<serde_json::Value>> {
     messages
         .iter()
         .enumerate()
         .map(|(index, message)| {
             let json = message.to_template_json();
             check_reserved(&json, index)?;
-            Ok(Value::from_serialize(&json))
+            Ok(json)
         })
         .collect()
 }
