@@ -104,6 +104,8 @@ pub enum Error {
         grad_norm: f64,
         last_checkpoint: Option<PathBuf>,
     },
+    #[error("rank {rank}: {message}")]
+    Collective { rank: usize, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

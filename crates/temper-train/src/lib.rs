@@ -9,6 +9,7 @@ pub mod adapters;
 pub mod answer_metrics;
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 mod error;
 mod evaluate;
 pub mod evaluator;
@@ -23,6 +24,7 @@ pub mod step;
 
 pub use adapters::{apply_peft_adapter, attach_lora, extract_adapter, has_adapters};
 pub use config::RunConfig;
+pub use distributed::Rank;
 pub use error::{Error, Result};
 pub use export::{Exported, export_checkpoint};
 pub use load::{
@@ -32,4 +34,6 @@ pub use loss::{LossSums, Targets, targets};
 pub use metrics::{Metric, loss_plot_svg};
 pub use output::Start;
 pub use run::{EvalPoint, Event, RunSummary, run};
-pub use step::{StepOutcome, evaluate, micro_step, row_losses, train_step};
+pub use step::{
+    StepOutcome, evaluate, micro_step, row_losses, train_step, train_step_data_parallel,
+};

@@ -1,6 +1,8 @@
 //! One optimizer step: forward and backward over the micro-batches of a step with a
 //! token-weighted loss, gradient accumulation, clipping and AdamW.
 
+use std::time::{Duration, Instant};
+
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -9,6 +11,7 @@ use temper_models::fused::grouped_cross_entropy;
 use temper_models::{CausalLm, ModelInput};
 use temper_optim::AdamW;
 
+use crate::distributed::Rank;
 use crate::error::Result;
 
 use crate::loss::{
@@ -26,6 +29,8 @@ pub struct StepOutcome {
     pub trained_tokens: usize,
     /// Every non-padding token of the step's micro-batches.
     pub tokens: usize,
+    /// Time spent in all-reduces (data-parallel steps).
+    pub all_reduce: Duration,
 }
 
 /// Tensors of a batch for the model.
@@ -75,17 +80,8 @@ pub fn train_step<B: AutodiffBackend>(
     max_grad_norm: Option<f64>,
     device: &B::Device,
 ) -> Result<(CausalLm<B>, StepOutcome)> {
-    let trained_tokens: usize = micro_batches.iter().map(|b| targets(b).len()).sum();
-    let tokens = micro_batches.iter().map(Batch::real_tokens).sum();
-    let scale = 1.0 / trained_tokens.max(1) as f64;
-    let mut accumulator = GradientsAccumulator::new();
-    let mut sums = LossSums::default();
-    for batch in micro_batches {
-        let (grads, batch_sums) = micro_step(&model, batch, scale, device)?;
-        accumulator.accumulate(&model, grads);
-        sums.add(batch_sums);
-    }
-    let grads = accumulator.grads();
+    let (trained_tokens, tokens) = step_tokens(micro_batches);
+    let (grads, sums) = accumulate(&model, micro_batches, trained_tokens, device)?;
     let (model, report) = optimizer.step(lr, model, grads, max_grad_norm);
     Ok((
         model,
@@ -94,8 +90,70 @@ pub fn train_step<B: AutodiffBackend>(
             grad_norm: report.grad_norm,
             trained_tokens,
             tokens,
+            all_reduce: Duration::ZERO,
         },
     ))
+}
+
+/// One optimizer step of a data-parallel run: `micro_batches` are this rank's share of the
+/// step's rows. The trained tokens are counted over every rank first, each rank's gradients of
+/// its losses divided by that count are summed over the ranks, and the step (clipping by the
+/// summed gradients' norm, AdamW) is then the same on every rank: the single-process step on
+/// all the ranks' rows. The outcome is the whole step's.
+pub fn train_step_data_parallel<B: AutodiffBackend>(
+    model: CausalLm<B>,
+    optimizer: &mut AdamW<B>,
+    micro_batches: &[Batch],
+    lr: f64,
+    max_grad_norm: Option<f64>,
+    device: &B::Device,
+    rank: &Rank,
+) -> Result<(CausalLm<B>, StepOutcome)> {
+    let started = Instant::now();
+    let (trained_tokens, tokens) = step_tokens(micro_batches);
+    let counts = rank.sum_counts::<B>(&[trained_tokens as u64, tokens as u64], device)?;
+    let counting = started.elapsed();
+    let (trained_tokens, tokens) = (counts[0] as usize, counts[1] as usize);
+    let (grads, sums) = accumulate(&model, micro_batches, trained_tokens, device)?;
+    let (grads, sums, summing) = rank.sum_gradients(&model, grads, sums, device)?;
+    let (model, report) = optimizer.step(lr, model, grads, max_grad_norm);
+    Ok((
+        model,
+        StepOutcome {
+            loss: sums.mean(),
+            grad_norm: report.grad_norm,
+            trained_tokens,
+            tokens,
+            all_reduce: counting + summing,
+        },
+    ))
+}
+
+/// Trained and non-padding tokens of `micro_batches`.
+fn step_tokens(micro_batches: &[Batch]) -> (usize, usize) {
+    (
+        micro_batches.iter().map(|b| targets(b).len()).sum(),
+        micro_batches.iter().map(Batch::real_tokens).sum(),
+    )
+}
+
+/// The summed gradients of `micro_batches`' losses, each divided by `trained_tokens` (the
+/// whole step's), and their loss sums.
+fn accumulate<B: AutodiffBackend>(
+    model: &CausalLm<B>,
+    micro_batches: &[Batch],
+    trained_tokens: usize,
+    device: &B::Device,
+) -> Result<(GradientsParams, LossSums)> {
+    let scale = 1.0 / trained_tokens.max(1) as f64;
+    let mut accumulator = GradientsAccumulator::new();
+    let mut sums = LossSums::default();
+    for batch in micro_batches {
+        let (grads, batch_sums) = micro_step(model, batch, scale, device)?;
+        accumulator.accumulate(model, grads);
+        sums.add(batch_sums);
+    }
+    Ok((accumulator.grads(), sums))
 }
 
 /// Loss sums of `batches` without gradients (evaluation).
