@@ -33,35 +33,41 @@ pub const BUCKET_ELEMENTS: usize = 25 * 1024 * 1024 / 4;
 const COUNT_PIECE_BITS: u32 = 12;
 const COUNT_PIECES: usize = 64 / COUNT_PIECE_BITS as usize + 1;
 
-/// One rank of a data-parallel run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rank {
-    pub rank: usize,
-    pub world_size: usize,
+/// The collective of `world_size` ranks that are threads of this process.
+pub fn local_config(world_size: usize) -> CollectiveConfig {
+    CollectiveConfig::default().with_num_devices(world_size)
 }
 
-impl Rank {
+/// One rank of a data-parallel run, whose collective operations run on backend `B` (an
+/// autodiff backend's inner backend: gradients are reduced outside the graph).
+#[derive(Debug)]
+pub struct Rank<B: Backend> {
+    pub rank: usize,
+    pub world_size: usize,
+    device: B::Device,
+}
+
+impl<B: Backend> Rank<B> {
     /// Joins the collective of `world_size` ranks as `rank` on `device`; blocks until every rank
     /// has joined. Every rank must then issue the same collective operations in the same order.
-    pub fn join<B: Backend>(
+    pub fn join(
         rank: usize,
         world_size: usize,
         device: &B::Device,
         config: CollectiveConfig,
-    ) -> Result<Rank> {
-        let joined = Rank { rank, world_size };
+    ) -> Result<Self> {
+        let joined = Rank {
+            rank,
+            world_size,
+            device: device.clone(),
+        };
         burn_collective::register::<B>(joined.peer(), device.clone(), config)
             .map_err(|error| joined.error("joining", error))?;
         Ok(joined)
     }
 
-    /// The local collective of `world_size` ranks (threads of this process).
-    pub fn local_config(world_size: usize) -> CollectiveConfig {
-        CollectiveConfig::default().with_num_devices(world_size)
-    }
-
     /// Leaves the collective (after the last operation).
-    pub fn leave<B: Backend>(self) -> Result<()> {
+    pub fn leave(self) -> Result<()> {
         burn_collective::finish_collective::<B>(self.peer())
             .map_err(|error| self.error("leaving", error))
     }
@@ -83,7 +89,7 @@ impl Rank {
     }
 
     /// The element-wise sum of `values` over the ranks.
-    pub fn sum<B: Backend>(&self, values: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+    pub fn sum(&self, values: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
         let reduced = burn_collective::all_reduce::<B>(
             self.peer(),
             values.into_primitive().tensor(),
@@ -94,7 +100,7 @@ impl Rank {
     }
 
     /// Exact sums of counts over the ranks (through f32, in pieces of 12 bits).
-    pub fn sum_counts<B: Backend>(&self, counts: &[u64], device: &B::Device) -> Result<Vec<u64>> {
+    pub fn sum_counts(&self, counts: &[u64]) -> Result<Vec<u64>> {
         let mask = (1u64 << COUNT_PIECE_BITS) - 1;
         let pieces: Vec<f32> = counts
             .iter()
@@ -103,7 +109,7 @@ impl Rank {
                     .map(move |k| ((count >> (k as u32 * COUNT_PIECE_BITS)) & mask) as f32)
             })
             .collect();
-        let summed = read_f32(self.sum(floats::<B>(pieces, device))?);
+        let summed = read_f32(self.sum(floats::<B>(pieces, &self.device))?);
         Ok(summed
             .chunks(COUNT_PIECES)
             .map(|pieces| {
@@ -114,18 +120,34 @@ impl Rank {
             .collect())
     }
 
+    /// Whether every rank passed the same `value` (the same answer on every rank).
+    pub fn agree(&self, value: u64) -> Result<bool> {
+        // Bytes of `value` and their squares; they agree when each byte's sums over the ranks
+        // have no variance: n * sum(x^2) == sum(x)^2.
+        let counts: Vec<u64> = value
+            .to_le_bytes()
+            .iter()
+            .flat_map(|&byte| [u64::from(byte), u64::from(byte) * u64::from(byte)])
+            .collect();
+        let summed = self.sum_counts(&counts)?;
+        let n = self.world_size as u64;
+        Ok(summed
+            .chunks(2)
+            .all(|sums| n * sums[1] == sums[0] * sums[0]))
+    }
+
     /// Sums `grads` of `module`'s trainable parameters over the ranks, in buckets of about
     /// [`BUCKET_ELEMENTS`], with the ranks' loss sums. A parameter gets a gradient when any rank
     /// computed one (a rank without rows contributes zeros). Returns the summed gradients, the
     /// summed loss sums and the time spent in all-reduces.
-    pub fn sum_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    pub fn sum_gradients<A: AutodiffBackend<InnerBackend = B>, M: AutodiffModule<A>>(
         &self,
         module: &M,
         mut grads: GradientsParams,
         sums: LossSums,
-        device: &B::Device,
     ) -> Result<(GradientsParams, LossSums, Duration)> {
-        let mut collect = Collect::<B::InnerBackend> {
+        let device = &self.device;
+        let mut collect = Collect::<B> {
             grads: &mut grads,
             params: Vec::new(),
         };
@@ -138,14 +160,14 @@ impl Rank {
             .map(|p| if p.grad.is_some() { 1.0 } else { 0.0 })
             .collect();
         head.extend([sums.nll as f32, sums.tokens as f32, sums.correct as f32]);
-        let head = read_f32(self.sum(floats::<B::InnerBackend>(head, device))?);
+        let head = read_f32(self.sum(floats::<B>(head, device))?);
         let (present, totals) = head.split_at(params.len());
         let sums = LossSums {
             nll: f64::from(totals[0]),
             tokens: totals[1].round() as usize,
             correct: totals[2].round() as usize,
         };
-        let present: Vec<Flat<B::InnerBackend>> = params
+        let present: Vec<Flat<B>> = params
             .into_iter()
             .zip(present)
             .filter(|(_, present)| **present > 0.0)
@@ -153,7 +175,7 @@ impl Rank {
             .collect();
         let mut summed = Vec::with_capacity(present.len());
         for bucket in buckets(&present) {
-            let parts: Vec<Tensor<B::InnerBackend, 1>> = bucket
+            let parts: Vec<Tensor<B, 1>> = bucket
                 .iter()
                 .map(|param| match &param.grad {
                     Some(grad) => grad.clone(),
@@ -168,13 +190,35 @@ impl Rank {
             }
         }
         let took = started.elapsed();
-        let mut register = Register::<B::InnerBackend, _> {
+        let mut register = Register::<B, _> {
             grads: GradientsParams::new(),
             summed: summed.into_iter().peekable(),
         };
         module.visit(&mut register);
         Ok((register.grads, sums, took))
     }
+}
+
+/// A hash of `module`'s trainable weights (their f32 bits, in parameter order): replicas that
+/// stepped identically have the same.
+pub fn trainable_hash<B: Backend, M: Module<B>>(module: &M) -> u64 {
+    struct Hash(u64);
+    impl<B: Backend> ModuleVisitor<B> for Hash {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if !param.is_require_grad() {
+                return;
+            }
+            // FNV-1a over the little-endian bytes.
+            for value in read_f32(param.val().flatten::<1>(0, D - 1)) {
+                for byte in value.to_bits().to_le_bytes() {
+                    self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+                }
+            }
+        }
+    }
+    let mut hash = Hash(0xcbf2_9ce4_8422_2325);
+    module.visit(&mut hash);
+    hash.0
 }
 
 /// A trainable parameter's gradient, flattened.

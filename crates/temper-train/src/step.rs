@@ -107,15 +107,15 @@ pub fn train_step_data_parallel<B: AutodiffBackend>(
     lr: f64,
     max_grad_norm: Option<f64>,
     device: &B::Device,
-    rank: &Rank,
+    rank: &Rank<B::InnerBackend>,
 ) -> Result<(CausalLm<B>, StepOutcome)> {
     let started = Instant::now();
     let (trained_tokens, tokens) = step_tokens(micro_batches);
-    let counts = rank.sum_counts::<B>(&[trained_tokens as u64, tokens as u64], device)?;
+    let counts = rank.sum_counts(&[trained_tokens as u64, tokens as u64])?;
     let counting = started.elapsed();
     let (trained_tokens, tokens) = (counts[0] as usize, counts[1] as usize);
     let (grads, sums) = accumulate(&model, micro_batches, trained_tokens, device)?;
-    let (grads, sums, summing) = rank.sum_gradients(&model, grads, sums, device)?;
+    let (grads, sums, summing) = rank.sum_gradients(&model, grads, sums)?;
     let (model, report) = optimizer.step(lr, model, grads, max_grad_norm);
     Ok((
         model,

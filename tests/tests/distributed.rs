@@ -1,0 +1,216 @@
+//! Data parallelism is the single-process step: 2 ranks (threads on the CPU, joined through
+//! burn-collective) each training on 2 of a step's 4 packed micro-batches give the losses,
+//! gradient norms and final weights of 1 rank training on all 4, for full fine-tuning and
+//! LoRA. The micro-batches are the PyTorch trajectories' (rows of uneven trained-token
+//! counts), so a mean of the ranks' mean losses would differ from the token-weighted loss.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Mutex;
+
+use burn::backend::{Autodiff, Flex};
+use serde_json::Value;
+use temper_data::Batch;
+use temper_models::CausalLm;
+use temper_optim::{AdamW, AdamWConfig};
+use temper_tests::trajectory::{self, full_model, lora_model, weights};
+use temper_train::{Rank, StepOutcome, local_config, trainable_hash};
+
+type A = Autodiff<Flex>;
+
+/// burn-collective keeps one collective per backend type in a process: one test at a time.
+static COLLECTIVE: Mutex<()> = Mutex::new(());
+
+const STEPS: usize = 4;
+const MICRO_BATCHES: usize = 4;
+
+/// The configuration of the trajectories' optimizer and a constant learning rate.
+fn optimizer(reference: &Value) -> AdamW<A> {
+    AdamW::new(AdamWConfig {
+        weight_decay: reference["weight_decay"].as_f64().unwrap(),
+        ..AdamWConfig::default()
+    })
+}
+
+fn steps(reference: &Value) -> Vec<Vec<Batch>> {
+    let batches = trajectory::micro_batches(reference);
+    assert!(batches.len() >= STEPS * MICRO_BATCHES);
+    batches
+        .chunks(MICRO_BATCHES)
+        .take(STEPS)
+        .map(<[Batch]>::to_vec)
+        .collect()
+}
+
+const LEARNING_RATE: f64 = 1e-3;
+const MAX_GRAD_NORM: Option<f64> = Some(1.0);
+
+fn one_rank(reference: &Value, mut model: CausalLm<A>) -> (CausalLm<A>, Vec<StepOutcome>) {
+    let device = Default::default();
+    let mut optimizer = optimizer(reference);
+    let mut log = Vec::new();
+    for batches in steps(reference) {
+        let outcome;
+        (model, outcome) = temper_train::train_step(
+            model,
+            &mut optimizer,
+            &batches,
+            LEARNING_RATE,
+            MAX_GRAD_NORM,
+            &device,
+        )
+        .unwrap();
+        log.push(outcome);
+    }
+    (model, log)
+}
+
+/// Each of `world_size` ranks takes its consecutive share of every step's micro-batches.
+fn ranks(
+    reference: &Value,
+    model: CausalLm<A>,
+    world_size: usize,
+) -> Vec<(CausalLm<A>, Vec<StepOutcome>)> {
+    let _one_at_a_time = COLLECTIVE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let steps = steps(reference);
+    let share = MICRO_BATCHES / world_size;
+    let trained = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..world_size)
+            .map(|r| {
+                // Clones share parameter ids, as the ranks of one process do.
+                let mut model = model.clone();
+                let steps = &steps;
+                scope.spawn(move || {
+                    let device = Default::default();
+                    let rank = Rank::<Flex>::join(r, world_size, &device, local_config(world_size))
+                        .unwrap();
+                    let mut optimizer = optimizer(reference);
+                    let mut log = Vec::new();
+                    for batches in steps {
+                        let outcome;
+                        (model, outcome) = temper_train::train_step_data_parallel(
+                            model,
+                            &mut optimizer,
+                            &batches[r * share..(r + 1) * share],
+                            LEARNING_RATE,
+                            MAX_GRAD_NORM,
+                            &device,
+                            &rank,
+                        )
+                        .unwrap();
+                        log.push(outcome);
+                    }
+                    assert!(rank.agree(trainable_hash(&model)).unwrap());
+                    rank.leave().unwrap();
+                    (model, log)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap())
+            .collect()
+    });
+    burn_collective::reset_collective::<Flex>();
+    trained
+}
+
+fn close(ours: f64, theirs: f64) -> bool {
+    (ours - theirs).abs() <= 1e-5 * theirs.abs().max(1e-8)
+}
+
+fn same_training(reference: &Value, model: CausalLm<A>) {
+    let (single, single_log) = one_rank(reference, model.clone());
+    let expected = weights(&single);
+    for (r, (model, log)) in ranks(reference, model, 2).into_iter().enumerate() {
+        for (step, (ours, theirs)) in log.iter().zip(&single_log).enumerate() {
+            assert_eq!(ours.trained_tokens, theirs.trained_tokens, "step {step}");
+            assert_eq!(ours.tokens, theirs.tokens, "step {step}");
+            assert!(
+                close(ours.loss, theirs.loss),
+                "rank {r} step {step}: loss {} vs {} on one rank",
+                ours.loss,
+                theirs.loss
+            );
+            assert!(
+                close(ours.grad_norm, theirs.grad_norm),
+                "rank {r} step {step}: gradient norm {} vs {} on one rank",
+                ours.grad_norm,
+                theirs.grad_norm
+            );
+        }
+        for ((key, _, ours), (_, _, theirs)) in weights(&model).iter().zip(&expected) {
+            let mut difference = 0.0;
+            for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+                // The key slice of c_attn's bias has a zero gradient in exact arithmetic, so
+                // AdamW turns float rounding noise (which depends on the order of the sums)
+                // into steps of up to the learning rate there.
+                if key.ends_with("attn.c_attn.bias") && (32..64).contains(&i) {
+                    let bound = 2.0 * LEARNING_RATE * STEPS as f64;
+                    assert!(f64::from(a - b).abs() <= bound, "{key}[{i}]: {a} vs {b}");
+                } else {
+                    difference += f64::from(a - b).powi(2);
+                }
+            }
+            let difference = difference.sqrt();
+            let norm: f64 = theirs
+                .iter()
+                .map(|b| f64::from(*b).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                difference <= 1e-5 * norm.max(1e-8),
+                "rank {r}: {key} differs from one rank's by {difference} (norm {norm})"
+            );
+        }
+    }
+}
+
+#[test]
+fn two_ranks_train_full_fine_tuning_as_one_rank_on_the_same_rows() {
+    let reference = trajectory::reference("trajectory_full.json");
+    same_training(&reference, full_model::<A>(&Default::default()));
+}
+
+#[test]
+fn two_ranks_train_lora_as_one_rank_on_the_same_rows() {
+    let reference = trajectory::reference("trajectory_lora.json");
+    same_training(&reference, lora_model::<A>(&Default::default()));
+}
+
+/// The replicas' weight check: every rank learns whether all ranks passed the same value.
+#[test]
+fn ranks_agree_only_on_equal_values() {
+    let _one_at_a_time = COLLECTIVE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let answers: Vec<Vec<bool>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|r| {
+                scope.spawn(move || {
+                    let device = Default::default();
+                    let rank = Rank::<Flex>::join(r, 3, &device, local_config(3)).unwrap();
+                    let hash = 0x0123_4567_89ab_cdef_u64;
+                    let answers = vec![
+                        rank.agree(hash).unwrap(),
+                        // One rank differs in one bit.
+                        rank.agree(if r == 2 { hash ^ 1 << 40 } else { hash })
+                            .unwrap(),
+                        // Different values whose sums equal those of equal ones.
+                        rank.agree([1, 3, 2][r]).unwrap(),
+                    ];
+                    rank.leave().unwrap();
+                    answers
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    burn_collective::reset_collective::<Flex>();
+    assert!(
+        answers.iter().all(|a| *a == [true, false, false]),
+        "{answers:?}"
+    );
+}
