@@ -14,7 +14,7 @@ use temper_data::Batch;
 use temper_models::CausalLm;
 use temper_optim::{AdamW, AdamWConfig};
 use temper_tests::trajectory::{self, full_model, lora_model, weights};
-use temper_train::{Rank, StepOutcome, local_config, trainable_hash};
+use temper_train::{StepOutcome, Topology, trainable_hash};
 
 type A = Autodiff<Flex>;
 
@@ -76,16 +76,19 @@ fn ranks(
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let steps = steps(reference);
     let share = MICRO_BATCHES / world_size;
+    let ranks = Topology::local(world_size)
+        .join::<Flex>(&[Default::default()])
+        .unwrap();
     let trained = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..world_size)
-            .map(|r| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|rank| {
                 // Clones share parameter ids, as the ranks of one process do.
                 let mut model = model.clone();
                 let steps = &steps;
+                let r = rank.rank;
                 scope.spawn(move || {
                     let device = Default::default();
-                    let rank = Rank::<Flex>::join(r, world_size, &device, local_config(world_size))
-                        .unwrap();
                     let mut optimizer = optimizer(reference);
                     let mut log = Vec::new();
                     for batches in steps {
@@ -186,12 +189,13 @@ fn ranks_agree_only_on_equal_values() {
     let _one_at_a_time = COLLECTIVE
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let ranks = Topology::local(3).join::<Flex>(&[Default::default()]).unwrap();
     let answers: Vec<Vec<bool>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..3)
-            .map(|r| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|rank| {
+                let r = rank.rank;
                 scope.spawn(move || {
-                    let device = Default::default();
-                    let rank = Rank::<Flex>::join(r, 3, &device, local_config(3)).unwrap();
                     let hash = 0x0123_4567_89ab_cdef_u64;
                     let answers = vec![
                         rank.agree(hash).unwrap(),

@@ -13,6 +13,8 @@
 //! Summing gradients of losses already divided by the whole step's trained tokens gives the
 //! single-process gradient of the same rows: token-weighted, not a mean of rank means.
 
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
@@ -21,6 +23,7 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+use burn_communication::Address;
 
 use crate::error::{Error, Result};
 use crate::loss::LossSums;
@@ -33,43 +36,250 @@ pub const BUCKET_ELEMENTS: usize = 25 * 1024 * 1024 / 4;
 const COUNT_PIECE_BITS: u32 = 12;
 const COUNT_PIECES: usize = 64 / COUNT_PIECE_BITS as usize + 1;
 
-/// The collective of `world_size` ranks that are threads of this process.
-pub fn local_config(world_size: usize) -> CollectiveConfig {
-    CollectiveConfig::default().with_num_devices(world_size)
+/// Where a data-parallel run's ranks are: `nodes` processes (machines) of the same number of
+/// ranks each, joined through the orchestrator at `coordinator` when there are several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub world_size: usize,
+    pub nodes: usize,
+    /// This process's node, `0..nodes`.
+    pub node_rank: usize,
+    /// `HOST:PORT` of the orchestrator (run by node 0); node `n` serves its part of the
+    /// all-reduces on `PORT + 1 + n`.
+    pub coordinator: String,
+    /// How long a rank waits in a collective operation (joining included) before it gives up.
+    pub timeout: Duration,
 }
 
-/// One rank of a data-parallel run, whose collective operations run on backend `B` (an
-/// autodiff backend's inner backend: gradients are reduced outside the graph).
+impl Topology {
+    /// One process of `world_size` ranks (threads).
+    pub fn local(world_size: usize) -> Topology {
+        Topology {
+            world_size,
+            nodes: 1,
+            node_rank: 0,
+            coordinator: String::new(),
+            timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// Ranks per node.
+    pub fn local_ranks(&self) -> usize {
+        self.world_size / self.nodes.max(1)
+    }
+
+    /// The global ranks of `node`.
+    fn ranks_of(&self, node: usize) -> std::ops::Range<usize> {
+        node * self.local_ranks()..(node + 1) * self.local_ranks()
+    }
+
+    /// burn-collective's configuration for this node.
+    fn config(&self) -> Result<CollectiveConfig> {
+        let config = CollectiveConfig::default().with_num_devices(self.local_ranks());
+        if self.nodes <= 1 {
+            return Ok(config);
+        }
+        let (host, port) = split_address(&self.coordinator)?;
+        let own_port = port + 1 + self.node_rank as u16;
+        let own_host = reachable_ip(&self.coordinator)?;
+        let address = |text: String| Address::from_str(&text).map_err(Error::Collective);
+        Ok(config
+            .with_num_nodes(self.nodes as u32)
+            .with_global_address(address(format!("ws://{host}:{port}"))?)
+            .with_node_address(address(format!("ws://{own_host}:{own_port}"))?)
+            .with_data_service_port(own_port))
+    }
+
+    /// Joins every rank of this node: rank `local` of the node on `devices[local]` (or all on
+    /// `devices[0]`). Blocks until every rank of every node joined, or the timeout.
+    pub fn join<B: Backend>(&self, devices: &[B::Device]) -> Result<Vec<Rank<B>>> {
+        let config = self.config()?;
+        let watch = Arc::new(Watch::new(self.clone()));
+        let ranks: Vec<Rank<B>> = self
+            .ranks_of(self.node_rank)
+            .enumerate()
+            .map(|(local, rank)| {
+                let device = devices.get(local).unwrap_or(&devices[0]).clone();
+                Rank::new(rank, local, device, watch.clone())
+            })
+            .collect();
+        // Every rank's registration blocks until all have joined: each is issued on its own
+        // collective thread, then awaited.
+        let pending: Vec<_> = ranks
+            .iter()
+            .map(|rank| {
+                let (peer, device, config) = (rank.peer(), rank.device.clone(), config.clone());
+                rank.submit(move || burn_collective::register::<B>(peer, device, config))
+            })
+            .collect::<Result<_>>()?;
+        for (rank, pending) in ranks.iter().zip(pending) {
+            rank.wait("joining", pending)?;
+        }
+        Ok(ranks)
+    }
+}
+
+/// `HOST:PORT`, split.
+fn split_address(address: &str) -> Result<(&str, u16)> {
+    address
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse().ok()?)))
+        .filter(|(host, _)| !host.is_empty())
+        .ok_or_else(|| Error::Collective(format!("coordinator `{address}`: expected HOST:PORT")))
+}
+
+/// This machine's address on the route to `coordinator` (what other nodes reach it at).
+fn reachable_ip(coordinator: &str) -> Result<std::net::IpAddr> {
+    let unreachable = |error: std::io::Error| {
+        Error::Collective(format!("coordinator `{coordinator}` cannot be reached: {error}"))
+    };
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(unreachable)?;
+    socket.connect(coordinator).map_err(unreachable)?;
+    Ok(socket.local_addr().map_err(unreachable)?.ip())
+}
+
+/// Runs the orchestrator that joins the nodes of a multi-node run on `port` (node 0 runs it);
+/// returns when the process is interrupted.
+pub fn orchestrate(port: u16) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Error::Collective(format!("the orchestrator's runtime: {error}")))?;
+    runtime.block_on(burn_collective::start_global_orchestrator(port));
+    Ok(())
+}
+
+/// What the ranks of one process know of each other: when each entered the collective
+/// operation it waits in, and why a rank stopped.
 #[derive(Debug)]
+struct Watch {
+    topology: Topology,
+    ranks: Mutex<Vec<RankState>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct RankState {
+    waiting_since: Option<Instant>,
+    stopped: Option<String>,
+}
+
+impl Watch {
+    fn new(topology: Topology) -> Watch {
+        let ranks = vec![RankState::default(); topology.local_ranks()];
+        Watch {
+            topology,
+            ranks: Mutex::new(ranks),
+        }
+    }
+
+    fn update(&self, local: usize, change: impl FnOnce(&mut RankState)) {
+        let mut ranks = self.ranks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(state) = ranks.get_mut(local) {
+            change(state);
+        }
+    }
+
+    /// Another local rank that stopped, and why.
+    fn stopped_other(&self, local: usize) -> Option<(usize, String)> {
+        let ranks = self.ranks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ranks.iter().enumerate().find_map(|(other, state)| {
+            (other != local)
+                .then(|| state.stopped.clone())
+                .flatten()
+                .map(|why| (self.topology.ranks_of(self.topology.node_rank).start + other, why))
+        })
+    }
+
+    /// Who rank `local` has been waiting for, when it gave up: the ranks of this node that
+    /// are not waiting with it, else the other nodes' ranks.
+    fn missing(&self, local: usize) -> String {
+        let topology = &self.topology;
+        let first = topology.ranks_of(topology.node_rank).start;
+        let ranks = self.ranks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let absent: Vec<String> = ranks
+            .iter()
+            .enumerate()
+            .filter(|(other, state)| *other != local && state.waiting_since.is_none())
+            .map(|(other, _)| (first + other).to_string())
+            .collect();
+        if !absent.is_empty() {
+            return format!("rank {} of this node", absent.join(", rank "));
+        }
+        let others: Vec<String> = (0..topology.nodes)
+            .filter(|&node| node != topology.node_rank)
+            .map(|node| {
+                let ranks = topology.ranks_of(node);
+                format!("ranks {}-{} (node {node})", ranks.start, ranks.end - 1)
+            })
+            .collect();
+        format!(
+            "{}, which stopped or cannot be reached",
+            others.join(", ")
+        )
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A collective operation submitted to a rank's collective thread.
+struct Pending<T>(mpsc::Receiver<T>);
+
+/// How often a waiting rank looks at the others.
+const POLL: Duration = Duration::from_millis(50);
+
+/// One rank of a data-parallel run, whose collective operations run on backend `B` (an
+/// autodiff backend's inner backend: gradients are reduced outside the graph). Its operations
+/// run on a thread of their own and are awaited with the topology's timeout, so a rank that
+/// stops (here or on another node) stops the others with an error that names it.
 pub struct Rank<B: Backend> {
     pub rank: usize,
     pub world_size: usize,
+    local: usize,
     device: B::Device,
+    watch: Arc<Watch>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl<B: Backend> std::fmt::Debug for Rank<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rank {} of {}", self.rank, self.world_size)
+    }
 }
 
 impl<B: Backend> Rank<B> {
-    /// Joins the collective of `world_size` ranks as `rank` on `device`; blocks until every rank
-    /// has joined. Every rank must then issue the same collective operations in the same order.
-    pub fn join(
-        rank: usize,
-        world_size: usize,
-        device: &B::Device,
-        config: CollectiveConfig,
-    ) -> Result<Self> {
-        let joined = Rank {
+    fn new(rank: usize, local: usize, device: B::Device, watch: Arc<Watch>) -> Self {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        // A job that never returns (a peer vanished) keeps this thread; the rank gives up
+        // waiting for it after the timeout.
+        let _detached = std::thread::Builder::new()
+            .name(format!("collective-{rank}"))
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            });
+        Rank {
             rank,
-            world_size,
-            device: device.clone(),
-        };
-        burn_collective::register::<B>(joined.peer(), device.clone(), config)
-            .map_err(|error| joined.error("joining", error))?;
-        Ok(joined)
+            world_size: watch.topology.world_size,
+            local,
+            device,
+            watch,
+            jobs,
+        }
     }
 
     /// Leaves the collective (after the last operation).
     pub fn leave(self) -> Result<()> {
-        burn_collective::finish_collective::<B>(self.peer())
-            .map_err(|error| self.error("leaving", error))
+        let peer = self.peer();
+        let pending = self.submit(move || burn_collective::finish_collective::<B>(peer))?;
+        self.wait("leaving", pending)
+    }
+
+    /// Marks this rank as stopped (`why`): the other ranks of this process give up waiting
+    /// for it at once.
+    pub fn stop(&self, why: &str) {
+        self.watch
+            .update(self.local, |state| state.stopped = Some(why.to_owned()));
     }
 
     /// Whether this rank writes the run's files.
@@ -77,25 +287,84 @@ impl<B: Backend> Rank<B> {
         self.rank == 0
     }
 
+    /// The device this rank computes on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
     fn peer(&self) -> PeerId {
         PeerId(self.rank as u32)
     }
 
-    fn error(&self, doing: &str, error: impl std::fmt::Debug) -> Error {
-        Error::Collective {
-            rank: self.rank,
-            message: format!("{doing}: {error:?}"),
-        }
+    fn submit<T: Send + 'static>(&self, operation: impl FnOnce() -> T + Send + 'static) -> Result<Pending<T>> {
+        let (done, result) = mpsc::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = done.send(operation());
+            }))
+            .map_err(|_| Error::Collective(format!("rank {}: its collective thread is gone", self.rank)))?;
+        Ok(Pending(result))
+    }
+
+    /// Waits for a submitted operation, giving up when another local rank stopped or the
+    /// timeout passed.
+    fn wait<E: std::fmt::Debug>(
+        &self,
+        doing: &str,
+        pending: Pending<std::result::Result<(), E>>,
+    ) -> Result<()> {
+        self.wait_for(doing, pending)?
+            .map_err(|error| Error::Collective(format!("rank {} {doing}: {error:?}", self.rank)))
+    }
+
+    fn wait_for<T>(&self, doing: &str, pending: Pending<T>) -> Result<T> {
+        let started = Instant::now();
+        self.watch
+            .update(self.local, |state| state.waiting_since = Some(started));
+        let outcome = loop {
+            if let Some((rank, why)) = self.watch.stopped_other(self.local) {
+                break Err(Error::Collective(format!("rank {rank} stopped: {why}")));
+            }
+            match pending.0.recv_timeout(POLL) {
+                Ok(value) => break Ok(value),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let timeout = self.watch.topology.timeout;
+                    if started.elapsed() >= timeout {
+                        break Err(Error::Collective(format!(
+                            "rank {} waited {} s {doing} for {}",
+                            self.rank,
+                            timeout.as_secs(),
+                            self.watch.missing(self.local)
+                        )));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break Err(Error::Collective(format!(
+                        "rank {} {doing}: the collective failed (a peer's connection was lost: {})",
+                        self.rank,
+                        self.watch.missing(self.local)
+                    )));
+                }
+            }
+        };
+        self.watch
+            .update(self.local, |state| state.waiting_since = None);
+        outcome
     }
 
     /// The element-wise sum of `values` over the ranks.
     pub fn sum(&self, values: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
-        let reduced = burn_collective::all_reduce::<B>(
-            self.peer(),
-            values.into_primitive().tensor(),
-            ReduceOperation::Sum,
-        )
-        .map_err(|error| self.error("all-reduce", error))?;
+        let (peer, primitive) = (self.peer(), values.into_primitive().tensor());
+        let pending = self.submit(move || {
+            burn_collective::all_reduce::<B>(peer, primitive, ReduceOperation::Sum)
+        })?;
+        let reduced = self.wait_for("in an all-reduce", pending)?.map_err(|error| {
+            Error::Collective(format!(
+                "rank {} in an all-reduce: {error:?} (waiting for {})",
+                self.rank,
+                self.watch.missing(self.local)
+            ))
+        })?;
         Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
     }
 

@@ -104,8 +104,9 @@ pub enum Error {
         grad_norm: f64,
         last_checkpoint: Option<PathBuf>,
     },
-    #[error("rank {rank}: {message}")]
-    Collective { rank: usize, message: String },
+    /// A data-parallel run's collective failed (the message names the rank).
+    #[error("data parallelism: {0}")]
+    Collective(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

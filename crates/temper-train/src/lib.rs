@@ -24,7 +24,7 @@ pub mod step;
 
 pub use adapters::{apply_peft_adapter, attach_lora, extract_adapter, has_adapters};
 pub use config::RunConfig;
-pub use distributed::{Rank, local_config, trainable_hash};
+pub use distributed::{Rank, Topology, orchestrate, trainable_hash};
 pub use error::{Error, Result};
 pub use export::{Exported, export_checkpoint};
 pub use load::{
