@@ -41,3 +41,54 @@ pub fn asset(relative: &str) -> PathBuf {
     );
     path
 }
+
+/// A fresh scratch directory for test `name` (removed if an earlier run left it).
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("temper-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The tiny recipe (`configs/tiny-smoke.toml`) writing to `output_dir`, with `extra`
+/// overrides (`key=value`), its paths made absolute.
+pub fn tiny(output_dir: &Path, extra: &[String]) -> temper_train::RunConfig {
+    let mut overrides = vec![
+        format!("model.tokenizer={}", asset("gpt2/tokenizer.json").display()),
+        format!("train.output_dir={}", output_dir.display()),
+    ];
+    overrides.extend_from_slice(extra);
+    let mut config =
+        temper_train::RunConfig::load(&root().join("configs/tiny-smoke.toml"), &overrides)
+            .expect("the tiny recipe loads");
+    // Paths in the recipe are relative to the repository root.
+    for path in [&mut config.model.path, &mut config.dataset.train[0].path] {
+        *path = root().join(&*path);
+    }
+    if let Some(eval) = &mut config.dataset.eval {
+        eval.path = root().join(&eval.path);
+    }
+    config
+}
+
+/// The lines of a run's `metrics.jsonl`.
+pub fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a metrics line"))
+        .collect()
+}
+
+/// Copies the directory tree `from` to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("a directory");
+    for entry in std::fs::read_dir(from).expect("a readable directory") {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("a copied file");
+        }
+    }
+}

@@ -14,7 +14,8 @@ use temper_data::Batch;
 use temper_models::CausalLm;
 use temper_optim::{AdamW, AdamWConfig};
 use temper_tests::trajectory::{self, full_model, lora_model, weights};
-use temper_train::{StepOutcome, Topology, trainable_hash};
+use temper_tests::{copy_dir, metrics, scratch, tiny};
+use temper_train::{Start, StepOutcome, Topology, checkpoint, trainable_hash};
 
 type A = Autodiff<Flex>;
 
@@ -189,7 +190,9 @@ fn ranks_agree_only_on_equal_values() {
     let _one_at_a_time = COLLECTIVE
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let ranks = Topology::local(3).join::<Flex>(&[Default::default()]).unwrap();
+    let ranks = Topology::local(3)
+        .join::<Flex>(&[Default::default()])
+        .unwrap();
     let answers: Vec<Vec<bool>> = std::thread::scope(|scope| {
         let handles: Vec<_> = ranks
             .into_iter()
@@ -217,4 +220,95 @@ fn ranks_agree_only_on_equal_values() {
         answers.iter().all(|a| *a == [true, false, false]),
         "{answers:?}"
     );
+}
+
+/// The train lines of a run's metrics: (loss, gradient norm, trained tokens).
+fn trajectory(dir: &std::path::Path) -> Vec<(f64, f64, u64)> {
+    metrics(dir)
+        .iter()
+        .filter(|line| line["kind"] == "train")
+        .map(|line| {
+            (
+                line["loss"].as_f64().unwrap(),
+                line["grad_norm"].as_f64().unwrap(),
+                line["trained_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The tiny recipe (LoRA, packing) over 8 rows a step: 1 rank of 4 micro-batches, or 2 ranks
+/// of 2. Dropout is off: ranks draw their own masks.
+fn tiny_run(
+    dir: &std::path::Path,
+    world_size: usize,
+    start: Start<'_>,
+) -> temper_train::Result<()> {
+    let accumulation = 4 / world_size;
+    let config = tiny(
+        dir,
+        &[
+            format!("distributed.world_size={world_size}"),
+            format!("train.gradient_accumulation_steps={accumulation}"),
+            "lora.dropout=0.0".into(),
+            "train.max_steps=4".into(),
+            "train.save_steps=2".into(),
+            "export.merged=false".into(),
+        ],
+    );
+    temper_train::run::<A>(&config, start, &Default::default(), &mut |_| {}).map(|_| ())
+}
+
+#[test]
+fn a_run_of_two_ranks_follows_one_rank_and_resumes_only_with_two() {
+    let _one_at_a_time = COLLECTIVE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (one, two) = (scratch("dp-one"), scratch("dp-two"));
+    tiny_run(&one, 1, Start::Fresh).unwrap();
+    tiny_run(&two, 2, Start::Fresh).unwrap();
+    let expected = trajectory(&one);
+    assert_eq!(expected.len(), 4);
+    for (step, (ours, theirs)) in trajectory(&two).iter().zip(&expected).enumerate() {
+        assert_eq!(ours.2, theirs.2, "trained tokens of step {}", step + 1);
+        assert!(
+            close(ours.0, theirs.0),
+            "loss of step {}: {ours:?} vs {theirs:?}",
+            step + 1
+        );
+        assert!(
+            close(ours.1, theirs.1),
+            "grad norm of step {}: {ours:?} vs {theirs:?}",
+            step + 1
+        );
+    }
+    let lines = metrics(&two);
+    assert!(
+        lines
+            .iter()
+            .filter(|line| line["kind"] == "train")
+            .all(|line| line["all_reduce_seconds"].as_f64().is_some()),
+        "every step reports its all-reduce time"
+    );
+
+    // Resumed from step 2 with two ranks: the same steps 3 and 4, bit for bit.
+    let checkpoints = checkpoint::list_checkpoints(&two);
+    let (_, second) = checkpoints.iter().find(|(step, _)| *step == 2).unwrap();
+    let resumed = scratch("dp-resumed");
+    copy_dir(second, &resumed.join("checkpoint-000002"));
+    let resumed_checkpoint = resumed.join("checkpoint-000002");
+    tiny_run(&resumed, 2, Start::Resume(&resumed_checkpoint)).unwrap();
+    assert_eq!(trajectory(&resumed), trajectory(&two)[2..]);
+
+    // With one rank the rows of a step would be split otherwise: refused, saying so.
+    let error = tiny_run(&scratch("dp-other"), 1, Start::Resume(&resumed_checkpoint))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("distributed.world_size was 2, now 1"),
+        "{error}"
+    );
+    for dir in [one, two, resumed] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::Int;
 use serde_json::Value;
 use temper_models::{CausalLm, ModelInput};
-use temper_tests::{asset, root, shared_data};
+use temper_tests::{asset, copy_dir, metrics, root, scratch, shared_data, tiny};
 use temper_train::{EvalPoint, RunConfig, Start, checkpoint};
 
 type A = Autodiff<Flex>;
@@ -26,56 +26,12 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("temper-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn tiny(output_dir: &Path, extra: &[String]) -> RunConfig {
-    let mut overrides = vec![
-        format!("model.tokenizer={}", asset("gpt2/tokenizer.json").display()),
-        format!("train.output_dir={}", output_dir.display()),
-    ];
-    overrides.extend_from_slice(extra);
-    let mut config = RunConfig::load(&root().join("configs/tiny-smoke.toml"), &overrides).unwrap();
-    // Paths in the recipe are relative to the repository root.
-    for path in [&mut config.model.path, &mut config.dataset.train[0].path] {
-        *path = root().join(&*path);
-    }
-    if let Some(eval) = &mut config.dataset.eval {
-        eval.path = root().join(&eval.path);
-    }
-    config
-}
-
 /// The error of a run that must fail.
 fn run_error(config: &RunConfig, start: Start<'_>) -> String {
     temper_train::run::<A>(config, start, &Default::default(), &mut |_| {})
         .err()
         .map(|error| error.to_string())
         .expect("the run fails")
-}
-
-fn metrics(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn logits(model: &CausalLm<Flex>) -> Vec<f32> {

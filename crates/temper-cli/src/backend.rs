@@ -94,25 +94,66 @@ pub trait OnDevice {
     type Output;
     /// Runs on backend `B`; `name` is the device as the user gave it, for messages.
     fn run<B: Backend>(self, device: &B::Device, name: &str) -> Result<Self::Output>;
+
+    /// Runs on several devices of backend `B` (`--device cuda:0,cuda:1`); commands of one
+    /// device run on the first.
+    fn run_on<B: Backend>(self, devices: &[B::Device], name: &str) -> Result<Self::Output>
+    where
+        Self: Sized,
+    {
+        self.run::<B>(&devices[0], name)
+    }
 }
 
 /// Runs `job` on `device`'s backend.
 pub fn on_device<J: OnDevice>(device: Device, job: J) -> Result<J::Output> {
-    let flag = &device.to_string();
-    match device {
+    on_devices(&[device], job)
+}
+
+/// Runs `job` on `devices`, which must be of one backend (`cpu`, or `cuda:0,cuda:1`).
+pub fn on_devices<J: OnDevice>(devices: &[Device], job: J) -> Result<J::Output> {
+    let Some(&first) = devices.first() else {
+        bail!("--device: no device given");
+    };
+    let flag = &devices
+        .iter()
+        .map(Device::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if devices.iter().any(|d| d.feature() != first.feature()) {
+        bail!("--device {flag}: every device must be of one backend");
+    }
+    match first {
         #[cfg(feature = "flex")]
-        Device::Cpu => job.run::<burn::backend::Flex>(&Default::default(), flag),
+        Device::Cpu => {
+            job.run_on::<burn::backend::Flex>(&vec![Default::default(); devices.len()], flag)
+        }
         #[cfg(feature = "ndarray")]
-        Device::Ndarray => job.run::<burn::backend::NdArray>(&Default::default(), flag),
+        Device::Ndarray => {
+            job.run_on::<burn::backend::NdArray>(&vec![Default::default(); devices.len()], flag)
+        }
         #[cfg(feature = "wgpu")]
-        Device::Wgpu(index) => {
+        Device::Wgpu(_) => {
             use burn::backend::wgpu::WgpuDevice;
-            let wgpu = index.map_or(WgpuDevice::DefaultDevice, WgpuDevice::DiscreteGpu);
-            job.run::<burn::backend::Wgpu>(&wgpu, flag)
+            let wgpu: Vec<WgpuDevice> = devices
+                .iter()
+                .map(|device| match device {
+                    Device::Wgpu(Some(index)) => WgpuDevice::DiscreteGpu(*index),
+                    _ => WgpuDevice::DefaultDevice,
+                })
+                .collect();
+            job.run_on::<burn::backend::Wgpu>(&wgpu, flag)
         }
         #[cfg(feature = "cuda")]
-        Device::Cuda(index) => {
-            job.run::<burn::backend::Cuda>(&burn::backend::cuda::CudaDevice::new(index), flag)
+        Device::Cuda(_) => {
+            let cuda: Vec<_> = devices
+                .iter()
+                .filter_map(|device| match device {
+                    Device::Cuda(index) => Some(burn::backend::cuda::CudaDevice::new(*index)),
+                    _ => None,
+                })
+                .collect();
+            job.run_on::<burn::backend::Cuda>(&cuda, flag)
         }
         #[allow(unreachable_patterns)]
         other => bail!(

@@ -75,6 +75,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Training-step throughput and peak memory of a model shape on a device.
     Bench(bench::BenchArgs),
+    /// The orchestrator of a multi-node run (node 0's `temper train` starts it).
+    #[command(hide = true)]
+    Orchestrate(train::OrchestrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Score(args) => model::score_command(&args),
         Command::Eval(args) => eval::eval_command(&args),
         Command::Bench(args) => bench::bench_command(&args),
+        Command::Orchestrate(args) => train::orchestrate_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,7 +13,7 @@ use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::tensor::backend::Backend;
 
-use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device};
+use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device, on_devices};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -31,12 +31,49 @@ pub struct TrainArgs {
     /// checkpoints, metrics and exports (once the new run has loaded its model and data).
     #[arg(long)]
     overwrite: bool,
-    #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
-    device: Device,
+    /// The device of every rank (`cpu`), or one per rank of this node (`cuda:0,cuda:1`).
+    #[arg(long, default_value = "cpu", value_delimiter = ',', value_parser = Device::parse)]
+    device: Vec<Device>,
+    /// Data parallelism: ranks in all, each training on its share of every step
+    /// (`distributed.world_size`; docs/distributed.md).
+    #[arg(long)]
+    world_size: Option<usize>,
+    /// Processes (machines) the ranks are spread over, one per machine (`distributed.nodes`).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// This process's node, 0..nodes; node 0 runs the orchestrator and writes the run's files
+    /// (`distributed.node_rank`).
+    #[arg(long)]
+    node_rank: Option<usize>,
+    /// HOST:PORT of node 0's orchestrator (`distributed.coordinator`).
+    #[arg(long)]
+    coordinator: Option<String>,
 }
 
 pub fn train_command(args: &TrainArgs) -> Result<()> {
-    on_device(args.device, Train(args))
+    on_devices(&args.device, Train(args))
+}
+
+impl TrainArgs {
+    /// `--set` overrides, then the data-parallel flags as the configuration keys they set.
+    fn overrides(&self) -> Vec<String> {
+        let mut overrides = self.overrides.clone();
+        let flags = [
+            ("world_size", self.world_size.map(|n| n.to_string())),
+            ("nodes", self.nodes.map(|n| n.to_string())),
+            ("node_rank", self.node_rank.map(|n| n.to_string())),
+            (
+                "coordinator",
+                self.coordinator.as_ref().map(|c| format!("{c:?}")),
+            ),
+        ];
+        for (key, value) in flags {
+            if let Some(value) = value {
+                overrides.push(format!("distributed.{key}={value}"));
+            }
+        }
+        overrides
+    }
 }
 
 struct Train<'a>(&'a TrainArgs);
@@ -44,13 +81,24 @@ struct Train<'a>(&'a TrainArgs);
 impl OnDevice for Train<'_> {
     type Output = ();
     fn run<B: Backend>(self, device: &B::Device, name: &str) -> Result<()> {
-        train_on::<B>(self.0, device, name)
+        train_on::<B>(self.0, std::slice::from_ref(device), name)
+    }
+
+    fn run_on<B: Backend>(self, devices: &[B::Device], name: &str) -> Result<()> {
+        train_on::<B>(self.0, devices, name)
     }
 }
 
 /// Trains on autodiff over `B` (with activation checkpointing when configured).
-fn train_on<B: Backend>(args: &TrainArgs, device: &B::Device, name: &str) -> Result<()> {
-    let config = RunConfig::load(&args.config, &args.overrides)?;
+fn train_on<B: Backend>(args: &TrainArgs, devices: &[B::Device], name: &str) -> Result<()> {
+    let config = RunConfig::load(&args.config, &args.overrides())?;
+    let device = &devices[0];
+    // Node 0 of several runs the orchestrator that joins them, as a child process that ends
+    // with this one.
+    let _orchestrator = match &config.distributed {
+        d if d.nodes > 1 && d.node_rank == 0 => Some(Orchestrator::start(&d.coordinator)?),
+        _ => None,
+    };
     let resume = match args.resume.as_deref() {
         None => None,
         Some("latest") => Some(
@@ -193,14 +241,14 @@ fn train_on<B: Backend>(args: &TrainArgs, device: &B::Device, name: &str) -> Res
         (None, false) => Start::Fresh,
     };
     let summary = if config.train.gradient_checkpointing {
-        temper_train::run::<Autodiff<B, BalancedCheckpointing>>(
+        temper_train::run_on::<Autodiff<B, BalancedCheckpointing>>(
             &config,
             start,
-            device,
+            devices,
             &mut on_event,
         )?
     } else {
-        temper_train::run::<Autodiff<B>>(&config, start, device, &mut on_event)?
+        temper_train::run_on::<Autodiff<B>>(&config, start, devices, &mut on_event)?
     };
     if let Some(bar) = &bar {
         bar.finish_and_clear();
@@ -231,6 +279,13 @@ fn train_on<B: Backend>(args: &TrainArgs, device: &B::Device, name: &str) -> Res
         "training throughput: {:.1} tokens/s",
         summary.tokens_per_second
     );
+    if !summary.writes {
+        println!(
+            "node {}: rank 0 on node 0 writes the run's files",
+            config.distributed.node_rank
+        );
+        return Ok(());
+    }
     println!("metrics: {}", summary.metrics.display());
     println!("loss curve: {}", summary.loss_plot.display());
     if let Some(dir) = &summary.adapter {
@@ -296,4 +351,47 @@ fn export_on<B: Backend>(args: &ExportArgs, device: &B::Device) -> Result<()> {
         println!("merged model (Hugging Face): {}", dir.display());
     }
     Ok(())
+}
+
+/// The orchestrator of a multi-node run: this binary's hidden `orchestrate` command as a child
+/// process. It ends when dropped, and by itself when this process dies (its stdin closes).
+struct Orchestrator(std::process::Child);
+
+impl Orchestrator {
+    fn start(coordinator: &str) -> Result<Orchestrator> {
+        let port = coordinator
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .with_context(|| format!("--coordinator {coordinator}: expected HOST:PORT"))?;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["orchestrate", "--port", &port.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the orchestrator")?;
+        Ok(Orchestrator(child))
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct OrchestrateArgs {
+    /// The port to listen on.
+    #[arg(long)]
+    port: u16,
+}
+
+/// Runs the orchestrator of a multi-node run until the process that started it ends.
+pub fn orchestrate_command(args: &OrchestrateArgs) -> Result<()> {
+    std::thread::spawn(|| {
+        let mut parent = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut parent);
+        std::process::exit(0);
+    });
+    Ok(temper_train::orchestrate(args.port)?)
 }

@@ -71,7 +71,7 @@ pub type Fingerprint = BTreeMap<String, String>;
 /// Configuration keys that do not change what a run computes, so a resume may change them.
 /// `max_steps` and `num_train_epochs` are among them: a longer (or shorter, but not
 /// finished) run continues the same steps, with the schedule stretched to the new end.
-const FREE_KEYS: [&str; 12] = [
+const FREE_KEYS: [&str; 16] = [
     "train.output_dir",
     "train.max_steps",
     "train.num_train_epochs",
@@ -85,6 +85,12 @@ const FREE_KEYS: [&str; 12] = [
     "dataset.eval",
     "eval",
     "export",
+    // How the ranks are spread over machines and reach each other; `distributed.world_size`
+    // decides the rows of a step.
+    "distributed.nodes",
+    "distributed.node_rank",
+    "distributed.coordinator",
+    "distributed.timeout_seconds",
 ];
 
 /// The fingerprint of a run of `config` on `model` whose training data has `train_content`
@@ -306,7 +312,12 @@ pub fn read_state(dir: &Path) -> Result<(TrainerState, AdamWState)> {
             )));
         }
     }
-    let state: TrainerState = serde_json::from_value(value).map_err(not_a_state)?;
+    let mut state: TrainerState = serde_json::from_value(value).map_err(not_a_state)?;
+    // Checkpoints from before data parallelism were made by one rank.
+    state
+        .fingerprint
+        .entry("distributed.world_size".into())
+        .or_insert_with(|| "1".into());
     let path = dir.join(OPTIMIZER_FILE);
     let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
     let bad = |reason: String| Error::File {

@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub optimizer: AdamWConfig,
     pub eval: EvalSection,
     pub export: ExportSection,
+    /// Data parallelism (docs/distributed.md).
+    pub distributed: DistributedSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -73,6 +75,53 @@ pub struct DatasetSection {
     pub train: Vec<mixture::Source>,
     /// Held-out data for evaluation, named the same ways; none means no evaluation.
     pub eval: Option<DatasetSpec>,
+}
+
+/// Data parallelism: `world_size` ranks in all, each holding the model and training on its
+/// share of every step's rows, over `nodes` processes (machines) of `world_size / nodes`
+/// ranks each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedSection {
+    /// Ranks in all: a step trains on `batch_size x gradient_accumulation_steps x world_size`
+    /// rows.
+    pub world_size: usize,
+    /// Processes, one per machine; node 0 writes the run's files.
+    pub nodes: usize,
+    /// This process's node, `0..nodes`.
+    pub node_rank: usize,
+    /// `HOST:PORT` where node 0 runs the orchestrator that joins the nodes; node `n` also
+    /// listens on `PORT + 1 + n`.
+    pub coordinator: String,
+    /// Seconds a rank waits for the others in a collective operation (joining, an
+    /// all-reduce) before it stops the run naming whom it waited for. Rank 0's evaluations
+    /// happen while the others wait, so this must cover them.
+    pub timeout_seconds: u64,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        DistributedSection {
+            world_size: 1,
+            nodes: 1,
+            node_rank: 0,
+            coordinator: "127.0.0.1:29500".into(),
+            timeout_seconds: 600,
+        }
+    }
+}
+
+impl DistributedSection {
+    /// The ranks' topology.
+    pub fn topology(&self) -> crate::distributed::Topology {
+        crate::distributed::Topology {
+            world_size: self.world_size,
+            nodes: self.nodes,
+            node_rank: self.node_rank,
+            coordinator: self.coordinator.clone(),
+            timeout: std::time::Duration::from_secs(self.timeout_seconds),
+        }
+    }
 }
 
 /// Optimisation and bookkeeping, with TRL's names.
@@ -296,6 +345,38 @@ impl RunConfig {
         }
         if t.save_total_limit == 0 {
             return fail("train.save_total_limit", "must be at least 1");
+        }
+        let d = &self.distributed;
+        if d.world_size == 0 {
+            return fail("distributed.world_size", "must be at least 1");
+        }
+        if d.nodes == 0 || d.world_size % d.nodes != 0 {
+            return fail(
+                "distributed.nodes",
+                &format!(
+                    "must be at least 1 and divide distributed.world_size ({}): every node runs as many ranks",
+                    d.world_size
+                ),
+            );
+        }
+        if d.node_rank >= d.nodes {
+            return fail(
+                "distributed.node_rank",
+                &format!("must be below distributed.nodes ({})", d.nodes),
+            );
+        }
+        let port = d.coordinator.rsplit_once(':').and_then(|(host, port)| {
+            let port: u16 = port.parse().ok()?;
+            (!host.is_empty() && usize::from(port) + d.nodes < 65536).then_some(port)
+        });
+        if d.nodes > 1 && port.is_none() {
+            return fail(
+                "distributed.coordinator",
+                "must be HOST:PORT, with PORT + nodes below 65536 (node n listens on PORT + 1 + n)",
+            );
+        }
+        if d.timeout_seconds == 0 {
+            return fail("distributed.timeout_seconds", "must be at least 1");
         }
         let e = &self.eval;
         if e.samples > 0 && !(e.temperature.is_finite() && e.temperature > 0.0) {

@@ -94,6 +94,12 @@ impl Topology {
     /// `devices[0]`). Blocks until every rank of every node joined, or the timeout.
     pub fn join<B: Backend>(&self, devices: &[B::Device]) -> Result<Vec<Rank<B>>> {
         let config = self.config()?;
+        // A collective this process ran before is finished; one that failed cannot be reset.
+        std::panic::catch_unwind(burn_collective::reset_collective::<B>).map_err(|_| {
+            Error::Collective(
+                "this process's collective failed in an earlier run; start a new process".into(),
+            )
+        })?;
         let watch = Arc::new(Watch::new(self.clone()));
         let ranks: Vec<Rank<B>> = self
             .ranks_of(self.node_rank)
@@ -131,7 +137,9 @@ fn split_address(address: &str) -> Result<(&str, u16)> {
 /// This machine's address on the route to `coordinator` (what other nodes reach it at).
 fn reachable_ip(coordinator: &str) -> Result<std::net::IpAddr> {
     let unreachable = |error: std::io::Error| {
-        Error::Collective(format!("coordinator `{coordinator}` cannot be reached: {error}"))
+        Error::Collective(format!(
+            "coordinator `{coordinator}` cannot be reached: {error}"
+        ))
     };
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(unreachable)?;
     socket.connect(coordinator).map_err(unreachable)?;
@@ -173,7 +181,10 @@ impl Watch {
     }
 
     fn update(&self, local: usize, change: impl FnOnce(&mut RankState)) {
-        let mut ranks = self.ranks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ranks = self
+            .ranks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(state) = ranks.get_mut(local) {
             change(state);
         }
@@ -181,12 +192,20 @@ impl Watch {
 
     /// Another local rank that stopped, and why.
     fn stopped_other(&self, local: usize) -> Option<(usize, String)> {
-        let ranks = self.ranks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ranks = self
+            .ranks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         ranks.iter().enumerate().find_map(|(other, state)| {
             (other != local)
                 .then(|| state.stopped.clone())
                 .flatten()
-                .map(|why| (self.topology.ranks_of(self.topology.node_rank).start + other, why))
+                .map(|why| {
+                    (
+                        self.topology.ranks_of(self.topology.node_rank).start + other,
+                        why,
+                    )
+                })
         })
     }
 
@@ -195,7 +214,10 @@ impl Watch {
     fn missing(&self, local: usize) -> String {
         let topology = &self.topology;
         let first = topology.ranks_of(topology.node_rank).start;
-        let ranks = self.ranks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ranks = self
+            .ranks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let absent: Vec<String> = ranks
             .iter()
             .enumerate()
@@ -212,10 +234,7 @@ impl Watch {
                 format!("ranks {}-{} (node {node})", ranks.start, ranks.end - 1)
             })
             .collect();
-        format!(
-            "{}, which stopped or cannot be reached",
-            others.join(", ")
-        )
+        format!("{}, which stopped or cannot be reached", others.join(", "))
     }
 }
 
@@ -296,13 +315,18 @@ impl<B: Backend> Rank<B> {
         PeerId(self.rank as u32)
     }
 
-    fn submit<T: Send + 'static>(&self, operation: impl FnOnce() -> T + Send + 'static) -> Result<Pending<T>> {
+    fn submit<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<Pending<T>> {
         let (done, result) = mpsc::channel();
         self.jobs
             .send(Box::new(move || {
                 let _ = done.send(operation());
             }))
-            .map_err(|_| Error::Collective(format!("rank {}: its collective thread is gone", self.rank)))?;
+            .map_err(|_| {
+                Error::Collective(format!("rank {}: its collective thread is gone", self.rank))
+            })?;
         Ok(Pending(result))
     }
 
@@ -358,13 +382,15 @@ impl<B: Backend> Rank<B> {
         let pending = self.submit(move || {
             burn_collective::all_reduce::<B>(peer, primitive, ReduceOperation::Sum)
         })?;
-        let reduced = self.wait_for("in an all-reduce", pending)?.map_err(|error| {
-            Error::Collective(format!(
-                "rank {} in an all-reduce: {error:?} (waiting for {})",
-                self.rank,
-                self.watch.missing(self.local)
-            ))
-        })?;
+        let reduced = self
+            .wait_for("in an all-reduce", pending)?
+            .map_err(|error| {
+                Error::Collective(format!(
+                    "rank {} in an all-reduce: {error:?} (waiting for {})",
+                    self.rank,
+                    self.watch.missing(self.local)
+                ))
+            })?;
         Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
     }
 

@@ -33,7 +33,7 @@ pub use load::{
 pub use loss::{LossSums, Targets, targets};
 pub use metrics::{Metric, loss_plot_svg};
 pub use output::Start;
-pub use run::{EvalPoint, Event, RunSummary, run};
+pub use run::{EvalPoint, Event, RunSummary, run, run_on};
 pub use step::{
     StepOutcome, evaluate, micro_step, row_losses, train_step, train_step_data_parallel,
 };

@@ -21,6 +21,9 @@ pub enum Metric {
         tokens: usize,
         tokens_per_second: f64,
         elapsed_seconds: f64,
+        /// Seconds the step spent in all-reduces (data-parallel runs).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        all_reduce_seconds: Option<f64>,
     },
     Eval {
         step: u64,
@@ -235,6 +238,7 @@ mod tests {
             tokens: 20,
             tokens_per_second: 100.0,
             elapsed_seconds: 1.0,
+            all_reduce_seconds: None,
         }
     }
 

@@ -16,10 +16,11 @@ use temper_data::{
 };
 use temper_lora::ParamCount;
 use temper_models::CausalLm;
-use temper_optim::{AdamW, LrSchedule, lr_at};
+use temper_optim::{AdamW, AdamWState, LrSchedule, lr_at};
 
 use crate::checkpoint::{self, Fingerprint, Saved, TrainerState};
 use crate::config::RunConfig;
+use crate::distributed::{Rank, trainable_hash};
 use crate::error::{Error, Result, io};
 use crate::evaluate::{HeldOut, answer_held_out, eval_loss, held_out};
 use crate::evaluator::{EvalSummary, compare, read_results};
@@ -28,7 +29,7 @@ use crate::load::{RunModel, load_for_run};
 use crate::memory::{self, MicroBatch, StepMemory};
 use crate::metrics::{Metric, MetricsLog, loss_plot_svg};
 use crate::output::{Start, check_output_dir, clear_earlier_run};
-use crate::step::train_step;
+use crate::step::{StepOutcome, train_step, train_step_data_parallel};
 
 /// The run's chat template, saved beside its checkpoints so that an export writes the template
 /// the model was trained with.
@@ -121,8 +122,11 @@ pub struct RunSummary {
     pub merged: Option<PathBuf>,
     pub parameters: ParamCount,
     pub trainable_parameters: usize,
-    /// Mean over steps of all tokens per second.
+    /// Mean over steps of all tokens per second (of every rank).
     pub tokens_per_second: f64,
+    /// Whether this process wrote the run's files: node 0 of a multi-node run does, the other
+    /// nodes only train (their summary has no evaluations or exports).
+    pub writes: bool,
 }
 
 /// Runs the training job `config` on `device`: a new run, one that replaces an earlier run's
@@ -134,7 +138,32 @@ pub fn run<B: AutodiffBackend>(
     device: &B::Device,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<RunSummary> {
-    check_output_dir(config, start)?;
+    run_on::<B>(config, start, std::slice::from_ref(device), on_event)
+}
+
+/// [`run`] with this node's ranks (`config.distributed`) on `devices`, one per rank or one
+/// for all. With several ranks, each is a thread holding a copy of the model that trains on
+/// its share of every step (docs/distributed.md); this thread is the node's first rank, and
+/// on node 0 it is rank 0, which evaluates and writes everything.
+pub fn run_on<B: AutodiffBackend>(
+    config: &RunConfig,
+    start: Start<'_>,
+    devices: &[B::Device],
+    on_event: &mut dyn FnMut(Event),
+) -> Result<RunSummary> {
+    let distributed = &config.distributed;
+    let writes = distributed.node_rank == 0;
+    let local_ranks = distributed.world_size / distributed.nodes;
+    if devices.is_empty() || (devices.len() > 1 && devices.len() != local_ranks) {
+        return Err(Error::Collective(format!(
+            "{} devices for {local_ranks} ranks on this node: give one device for all of them, or one per rank",
+            devices.len()
+        )));
+    }
+    let device = &devices[0];
+    if writes {
+        check_output_dir(config, start)?;
+    }
     let resume = match start {
         Start::Resume(checkpoint) => Some(checkpoint),
         Start::Fresh | Start::Overwrite => None,
@@ -145,7 +174,7 @@ pub fn run<B: AutodiffBackend>(
         template,
         train: train_data,
         eval,
-        mut optimizer,
+        optimizer_state,
         schedule,
         sampler,
         resumed,
@@ -153,17 +182,48 @@ pub fn run<B: AutodiffBackend>(
         parameters,
         data_report,
     } = setup::<B>(config, resume, device, on_event)?;
-    let output_dir = &config.train.output_dir;
-    if start == Start::Overwrite {
-        clear_earlier_run(output_dir)?;
+    // Every rank of this node: a copy of the model on its device (parameter ids shared)
+    // and an optimizer, made before joining so that joining is the last thing that can fail
+    // before training.
+    let mut replicas = Vec::new();
+    for local in 0..local_ranks {
+        let device = devices.get(local).unwrap_or(device).clone();
+        let model = if local == 0 {
+            model.clone()
+        } else {
+            model.clone().fork(&device)
+        };
+        let optimizer = optimizer_for(config, &model, optimizer_state.as_ref(), &device)?;
+        replicas.push((model, optimizer, device));
     }
-    write_run_files(output_dir, config, template.as_ref(), &data_report)?;
-
+    drop(optimizer_state);
+    let ranks: Vec<Option<Rank<B::InnerBackend>>> = if distributed.world_size > 1 {
+        on_event(Event::Message(format!(
+            "joining {} ranks: {local_ranks} here (node {} of {})",
+            distributed.world_size, distributed.node_rank, distributed.nodes
+        )));
+        let inner: Vec<_> = devices.iter().map(inner_device::<B>).collect();
+        let ranks = distributed.topology().join::<B::InnerBackend>(&inner)?;
+        ranks.into_iter().map(Some).collect()
+    } else {
+        vec![None]
+    };
+    let output_dir = &config.train.output_dir;
     let first_step = resumed.as_ref().map_or(0, |(_, step)| *step) + 1;
     let metrics_path = output_dir.join("metrics.jsonl");
-    let mut metrics = MetricsLog::open(&metrics_path, first_step - 1)?;
+    let mut metrics = None;
+    if writes {
+        if start == Start::Overwrite {
+            clear_earlier_run(output_dir)?;
+        }
+        write_run_files(output_dir, config, template.as_ref(), &data_report)?;
+        metrics = Some(MetricsLog::open(&metrics_path, first_step - 1)?);
+    }
     let mut evaluation_before = None;
-    if resumed.is_none() && config.eval.before_training {
+    if let Some(metrics) = metrics
+        .as_mut()
+        .filter(|_| resumed.is_none() && config.eval.before_training)
+    {
         let inference = model.valid();
         if let Some(metric) = eval_loss(&inference, &eval, 0, device)? {
             metrics.push(metric.clone())?;
@@ -179,19 +239,68 @@ pub fn run<B: AutodiffBackend>(
             on_event,
         )?;
     }
-    let mut run = Training {
+    let training = |optimizer, metrics, rank| Training {
         config,
         data: &train_data,
         tokenizer: &tokenizer,
         eval: &eval,
-        optimizer: &mut optimizer,
+        optimizer,
         schedule,
-        sampler,
-        metrics: &mut metrics,
-        last_checkpoint: resumed.map(|(dir, _)| dir),
-        fingerprint,
+        sampler: sampler.clone(),
+        metrics,
+        last_checkpoint: resumed.as_ref().map(|(dir, _)| dir.clone()),
+        fingerprint: fingerprint.clone(),
+        rank,
     };
-    let (model, trained) = train(&mut run, model, first_step, device, on_event)?;
+    let mut replicas = replicas.into_iter().zip(ranks);
+    let ((model, optimizer, _), own_rank) = replicas
+        .next()
+        .ok_or_else(|| Error::Collective("a node without ranks".into()))?;
+    let (model, trained) = std::thread::scope(|scope| {
+        let others: Vec<_> = replicas
+            .map(|((model, optimizer, device), rank)| {
+                let training = &training;
+                scope.spawn(move || {
+                    let mut run = training(optimizer, None, rank);
+                    train_rank(&mut run, model, first_step, &device, &mut |_| {})?;
+                    run.leave()
+                })
+            })
+            .collect();
+        let mut run = training(optimizer, metrics.as_mut(), own_rank);
+        let own = train_rank(&mut run, model, first_step, device, on_event);
+        let mut failed = None;
+        for other in others {
+            let outcome = other
+                .join()
+                .unwrap_or_else(|_| Err(Error::Collective("a rank panicked".into())));
+            failed = failed.or(outcome.err());
+        }
+        let own = own?;
+        run.leave()?;
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(own),
+        }
+    })?;
+    let Some(metrics) = metrics.as_mut() else {
+        return Ok(RunSummary {
+            output_dir: output_dir.clone(),
+            steps: trained.total_steps,
+            final_loss: trained.final_loss,
+            eval: None,
+            evaluation_before,
+            evaluation_after: None,
+            metrics: metrics_path,
+            loss_plot: output_dir.join("loss.svg"),
+            adapter: None,
+            merged: None,
+            trainable_parameters: parameters.trained,
+            parameters: parameters.count,
+            tokens_per_second: trained.tokens_per_second,
+            writes: false,
+        });
+    };
     let mut last_eval = trained.last_eval;
 
     let trained_model = model.valid();
@@ -264,7 +373,46 @@ pub fn run<B: AutodiffBackend>(
         trainable_parameters: parameters.trained,
         parameters: parameters.count,
         tokens_per_second: trained.tokens_per_second,
+        writes: true,
     })
+}
+
+/// [`train`] as one rank: when it fails (or panics) the rank is marked stopped, so that the
+/// other ranks of this process stop waiting for it.
+fn train_rank<B: AutodiffBackend>(
+    run: &mut Training<'_, B>,
+    model: CausalLm<B>,
+    first_step: u64,
+    device: &B::Device,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<(CausalLm<B>, Trained)> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train(run, model, first_step, device, on_event)
+    }))
+    .unwrap_or_else(|_| Err(Error::Collective("a rank panicked".into())));
+    if let (Err(error), Some(rank)) = (&outcome, &run.rank) {
+        rank.stop(&error.to_string());
+    }
+    outcome
+}
+
+/// The device of the inner backend that `device` wraps.
+fn inner_device<B: AutodiffBackend>(device: &B::Device) -> burn::tensor::Device<B::InnerBackend> {
+    Tensor::<B, 1>::zeros([1], device).inner().device()
+}
+
+/// AdamW for `model` on `device`, with a resumed run's moments.
+fn optimizer_for<B: AutodiffBackend>(
+    config: &RunConfig,
+    model: &CausalLm<B>,
+    state: Option<&AdamWState>,
+    device: &B::Device,
+) -> Result<AdamW<B>> {
+    let mut optimizer = AdamW::<B>::new(config.optimizer.clone());
+    if let Some(state) = state {
+        optimizer.import_state(model, state, device)?;
+    }
+    Ok(optimizer)
 }
 
 /// The model's parameters and how many of them are trained.
@@ -337,7 +485,8 @@ struct Setup<B: AutodiffBackend> {
     template: Option<ChatTemplate>,
     train: Prepared,
     eval: HeldOut,
-    optimizer: AdamW<B>,
+    /// A resumed run's AdamW moments.
+    optimizer_state: Option<AdamWState>,
     schedule: LrSchedule,
     sampler: Sampler,
     /// The checkpoint a resumed run continues from, and its step.
@@ -416,10 +565,9 @@ fn setup<B: AutodiffBackend>(
     let mut eval = held_out(config, &tokenizer, template.as_ref())?;
 
     let lora = config.lora.as_ref();
-    let mut optimizer = AdamW::<B>::new(config.optimizer.clone());
     let mut sampler = Sampler::new(train.rows.len(), config.train.seed);
     let schedule = schedule(config, train.rows.len());
-    let (model, resumed) = match resume {
+    let (model, resumed, optimizer_state) = match resume {
         Some(dir) => {
             let (state, optimizer_state) = checkpoint::read_state(dir)?;
             let problem = checkpoint::resume_problem(
@@ -441,21 +589,25 @@ fn setup<B: AutodiffBackend>(
                 )));
             }
             let model = checkpoint::load_model(dir, base, lora, device)?;
-            optimizer.import_state(&model, &optimizer_state, device)?;
             sampler = Sampler::from_state(train.rows.len(), state.sampler);
             on_event(Event::Message(format!(
                 "resuming from {} at step {}",
                 dir.display(),
                 state.step
             )));
-            (model, Some((dir.to_owned(), state.step)))
+            (
+                model,
+                Some((dir.to_owned(), state.step)),
+                Some(optimizer_state),
+            )
         }
         None => match lora {
             Some(lora) => (
                 temper_lora::init_peft(crate::attach_lora(base, lora, device)?),
                 None,
+                None,
             ),
-            None => (base, None),
+            None => (base, None, None),
         },
     };
     let model = match lora {
@@ -476,7 +628,7 @@ fn setup<B: AutodiffBackend>(
         template,
         train,
         eval,
-        optimizer,
+        optimizer_state,
         schedule,
         sampler,
         resumed,
@@ -537,12 +689,19 @@ pub(crate) fn require_examples(
     })
 }
 
+/// Rows of one optimizer step, over every rank.
+fn rows_per_step(config: &RunConfig) -> usize {
+    let t = &config.train;
+    t.batch_size
+        .saturating_mul(t.gradient_accumulation_steps)
+        .saturating_mul(config.distributed.world_size)
+}
+
 /// The learning-rate schedule over the run's steps: `max_steps`, or whole epochs of
 /// `rows` (an epoch's last step takes the rows that are left).
 fn schedule(config: &RunConfig, rows: usize) -> LrSchedule {
     let t = &config.train;
-    let rows_per_step = t.batch_size.saturating_mul(t.gradient_accumulation_steps);
-    let steps_per_epoch = rows.div_ceil(rows_per_step.max(1)) as u64;
+    let steps_per_epoch = rows.div_ceil(rows_per_step(config).max(1)) as u64;
     let total_steps = if t.max_steps > 0 {
         t.max_steps
     } else {
@@ -589,12 +748,22 @@ struct Training<'a, B: AutodiffBackend> {
     data: &'a Prepared,
     tokenizer: &'a Tokenizer,
     eval: &'a HeldOut,
-    optimizer: &'a mut AdamW<B>,
+    optimizer: AdamW<B>,
     schedule: LrSchedule,
     sampler: Sampler,
-    metrics: &'a mut MetricsLog,
+    /// The writer's log (the only rank of a single-process run, or rank 0).
+    metrics: Option<&'a mut MetricsLog>,
     last_checkpoint: Option<PathBuf>,
     fingerprint: Fingerprint,
+    /// This thread's rank in a data-parallel run.
+    rank: Option<Rank<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> Training<'_, B> {
+    /// Leaves the collective of a data-parallel run.
+    fn leave(&mut self) -> Result<()> {
+        self.rank.take().map_or(Ok(()), Rank::leave)
+    }
 }
 
 /// What the step loop measured.
@@ -629,12 +798,26 @@ fn train<B: AutodiffBackend>(
     };
     let mut tokens_seen = 0usize;
     let max_grad_norm = (t.max_grad_norm > 0.0).then_some(t.max_grad_norm);
+    let writes = run.metrics.is_some();
     for step in first_step..=total_steps {
-        // Dropout's randomness depends only on (seed, step), so a resumed run draws the same.
-        B::seed(device, t.seed.wrapping_mul(1_000_003).wrapping_add(step));
-        let rows = run
-            .sampler
-            .next_batch_in_epoch(t.batch_size.saturating_mul(t.gradient_accumulation_steps));
+        // Dropout's randomness depends only on (seed, step, rank), so a resumed run draws the
+        // same.
+        let rank_seed = run.rank.as_ref().map_or(0, |rank| {
+            (rank.rank as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        });
+        B::seed(
+            device,
+            t.seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(step)
+                .wrapping_add(rank_seed),
+        );
+        // Every rank draws the whole step's rows from the same sampler, and takes its share.
+        let rows = run.sampler.next_batch_in_epoch(rows_per_step(run.config));
+        let rows = match &run.rank {
+            Some(rank) => share(&rows, rank.rank, rank.world_size),
+            None => &rows,
+        };
         let micro_batches: Vec<Batch> = rows
             .chunks(t.batch_size)
             .map(|indices| {
@@ -648,15 +831,26 @@ fn train<B: AutodiffBackend>(
             .collect();
         let lr = lr_at(&run.schedule, step - 1);
         let step_started = Instant::now();
-        let outcome;
-        (model, outcome) = train_step(
-            model,
-            run.optimizer,
-            &micro_batches,
-            lr,
-            max_grad_norm,
-            device,
-        )?;
+        let outcome: StepOutcome;
+        (model, outcome) = match &run.rank {
+            Some(rank) => train_step_data_parallel(
+                model,
+                &mut run.optimizer,
+                &micro_batches,
+                lr,
+                max_grad_norm,
+                device,
+                rank,
+            )?,
+            None => train_step(
+                model,
+                &mut run.optimizer,
+                &micro_batches,
+                lr,
+                max_grad_norm,
+                device,
+            )?,
+        };
         if !outcome.loss.is_finite() || !outcome.grad_norm.is_finite() {
             return Err(Error::NonFinite {
                 step,
@@ -678,15 +872,25 @@ fn train<B: AutodiffBackend>(
             tokens_per_second: outcome.tokens as f64
                 / step_started.elapsed().as_secs_f64().max(1e-9),
             elapsed_seconds: started.elapsed().as_secs_f64(),
+            all_reduce_seconds: run.rank.as_ref().map(|_| outcome.all_reduce.as_secs_f64()),
         };
         let last = step == total_steps;
         if step % t.logging_steps.max(1) == 0 || last {
-            run.metrics.push(metric.clone())?;
+            if let Some(metrics) = run.metrics.as_mut() {
+                metrics.push(metric.clone())?;
+            }
+            if let Some(rank) = &run.rank
+                && !rank.agree(trainable_hash(&model))?
+            {
+                return Err(Error::Collective(format!(
+                    "the ranks' trainable weights differ after step {step}: the replicas diverged"
+                )));
+            }
         }
         on_event(Event::Step(metric));
 
         let evaluate_now = last || (t.eval_steps > 0 && step % t.eval_steps == 0);
-        if evaluate_now {
+        if writes && evaluate_now {
             let inference = model.valid();
             let loss = eval_loss(&inference, run.eval, step, device)?;
             // The last step's answers are the run's "after" evaluation.
@@ -707,12 +911,14 @@ fn train<B: AutodiffBackend>(
                 if let (Some(summary), Metric::Eval { exact_match, .. }) = (&answers, &mut metric) {
                     *exact_match = Some(summary.exact_share());
                 }
-                run.metrics.push(metric.clone())?;
+                if let Some(metrics) = run.metrics.as_mut() {
+                    metrics.push(metric.clone())?;
+                }
                 on_event(Event::Eval(metric.clone()));
                 trained.last_eval = Some(metric);
             }
         }
-        if last || (t.save_steps > 0 && step % t.save_steps == 0) {
+        if writes && (last || (t.save_steps > 0 && step % t.save_steps == 0)) {
             let state = TrainerState {
                 format: checkpoint::FORMAT_VERSION,
                 step,
@@ -726,7 +932,7 @@ fn train<B: AutodiffBackend>(
                 model: &model,
                 lora: run.config.lora.as_ref(),
                 base_model: &run.config.model.path.display().to_string(),
-                optimizer: run.optimizer,
+                optimizer: &run.optimizer,
             };
             let path = checkpoint::save(&t.output_dir, &saved, &state, t.save_total_limit)?;
             on_event(Event::Message(format!("saved {}", path.display())));
@@ -735,4 +941,12 @@ fn train<B: AutodiffBackend>(
     }
     trained.tokens_per_second = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
     Ok((model, trained))
+}
+
+/// Rank `rank`'s share of a step's `rows`: consecutive, the same size on every rank but the
+/// last ones of an epoch's short last step.
+fn share(rows: &[usize], rank: usize, world_size: usize) -> &[usize] {
+    rows.chunks(rows.len().div_ceil(world_size).max(1))
+        .nth(rank)
+        .unwrap_or(&[])
 }
