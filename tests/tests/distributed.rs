@@ -312,3 +312,37 @@ fn a_run_of_two_ranks_follows_one_rank_and_resumes_only_with_two() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// A rank that stops (its training failed) stops a rank waiting for it at once, naming it;
+/// a rank that never comes is given up after the timeout, named too.
+#[test]
+fn a_rank_that_stops_or_never_comes_is_named() {
+    let _one_at_a_time = COLLECTIVE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let values = || burn::tensor::Tensor::<Flex, 1>::ones([4], &Default::default());
+    let mut ranks = Topology::local(2)
+        .join::<Flex>(&[Default::default()])
+        .unwrap();
+    let (second, first) = (ranks.pop().unwrap(), ranks.pop().unwrap());
+    second.stop("its data could not be read");
+    let started = std::time::Instant::now();
+    let error = first.sum(values()).unwrap_err().to_string();
+    assert!(
+        error.contains("rank 1 stopped: its data could not be read"),
+        "{error}"
+    );
+    assert!(started.elapsed().as_secs() < 5);
+
+    let topology = Topology {
+        timeout: std::time::Duration::from_secs(1),
+        ..Topology::local(2)
+    };
+    let mut ranks = topology.join::<Flex>(&[Default::default()]).unwrap();
+    let first = ranks.remove(0);
+    let error = first.sum(values()).unwrap_err().to_string();
+    assert!(
+        error.contains("rank 0 waited 1 s in an all-reduce for rank 1 of this node"),
+        "{error}"
+    );
+}

@@ -82,6 +82,12 @@ enum Command {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    // Libraries' logs (burn-collective's servers log every transfer at INFO, to stdout, when
+    // nothing else is set): warnings and errors only, on stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Template(command) => template::run(command),

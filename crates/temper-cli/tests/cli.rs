@@ -470,3 +470,174 @@ fn eval_writes_every_example_and_a_summary_and_never_overwrites_them() {
     assert!(String::from_utf8_lossy(&compared.stdout).starts_with("0 example(s) changed"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A port for a multi-node run's orchestrator on localhost, whose next two (the nodes' data
+/// services) are free as well.
+fn free_ports() -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < 65000
+            && (1..=2).all(|k| std::net::TcpListener::bind(("127.0.0.1", port + k)).is_ok())
+        {
+            return port;
+        }
+    }
+}
+
+/// `temper train` of the tiny recipe as node `node` of 2 (one rank each) at `port`.
+fn node(dir: &std::path::Path, node: usize, port: u16, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_temper"));
+    command.current_dir(root()).args([
+        "train",
+        "--config",
+        "configs/tiny-smoke.toml",
+        "--set",
+        &format!("train.output_dir={}", dir.display()),
+        "--set",
+        &format!("model.tokenizer={}", gpt2_tokenizer().display()),
+        "--set",
+        "lora.dropout=0.0",
+        "--set",
+        "export.merged=false",
+        "--world-size",
+        "2",
+        "--nodes",
+        "2",
+        "--node-rank",
+        &node.to_string(),
+        "--coordinator",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    command.args(extra);
+    command
+}
+
+fn spawn(mut command: Command) -> std::process::Child {
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn train_losses(dir: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|line| line["kind"] == "train")
+        .map(|line| line["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// Two processes on localhost, joined through node 0's orchestrator, train as one process
+/// of one rank on the same rows (4 micro-batches a step there, 2 on each node here); node 1
+/// writes nothing.
+#[test]
+fn two_processes_train_as_one() {
+    let base = std::env::temp_dir().join(format!("temper-cli-nodes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (one, two, other) = (base.join("one"), base.join("two"), base.join("node1"));
+    let output = Command::new(env!("CARGO_BIN_EXE_temper"))
+        .current_dir(root())
+        .args([
+            "train",
+            "--config",
+            "configs/tiny-smoke.toml",
+            "--set",
+            &format!("train.output_dir={}", one.display()),
+            "--set",
+            &format!("model.tokenizer={}", gpt2_tokenizer().display()),
+            "--set",
+            "lora.dropout=0.0",
+            "--set",
+            "export.merged=false",
+            "--set",
+            "train.gradient_accumulation_steps=4",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let port = free_ports();
+    let first = spawn(node(&two, 0, port, &[]));
+    let second = spawn(node(&other, 1, port, &[]));
+    let (first, second) = (
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    );
+    for output in [&first, &second] {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let (expected, ours) = (train_losses(&one), train_losses(&two));
+    assert_eq!(ours.len(), expected.len());
+    for (step, (a, b)) in ours.iter().zip(&expected).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs(),
+            "step {}: {a} vs {b}",
+            step + 1
+        );
+    }
+    assert!(String::from_utf8_lossy(&second.stdout).contains("node 1: rank 0 on node 0 writes"));
+    assert!(!other.exists(), "node 1 wrote nothing");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Killing one node mid-run stops the other within the collective timeout, naming the rank
+/// it lost, and leaves only whole checkpoints.
+#[test]
+fn a_killed_node_stops_the_other_naming_its_rank() {
+    let base = std::env::temp_dir().join(format!("temper-cli-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (dir, other) = (base.join("run"), base.join("node1"));
+    let extra = [
+        "--set",
+        "train.max_steps=1000",
+        "--set",
+        "train.save_steps=3",
+        "--set",
+        "distributed.timeout_seconds=20",
+    ];
+    let port = free_ports();
+    let first = spawn(node(&dir, 0, port, &extra));
+    let mut second = spawn(node(&other, 1, port, &extra));
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .map_or(true, |text| text.lines().count() < 4)
+    {
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "the nodes did not start training"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    second.kill().unwrap();
+    let killed = std::time::Instant::now();
+    let output = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        killed.elapsed().as_secs() < 40,
+        "node 0 stopped after {:?}",
+        killed.elapsed()
+    );
+    assert!(stderr.contains("rank 1 (node 1)"), "{stderr}");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            assert!(name.starts_with("checkpoint-"), "{name} left behind");
+            assert!(path.join("trainer_state.json").is_file(), "{name} is whole");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}

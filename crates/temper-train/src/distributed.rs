@@ -231,7 +231,10 @@ impl Watch {
             .filter(|&node| node != topology.node_rank)
             .map(|node| {
                 let ranks = topology.ranks_of(node);
-                format!("ranks {}-{} (node {node})", ranks.start, ranks.end - 1)
+                match ranks.len() {
+                    1 => format!("rank {} (node {node})", ranks.start),
+                    _ => format!("ranks {}-{} (node {node})", ranks.start, ranks.end - 1),
+                }
             })
             .collect();
         format!("{}, which stopped or cannot be reached", others.join(", "))
@@ -386,7 +389,7 @@ impl<B: Backend> Rank<B> {
             .wait_for("in an all-reduce", pending)?
             .map_err(|error| {
                 Error::Collective(format!(
-                    "rank {} in an all-reduce: {error:?} (waiting for {})",
+                    "rank {}'s all-reduce failed ({error:?}) waiting for {}",
                     self.rank,
                     self.watch.missing(self.local)
                 ))
