@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Also time an N x N x N f32 matmul on the device (the machine's matmul rate, GFLOP/s).
     #[arg(long)]
     matmul: Option<usize>,
+    /// Data parallelism: this many ranks (threads on the device), each stepping on its own
+    /// `--batch` rows, their gradients summed by all-reduces before the update.
+    #[arg(long, default_value_t = 1)]
+    world_size: usize,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
     device: Device,
     /// With `--model`: see `temper generate --weights`.
@@ -96,8 +100,13 @@ pub struct Report {
     pub step_seconds: Vec<f64>,
     /// Median step time, seconds.
     pub seconds_per_step: f64,
-    /// Tokens of the batch (batch x seq) per second at the median step time.
+    /// Tokens of the step (batch x seq x world size) per second at the median step time.
     pub tokens_per_second: f64,
+    pub world_size: usize,
+    /// Median seconds of a step spent in all-reduces (rank 0), with several ranks.
+    pub all_reduce_seconds: Option<f64>,
+    /// Bytes each rank sends into the all-reduces of a step (its gradients and a few counts).
+    pub all_reduce_bytes: Option<usize>,
     /// Model FLOPs per token of a training step (see [`flops_per_token`]).
     pub flops_per_token: f64,
     pub achieved_gflops: f64,
@@ -122,21 +131,29 @@ pub fn bench_command(args: &BenchArgs) -> Result<()> {
         (_, _, Some(config)) => config,
         _ => bail!("--model-config (a training step) or --model and --prompts (generation)"),
     };
-    if args.batch == 0 || args.seq < 2 || args.steps == 0 {
-        bail!("--batch and --steps must be at least 1 and --seq at least 2");
+    if args.batch == 0 || args.seq < 2 || args.steps == 0 || args.world_size == 0 {
+        bail!("--batch, --steps and --world-size must be at least 1 and --seq at least 2");
     }
     let report = on_device(args.device, Bench(args, model_config))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} {:?} on {}: batch {} x {}, {:.2} s/step, {:.1} tokens/s, {:.1} GFLOP/s{}{}",
+            "{} {:?} on {}: batch {} x {}{}, {:.2} s/step{}, {:.1} tokens/s, {:.1} GFLOP/s{}{}",
             report.model,
             report.mode,
             report.device,
             report.batch,
             report.seq,
+            match report.world_size {
+                1 => String::new(),
+                n => format!(" on each of {n} ranks"),
+            },
             report.seconds_per_step,
+            report
+                .all_reduce_seconds
+                .map(|s| format!(" ({:.3} s in all-reduces)", s))
+                .unwrap_or_default(),
             report.tokens_per_second,
             report.achieved_gflops,
             report
@@ -197,32 +214,35 @@ fn bench_on<B: Backend>(
         Mode::Full => (count.total, count.total),
         Mode::Lora => (count.total - count.adapter, count.adapter),
     };
-    let batch = random_batch(args.batch, args.seq, config.vocab_size());
-    let mut optimizer = AdamW::new(AdamWConfig::default());
-    let mut step_seconds = Vec::with_capacity(args.steps);
-    for step in 0..args.warmup + args.steps {
-        let started = Instant::now();
-        let outcome;
-        (model, outcome) = temper_train::train_step(
-            model,
-            &mut optimizer,
-            std::slice::from_ref(&batch),
-            1e-4,
-            Some(1.0),
-            device,
-        )
-        .with_context(|| format!("step {}", step + 1))?;
-        if !outcome.loss.is_finite() {
-            bail!("step {}: the loss is {}", step + 1, outcome.loss);
+    let steps = args.warmup + args.steps;
+    let (step_seconds, all_reduce_seconds) = if args.world_size == 1 {
+        let batch = random_batch(args.batch, args.seq, config.vocab_size(), 0);
+        let mut optimizer = AdamW::new(AdamWConfig::default());
+        let mut seconds = Vec::with_capacity(steps);
+        for step in 0..steps {
+            let started = Instant::now();
+            let outcome;
+            (model, outcome) = temper_train::train_step(
+                model,
+                &mut optimizer,
+                std::slice::from_ref(&batch),
+                1e-4,
+                Some(1.0),
+                device,
+            )
+            .with_context(|| format!("step {}", step + 1))?;
+            check_loss(step, outcome.loss)?;
+            seconds.push(started.elapsed().as_secs_f64());
         }
-        if step >= args.warmup {
-            step_seconds.push(started.elapsed().as_secs_f64());
-        }
-    }
-    let mut sorted = step_seconds.clone();
-    sorted.sort_by(f64::total_cmp);
-    let seconds_per_step = sorted[sorted.len() / 2];
-    let tokens = (args.batch * args.seq) as f64;
+        (seconds, None)
+    } else {
+        let (seconds, all_reduce) = data_parallel_steps(args, &model, &config, device, steps)?;
+        (seconds, Some(all_reduce))
+    };
+    let timed = |seconds: &[f64]| median(&seconds[args.warmup..]);
+    let step_seconds = step_seconds[args.warmup..].to_vec();
+    let seconds_per_step = median(&step_seconds);
+    let tokens = (args.batch * args.seq * args.world_size) as f64;
     let flops = flops_per_token(&config, parameters, args.mode, args.seq);
     let matmul_gflops = args.matmul.map(|n| matmul_rate::<B>(n, device));
     Ok(Report {
@@ -240,12 +260,80 @@ fn bench_on<B: Backend>(
         step_seconds,
         seconds_per_step,
         tokens_per_second: tokens / seconds_per_step,
+        world_size: args.world_size,
+        all_reduce_seconds: all_reduce_seconds.as_deref().map(timed),
+        all_reduce_bytes: (args.world_size > 1).then(|| 4 * trainable),
         flops_per_token: flops,
         achieved_gflops: flops * tokens / seconds_per_step / 1e9,
         peak_rss_bytes: peak_rss_bytes(),
         matmul_gflops,
         matmul_size: args.matmul,
     })
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn check_loss(step: usize, loss: f64) -> Result<()> {
+    if !loss.is_finite() {
+        bail!("step {}: the loss is {loss}", step + 1);
+    }
+    Ok(())
+}
+
+/// `steps` data-parallel steps of `--world-size` ranks (threads), each on its own random
+/// rows: rank 0's step times and all-reduce times.
+fn data_parallel_steps<B: Backend>(
+    args: &BenchArgs,
+    model: &CausalLm<Autodiff<B>>,
+    config: &ModelConfig,
+    device: &B::Device,
+    steps: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let ranks = temper_train::Topology::local(args.world_size).join::<B>(&[device.clone()])?;
+    let timings = std::thread::scope(|scope| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|rank| {
+                let mut model = model.clone();
+                let batch = random_batch(args.batch, args.seq, config.vocab_size(), rank.rank);
+                scope.spawn(move || -> Result<(Vec<f64>, Vec<f64>)> {
+                    let mut optimizer = AdamW::new(AdamWConfig::default());
+                    let (mut seconds, mut all_reduce) = (Vec::new(), Vec::new());
+                    for step in 0..steps {
+                        let started = Instant::now();
+                        let outcome;
+                        (model, outcome) = temper_train::train_step_data_parallel(
+                            model,
+                            &mut optimizer,
+                            std::slice::from_ref(&batch),
+                            1e-4,
+                            Some(1.0),
+                            device,
+                            &rank,
+                        )
+                        .with_context(|| format!("rank {} step {}", rank.rank, step + 1))?;
+                        check_loss(step, outcome.loss)?;
+                        seconds.push(started.elapsed().as_secs_f64());
+                        all_reduce.push(outcome.all_reduce.as_secs_f64());
+                    }
+                    rank.leave()?;
+                    Ok((seconds, all_reduce))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or_else(|_| bail!("a rank panicked")))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    timings
+        .into_iter()
+        .next()
+        .context("no rank")
 }
 
 /// Model FLOPs of one training step per token (PaLM's accounting, as MFU is usually
@@ -264,9 +352,10 @@ pub fn flops_per_token(config: &ModelConfig, parameters: usize, mode: Mode, seq:
 }
 
 /// Random token rows, every position trained, one example per row.
-fn random_batch(rows: usize, seq: usize, vocab: usize) -> Batch {
-    // A fixed linear congruential sequence: the same tokens on every run and backend.
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+fn random_batch(rows: usize, seq: usize, vocab: usize, stream: usize) -> Batch {
+    // A fixed linear congruential sequence (one per rank): the same tokens on every run and
+    // backend.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d ^ stream as u64;
     let input_ids = (0..rows * seq)
         .map(|_| {
             state = state
