@@ -75,6 +75,15 @@ pub struct BenchArgs {
     /// `--batch` rows, their gradients summed by all-reduces before the update.
     #[arg(long, default_value_t = 1)]
     world_size: usize,
+    /// Spread the ranks over this many processes (see `temper train --nodes`).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// This process's node, 0..nodes.
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// HOST:PORT of node 0's orchestrator.
+    #[arg(long, default_value = "127.0.0.1:29500")]
+    coordinator: String,
     #[arg(long, default_value = "cpu", help = DEVICE_HELP, value_parser = Device::parse)]
     device: Device,
     /// With `--model`: see `temper generate --weights`.
@@ -293,7 +302,19 @@ fn data_parallel_steps<B: Backend>(
     device: &B::Device,
     steps: usize,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    let ranks = temper_train::Topology::local(args.world_size).join::<B>(&[device.clone()])?;
+    let topology = temper_train::Topology {
+        nodes: args.nodes,
+        node_rank: args.node_rank,
+        coordinator: args.coordinator.clone(),
+        ..temper_train::Topology::local(args.world_size)
+    };
+    if args.nodes == 0 || args.world_size % args.nodes != 0 || args.node_rank >= args.nodes {
+        bail!("--nodes must divide --world-size, and --node-rank be below --nodes");
+    }
+    let _orchestrator = (args.nodes > 1 && args.node_rank == 0)
+        .then(|| crate::nodes::Orchestrator::start(&args.coordinator))
+        .transpose()?;
+    let ranks = topology.join::<B>(&[device.clone()])?;
     let timings = std::thread::scope(|scope| {
         let handles: Vec<_> = ranks
             .into_iter()
@@ -330,10 +351,7 @@ fn data_parallel_steps<B: Backend>(
             .map(|handle| handle.join().unwrap_or_else(|_| bail!("a rank panicked")))
             .collect::<Result<Vec<_>>>()
     })?;
-    timings
-        .into_iter()
-        .next()
-        .context("no rank")
+    timings.into_iter().next().context("no rank")
 }
 
 /// Model FLOPs of one training step per token (PaLM's accounting, as MFU is usually

@@ -8,6 +8,7 @@ mod bench_generate;
 mod data;
 mod eval;
 mod model;
+mod nodes;
 mod progress;
 mod template;
 mod train;
@@ -77,7 +78,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// The orchestrator of a multi-node run (node 0's `temper train` starts it).
     #[command(hide = true)]
-    Orchestrate(train::OrchestrateArgs),
+    Orchestrate(nodes::OrchestrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,7 +99,7 @@ fn main() -> ExitCode {
         Command::Score(args) => model::score_command(&args),
         Command::Eval(args) => eval::eval_command(&args),
         Command::Bench(args) => bench::bench_command(&args),
-        Command::Orchestrate(args) => train::orchestrate_command(&args),
+        Command::Orchestrate(args) => nodes::orchestrate_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::tensor::backend::Backend;
 
 use crate::backend::{DEVICE_HELP, Device, OnDevice, on_device, on_devices};
+use crate::nodes::Orchestrator;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -351,47 +352,4 @@ fn export_on<B: Backend>(args: &ExportArgs, device: &B::Device) -> Result<()> {
         println!("merged model (Hugging Face): {}", dir.display());
     }
     Ok(())
-}
-
-/// The orchestrator of a multi-node run: this binary's hidden `orchestrate` command as a child
-/// process. It ends when dropped, and by itself when this process dies (its stdin closes).
-struct Orchestrator(std::process::Child);
-
-impl Orchestrator {
-    fn start(coordinator: &str) -> Result<Orchestrator> {
-        let port = coordinator
-            .rsplit_once(':')
-            .and_then(|(_, port)| port.parse::<u16>().ok())
-            .with_context(|| format!("--coordinator {coordinator}: expected HOST:PORT"))?;
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .args(["orchestrate", "--port", &port.to_string()])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .context("starting the orchestrator")?;
-        Ok(Orchestrator(child))
-    }
-}
-
-impl Drop for Orchestrator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct OrchestrateArgs {
-    /// The port to listen on.
-    #[arg(long)]
-    port: u16,
-}
-
-/// Runs the orchestrator of a multi-node run until the process that started it ends.
-pub fn orchestrate_command(args: &OrchestrateArgs) -> Result<()> {
-    std::thread::spawn(|| {
-        let mut parent = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut parent);
-        std::process::exit(0);
-    });
-    Ok(temper_train::orchestrate(args.port)?)
 }

@@ -290,8 +290,11 @@ impl<B: Backend> Rank<B> {
         }
     }
 
-    /// Leaves the collective (after the last operation).
+    /// Leaves the collective (after the last operation), once every rank is leaving: the
+    /// ranks of other nodes then reach node 0's orchestrator with their goodbyes before node 0
+    /// ends (and its orchestrator with it).
     pub fn leave(self) -> Result<()> {
+        self.sum_counts(&[0])?;
         let peer = self.peer();
         let pending = self.submit(move || burn_collective::finish_collective::<B>(peer))?;
         self.wait("leaving", pending)
