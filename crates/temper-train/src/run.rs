@@ -268,7 +268,9 @@ pub fn run_on<B: AutodiffBackend>(
             })
             .collect();
         let mut run = training(optimizer, metrics.as_mut(), own_rank);
-        let own = train_rank(&mut run, model, first_step, device, on_event);
+        // Leaving waits for every rank of the run, the others of this node included.
+        let own = train_rank(&mut run, model, first_step, device, on_event)
+            .and_then(|own| run.leave().map(|()| own));
         let mut failed = None;
         for other in others {
             let outcome = other
@@ -277,7 +279,6 @@ pub fn run_on<B: AutodiffBackend>(
             failed = failed.or(outcome.err());
         }
         let own = own?;
-        run.leave()?;
         match failed {
             Some(error) => Err(error),
             None => Ok(own),
