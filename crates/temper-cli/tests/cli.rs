@@ -474,12 +474,19 @@ fn eval_writes_every_example_and_a_summary_and_never_overwrites_them() {
 /// A port for a multi-node run's orchestrator on localhost, whose next two (the nodes' data
 /// services) are free as well.
 fn free_ports() -> u16 {
+    // The tests of this file run at once: none gets a port another one was given.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     loop {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         if port < 65000
+            && !given.iter().any(|&other| other.abs_diff(port) <= 2)
             && (1..=2).all(|k| std::net::TcpListener::bind(("127.0.0.1", port + k)).is_ok())
         {
+            given.push(port);
             return port;
         }
     }
@@ -608,12 +615,21 @@ fn a_killed_node_stops_the_other_naming_its_rank() {
         "distributed.timeout_seconds=20",
     ];
     let port = free_ports();
-    let first = spawn(node(&dir, 0, port, &extra));
+    let mut first = spawn(node(&dir, 0, port, &extra));
     let mut second = spawn(node(&other, 1, port, &extra));
     let started = std::time::Instant::now();
     while std::fs::read_to_string(dir.join("metrics.jsonl"))
         .map_or(true, |text| text.lines().count() < 4)
     {
+        if first.try_wait().unwrap().is_some() || second.try_wait().unwrap().is_some() {
+            let _ = (first.kill(), second.kill());
+            let (first, second) = (first.wait_with_output(), second.wait_with_output());
+            panic!(
+                "a node ended before training:\n{}\n{}",
+                String::from_utf8_lossy(&first.unwrap().stderr),
+                String::from_utf8_lossy(&second.unwrap().stderr)
+            );
+        }
         assert!(
             started.elapsed().as_secs() < 300,
             "the nodes did not start training"
