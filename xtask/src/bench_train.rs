@@ -233,12 +233,12 @@ pub fn train(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn number(value: &Value, key: &str) -> f64 {
+pub fn number(value: &Value, key: &str) -> f64 {
     value[key].as_f64().unwrap_or(f64::NAN)
 }
 
 /// Runs the Python baseline; `None` when its dependencies are missing (exit status 3).
-fn python_json(command: &mut Command) -> Result<Option<Value>> {
+pub fn python_json(command: &mut Command) -> Result<Option<Value>> {
     let output = command.output().context("cannot run python3")?;
     if output.status.code() == Some(3) {
         println!(

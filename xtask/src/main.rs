@@ -21,6 +21,7 @@
 
 mod assets;
 mod bench;
+mod bench_distributed;
 mod bench_train;
 mod train;
 
@@ -29,7 +30,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const BENCH_USAGE: &str = "bench [data [--n N] | data --scale [--n N] | train [--steps N] [--device D] | packing [--steps N] | generate]";
+const BENCH_USAGE: &str = "bench [data [--n N] | data --scale [--n N] | train [--steps N] [--device D] | packing [--steps N] | generate | distributed [--steps N]]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,11 +43,13 @@ fn main() -> Result<()> {
             .and_then(|()| bench_train::train(&[]))
             .and_then(|()| bench_train::packing(&[]))
             .and_then(|()| bench::generate(&[]))
-            .and_then(|()| bench::data(&["--scale"])),
+            .and_then(|()| bench::data(&["--scale"]))
+            .and_then(|()| bench_distributed::distributed(&[])),
         ["bench", "data", rest @ ..] => bench::data(rest),
         ["bench", "train", rest @ ..] => bench_train::train(rest),
         ["bench", "packing", rest @ ..] => bench_train::packing(rest),
         ["bench", "generate", rest @ ..] => bench::generate(rest),
+        ["bench", "distributed", rest @ ..] => bench_distributed::distributed(rest),
         ["bench", ..] => bail!("usage: {BENCH_USAGE}"),
         ["fuzz", rest @ ..] => fuzz(rest),
         _ => {
