@@ -308,13 +308,16 @@ fn data_parallel_steps<B: Backend>(
         coordinator: args.coordinator.clone(),
         ..temper_train::Topology::local(args.world_size)
     };
-    if args.nodes == 0 || args.world_size % args.nodes != 0 || args.node_rank >= args.nodes {
+    if args.nodes == 0
+        || !args.world_size.is_multiple_of(args.nodes)
+        || args.node_rank >= args.nodes
+    {
         bail!("--nodes must divide --world-size, and --node-rank be below --nodes");
     }
     let _orchestrator = (args.nodes > 1 && args.node_rank == 0)
         .then(|| crate::nodes::Orchestrator::start(&args.coordinator))
         .transpose()?;
-    let ranks = topology.join::<B>(&[device.clone()])?;
+    let ranks = topology.join::<B>(std::slice::from_ref(device))?;
     let timings = std::thread::scope(|scope| {
         let handles: Vec<_> = ranks
             .into_iter()

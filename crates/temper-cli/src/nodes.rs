@@ -10,9 +10,7 @@ pub struct Orchestrator(std::process::Child);
 
 impl Orchestrator {
     pub fn start(coordinator: &str) -> Result<Orchestrator> {
-        let port = coordinator
-            .rsplit_once(':')
-            .and_then(|(_, port)| port.parse::<u16>().ok())
+        let (_, port) = temper_train::distributed::split_address(coordinator)
             .with_context(|| format!("--coordinator {coordinator}: expected HOST:PORT"))?;
         let child = std::process::Command::new(std::env::current_exe()?)
             .args(["orchestrate", "--port", &port.to_string()])

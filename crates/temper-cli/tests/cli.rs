@@ -621,22 +621,20 @@ fn a_killed_node_stops_the_other_naming_its_rank() {
     while std::fs::read_to_string(dir.join("metrics.jsonl"))
         .map_or(true, |text| text.lines().count() < 4)
     {
-        if first.try_wait().unwrap().is_some() || second.try_wait().unwrap().is_some() {
+        let ended = first.try_wait().unwrap().is_some() || second.try_wait().unwrap().is_some();
+        if ended || started.elapsed().as_secs() >= 300 {
             let _ = (first.kill(), second.kill());
             let (first, second) = (first.wait_with_output(), second.wait_with_output());
             panic!(
-                "a node ended before training:\n{}\n{}",
+                "the nodes did not start training:\n{}\n{}",
                 String::from_utf8_lossy(&first.unwrap().stderr),
                 String::from_utf8_lossy(&second.unwrap().stderr)
             );
         }
-        assert!(
-            started.elapsed().as_secs() < 300,
-            "the nodes did not start training"
-        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     second.kill().unwrap();
+    let _ = second.wait();
     let killed = std::time::Instant::now();
     let output = first.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -350,7 +350,7 @@ impl RunConfig {
         if d.world_size == 0 {
             return fail("distributed.world_size", "must be at least 1");
         }
-        if d.nodes == 0 || d.world_size % d.nodes != 0 {
+        if d.nodes == 0 || !d.world_size.is_multiple_of(d.nodes) {
             return fail(
                 "distributed.nodes",
                 &format!(
@@ -365,10 +365,8 @@ impl RunConfig {
                 &format!("must be below distributed.nodes ({})", d.nodes),
             );
         }
-        let port = d.coordinator.rsplit_once(':').and_then(|(host, port)| {
-            let port: u16 = port.parse().ok()?;
-            (!host.is_empty() && usize::from(port) + d.nodes < 65536).then_some(port)
-        });
+        let port = crate::distributed::split_address(&d.coordinator)
+            .filter(|(_, port)| usize::from(*port) + d.nodes < 65536);
         if d.nodes > 1 && port.is_none() {
             return fail(
                 "distributed.coordinator",
@@ -544,6 +542,45 @@ mod tests {
     }
 
     const MINIMAL: &str = "[model]\npath = \"m\"\n[dataset]\ntrain = \"t.jsonl\"\n";
+
+    #[test]
+    fn data_parallel_settings_that_cannot_work_are_refused_by_key() {
+        let error = |overrides: &[&str]| parse(MINIMAL, overrides).unwrap_err().to_string();
+        assert!(
+            error(&["distributed.world_size=0"])
+                .starts_with("run.toml: distributed.world_size: must be at least 1")
+        );
+        let three_nodes = error(&["distributed.world_size=2", "distributed.nodes=3"]);
+        assert!(
+            three_nodes.starts_with("run.toml: distributed.nodes: must be at least 1 and divide distributed.world_size (2)"),
+            "{three_nodes}"
+        );
+        assert!(
+            error(&[
+                "distributed.world_size=2",
+                "distributed.nodes=2",
+                "distributed.node_rank=2"
+            ])
+            .contains("distributed.node_rank: must be below distributed.nodes (2)")
+        );
+        for coordinator in ["'localhost'", "':29500'", "'host:65535'"] {
+            let message = error(&[
+                "distributed.world_size=2",
+                "distributed.nodes=2",
+                &format!("distributed.coordinator={coordinator}"),
+            ]);
+            assert!(
+                message.contains("distributed.coordinator: must be HOST:PORT"),
+                "{message}"
+            );
+        }
+        let fine = parse(
+            MINIMAL,
+            &["distributed.world_size=4", "distributed.nodes=2"],
+        )
+        .unwrap();
+        assert_eq!(fine.distributed.topology().local_ranks(), 2);
+    }
 
     #[test]
     fn overrides_set_nested_keys_with_toml_values() {

@@ -79,8 +79,14 @@ impl Topology {
         if self.nodes <= 1 {
             return Ok(config);
         }
-        let (host, port) = split_address(&self.coordinator)?;
-        let own_port = port + 1 + self.node_rank as u16;
+        let bad = || {
+            Error::Collective(format!(
+                "coordinator `{}`: expected HOST:PORT, with PORT + 1 + node rank a port",
+                self.coordinator
+            ))
+        };
+        let (host, port) = split_address(&self.coordinator).ok_or_else(bad)?;
+        let own_port = u16::try_from(usize::from(port) + 1 + self.node_rank).map_err(|_| bad())?;
         let own_host = reachable_ip(&self.coordinator)?;
         let address = |text: String| Address::from_str(&text).map_err(Error::Collective);
         Ok(config
@@ -93,6 +99,9 @@ impl Topology {
     /// Joins every rank of this node: rank `local` of the node on `devices[local]` (or all on
     /// `devices[0]`). Blocks until every rank of every node joined, or the timeout.
     pub fn join<B: Backend>(&self, devices: &[B::Device]) -> Result<Vec<Rank<B>>> {
+        let Some(first) = devices.first() else {
+            return Err(Error::Collective("no device to join on".into()));
+        };
         let config = self.config()?;
         // A collective this process ran before is finished; one that failed cannot be reset.
         std::panic::catch_unwind(burn_collective::reset_collective::<B>).map_err(|_| {
@@ -105,7 +114,7 @@ impl Topology {
             .ranks_of(self.node_rank)
             .enumerate()
             .map(|(local, rank)| {
-                let device = devices.get(local).unwrap_or(&devices[0]).clone();
+                let device = devices.get(local).unwrap_or(first).clone();
                 Rank::new(rank, local, device, watch.clone())
             })
             .collect();
@@ -125,13 +134,12 @@ impl Topology {
     }
 }
 
-/// `HOST:PORT`, split.
-fn split_address(address: &str) -> Result<(&str, u16)> {
+/// A coordinator's `HOST:PORT`, split; `None` when it is not one.
+pub fn split_address(address: &str) -> Option<(&str, u16)> {
     address
         .rsplit_once(':')
         .and_then(|(host, port)| Some((host, port.parse().ok()?)))
         .filter(|(host, _)| !host.is_empty())
-        .ok_or_else(|| Error::Collective(format!("coordinator `{address}`: expected HOST:PORT")))
 }
 
 /// This machine's address on the route to `coordinator` (what other nodes reach it at).
