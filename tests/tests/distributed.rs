@@ -94,14 +94,14 @@ fn ranks(
                     let mut log = Vec::new();
                     for batches in steps {
                         let outcome;
-                        (model, outcome) = temper_train::train_step_data_parallel(
+                        (model, outcome) = temper_train::train_step_on(
                             model,
                             &mut optimizer,
                             &batches[r * share..(r + 1) * share],
                             LEARNING_RATE,
                             MAX_GRAD_NORM,
                             &device,
-                            &rank,
+                            Some(&rank),
                         )
                         .unwrap();
                         log.push(outcome);

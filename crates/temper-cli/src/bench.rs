@@ -226,23 +226,7 @@ fn bench_on<B: Backend>(
     let steps = args.warmup + args.steps;
     let (step_seconds, all_reduce_seconds) = if args.world_size == 1 {
         let batch = random_batch(args.batch, args.seq, config.vocab_size(), 0);
-        let mut optimizer = AdamW::new(AdamWConfig::default());
-        let mut seconds = Vec::with_capacity(steps);
-        for step in 0..steps {
-            let started = Instant::now();
-            let outcome;
-            (model, outcome) = temper_train::train_step(
-                model,
-                &mut optimizer,
-                std::slice::from_ref(&batch),
-                1e-4,
-                Some(1.0),
-                device,
-            )
-            .with_context(|| format!("step {}", step + 1))?;
-            check_loss(step, outcome.loss)?;
-            seconds.push(started.elapsed().as_secs_f64());
-        }
+        let (seconds, _) = time_steps(model, &batch, device, None, steps)?;
         (seconds, None)
     } else {
         let (seconds, all_reduce) = data_parallel_steps(args, &model, &config, device, steps)?;
@@ -286,15 +270,41 @@ fn median(values: &[f64]) -> f64 {
     sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn check_loss(step: usize, loss: f64) -> Result<()> {
-    if !loss.is_finite() {
-        bail!("step {}: the loss is {loss}", step + 1);
+/// `steps` training steps of `model` on `batch` (as `rank` of a data-parallel run): each
+/// step's seconds and its seconds in all-reduces.
+fn time_steps<B: Backend>(
+    mut model: CausalLm<Autodiff<B>>,
+    batch: &Batch,
+    device: &B::Device,
+    rank: Option<&temper_train::Rank<B>>,
+    steps: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut optimizer = AdamW::new(AdamWConfig::default());
+    let (mut seconds, mut all_reduce) = (Vec::new(), Vec::new());
+    for step in 0..steps {
+        let started = Instant::now();
+        let outcome;
+        (model, outcome) = temper_train::train_step_on(
+            model,
+            &mut optimizer,
+            std::slice::from_ref(batch),
+            1e-4,
+            Some(1.0),
+            device,
+            rank,
+        )
+        .with_context(|| format!("step {}", step + 1))?;
+        if !outcome.loss.is_finite() {
+            bail!("step {}: the loss is {}", step + 1, outcome.loss);
+        }
+        seconds.push(started.elapsed().as_secs_f64());
+        all_reduce.push(outcome.all_reduce.as_secs_f64());
     }
-    Ok(())
+    Ok((seconds, all_reduce))
 }
 
-/// `steps` data-parallel steps of `--world-size` ranks (threads), each on its own random
-/// rows: rank 0's step times and all-reduce times.
+/// `steps` data-parallel steps of `--world-size` ranks (threads, or over `--nodes`
+/// processes), each on its own random rows: the first local rank's step and all-reduce times.
 fn data_parallel_steps<B: Backend>(
     args: &BenchArgs,
     model: &CausalLm<Autodiff<B>>,
@@ -322,30 +332,13 @@ fn data_parallel_steps<B: Backend>(
         let handles: Vec<_> = ranks
             .into_iter()
             .map(|rank| {
-                let mut model = model.clone();
+                let model = model.clone();
                 let batch = random_batch(args.batch, args.seq, config.vocab_size(), rank.rank);
-                scope.spawn(move || -> Result<(Vec<f64>, Vec<f64>)> {
-                    let mut optimizer = AdamW::new(AdamWConfig::default());
-                    let (mut seconds, mut all_reduce) = (Vec::new(), Vec::new());
-                    for step in 0..steps {
-                        let started = Instant::now();
-                        let outcome;
-                        (model, outcome) = temper_train::train_step_data_parallel(
-                            model,
-                            &mut optimizer,
-                            std::slice::from_ref(&batch),
-                            1e-4,
-                            Some(1.0),
-                            device,
-                            &rank,
-                        )
-                        .with_context(|| format!("rank {} step {}", rank.rank, step + 1))?;
-                        check_loss(step, outcome.loss)?;
-                        seconds.push(started.elapsed().as_secs_f64());
-                        all_reduce.push(outcome.all_reduce.as_secs_f64());
-                    }
+                scope.spawn(move || {
+                    let timings = time_steps(model, &batch, device, Some(&rank), steps)
+                        .with_context(|| format!("rank {}", rank.rank))?;
                     rank.leave()?;
-                    Ok((seconds, all_reduce))
+                    Ok(timings)
                 })
             })
             .collect();

@@ -342,18 +342,8 @@ fn token_ids_need_no_tokenizer() {
 fn a_step_that_cannot_fit_in_memory_is_refused_with_its_estimate() {
     let dir = std::env::temp_dir().join(format!("temper-cli-memory-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let output = Command::new(env!("CARGO_BIN_EXE_temper"))
-        .current_dir(root())
+    let output = tiny_train(&dir)
         .env("TEMPER_MEMORY_LIMIT", "64M")
-        .args([
-            "train",
-            "--config",
-            "configs/tiny-smoke.toml",
-            "--set",
-            &format!("train.output_dir={}", dir.display()),
-            "--set",
-            &format!("model.tokenizer={}", gpt2_tokenizer().display()),
-        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -492,8 +482,9 @@ fn free_ports() -> u16 {
     }
 }
 
-/// `temper train` of the tiny recipe as node `node` of 2 (one rank each) at `port`.
-fn node(dir: &std::path::Path, node: usize, port: u16, extra: &[&str]) -> Command {
+/// `temper train` of the tiny recipe into `dir`, without dropout (data-parallel ranks draw
+/// their own) and without the merged export.
+fn tiny_train(dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_temper"));
     command.current_dir(root()).args([
         "train",
@@ -507,6 +498,14 @@ fn node(dir: &std::path::Path, node: usize, port: u16, extra: &[&str]) -> Comman
         "lora.dropout=0.0",
         "--set",
         "export.merged=false",
+    ]);
+    command
+}
+
+/// [`tiny_train`] as node `node` of 2 (one rank each) at `port`.
+fn node(dir: &std::path::Path, node: usize, port: u16, extra: &[&str]) -> Command {
+    let mut command = tiny_train(dir);
+    command.args([
         "--world-size",
         "2",
         "--nodes",
@@ -546,23 +545,8 @@ fn two_processes_train_as_one() {
     let base = std::env::temp_dir().join(format!("temper-cli-nodes-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let (one, two, other) = (base.join("one"), base.join("two"), base.join("node1"));
-    let output = Command::new(env!("CARGO_BIN_EXE_temper"))
-        .current_dir(root())
-        .args([
-            "train",
-            "--config",
-            "configs/tiny-smoke.toml",
-            "--set",
-            &format!("train.output_dir={}", one.display()),
-            "--set",
-            &format!("model.tokenizer={}", gpt2_tokenizer().display()),
-            "--set",
-            "lora.dropout=0.0",
-            "--set",
-            "export.merged=false",
-            "--set",
-            "train.gradient_accumulation_steps=4",
-        ])
+    let output = tiny_train(&one)
+        .args(["--set", "train.gradient_accumulation_steps=4"])
         .output()
         .unwrap();
     assert!(

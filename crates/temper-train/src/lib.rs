@@ -34,6 +34,4 @@ pub use loss::{LossSums, Targets, targets};
 pub use metrics::{Metric, loss_plot_svg};
 pub use output::Start;
 pub use run::{EvalPoint, Event, RunSummary, run, run_on};
-pub use step::{
-    StepOutcome, evaluate, micro_step, row_losses, train_step, train_step_data_parallel,
-};
+pub use step::{StepOutcome, evaluate, micro_step, row_losses, train_step, train_step_on};

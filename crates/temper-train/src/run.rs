@@ -29,7 +29,7 @@ use crate::load::{RunModel, load_for_run};
 use crate::memory::{self, MicroBatch, StepMemory};
 use crate::metrics::{Metric, MetricsLog, loss_plot_svg};
 use crate::output::{Start, check_output_dir, clear_earlier_run};
-use crate::step::{StepOutcome, train_step, train_step_data_parallel};
+use crate::step::{StepOutcome, train_step_on};
 
 /// The run's chat template, saved beside its checkpoints so that an export writes the template
 /// the model was trained with.
@@ -833,25 +833,15 @@ fn train<B: AutodiffBackend>(
         let lr = lr_at(&run.schedule, step - 1);
         let step_started = Instant::now();
         let outcome: StepOutcome;
-        (model, outcome) = match &run.rank {
-            Some(rank) => train_step_data_parallel(
-                model,
-                &mut run.optimizer,
-                &micro_batches,
-                lr,
-                max_grad_norm,
-                device,
-                rank,
-            )?,
-            None => train_step(
-                model,
-                &mut run.optimizer,
-                &micro_batches,
-                lr,
-                max_grad_norm,
-                device,
-            )?,
-        };
+        (model, outcome) = train_step_on(
+            model,
+            &mut run.optimizer,
+            &micro_batches,
+            lr,
+            max_grad_norm,
+            device,
+            run.rank.as_ref(),
+        )?;
         if !outcome.loss.is_finite() || !outcome.grad_norm.is_finite() {
             return Err(Error::NonFinite {
                 step,

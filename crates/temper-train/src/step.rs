@@ -80,42 +80,46 @@ pub fn train_step<B: AutodiffBackend>(
     max_grad_norm: Option<f64>,
     device: &B::Device,
 ) -> Result<(CausalLm<B>, StepOutcome)> {
-    let (trained_tokens, tokens) = step_tokens(micro_batches);
-    let (grads, sums) = accumulate(&model, micro_batches, trained_tokens, device)?;
-    let (model, report) = optimizer.step(lr, model, grads, max_grad_norm);
-    Ok((
+    train_step_on(
         model,
-        StepOutcome {
-            loss: sums.mean(),
-            grad_norm: report.grad_norm,
-            trained_tokens,
-            tokens,
-            all_reduce: Duration::ZERO,
-        },
-    ))
+        optimizer,
+        micro_batches,
+        lr,
+        max_grad_norm,
+        device,
+        None,
+    )
 }
 
-/// One optimizer step of a data-parallel run: `micro_batches` are this rank's share of the
-/// step's rows. The trained tokens are counted over every rank first, each rank's gradients of
-/// its losses divided by that count are summed over the ranks, and the step (clipping by the
-/// summed gradients' norm, AdamW) is then the same on every rank: the single-process step on
-/// all the ranks' rows. The outcome is the whole step's.
-pub fn train_step_data_parallel<B: AutodiffBackend>(
+/// [`train_step`] as `rank` of a data-parallel run, where `micro_batches` are this rank's
+/// share of the step's rows. The trained tokens are counted over every rank first, each
+/// rank's gradients of its losses divided by that count are summed over the ranks, and the
+/// step (clipping by the summed gradients' norm, AdamW) is then the same on every rank: the
+/// single-process step on all the ranks' rows. The outcome is the whole step's.
+pub fn train_step_on<B: AutodiffBackend>(
     model: CausalLm<B>,
     optimizer: &mut AdamW<B>,
     micro_batches: &[Batch],
     lr: f64,
     max_grad_norm: Option<f64>,
     device: &B::Device,
-    rank: &Rank<B::InnerBackend>,
+    rank: Option<&Rank<B::InnerBackend>>,
 ) -> Result<(CausalLm<B>, StepOutcome)> {
     let started = Instant::now();
-    let (trained_tokens, tokens) = step_tokens(micro_batches);
-    let counts = rank.sum_counts(&[trained_tokens as u64, tokens as u64])?;
+    let (mut trained_tokens, mut tokens) = step_tokens(micro_batches);
+    if let Some(rank) = rank {
+        let counts = rank.sum_counts(&[trained_tokens as u64, tokens as u64])?;
+        (trained_tokens, tokens) = (counts[0] as usize, counts[1] as usize);
+    }
     let counting = started.elapsed();
-    let (trained_tokens, tokens) = (counts[0] as usize, counts[1] as usize);
     let (grads, sums) = accumulate(&model, micro_batches, trained_tokens, device)?;
-    let (grads, sums, summing) = rank.sum_gradients(&model, grads, sums)?;
+    let (grads, sums, all_reduce) = match rank {
+        Some(rank) => {
+            let (grads, sums, summing) = rank.sum_gradients(&model, grads, sums)?;
+            (grads, sums, counting + summing)
+        }
+        None => (grads, sums, Duration::ZERO),
+    };
     let (model, report) = optimizer.step(lr, model, grads, max_grad_norm);
     Ok((
         model,
@@ -124,7 +128,7 @@ pub fn train_step_data_parallel<B: AutodiffBackend>(
             grad_norm: report.grad_norm,
             trained_tokens,
             tokens,
-            all_reduce: counting + summing,
+            all_reduce,
         },
     ))
 }
