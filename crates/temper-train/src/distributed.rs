@@ -315,16 +315,6 @@ impl<B: Backend> Rank<B> {
             .update(self.local, |state| state.stopped = Some(why.to_owned()));
     }
 
-    /// Whether this rank writes the run's files.
-    pub fn is_first(&self) -> bool {
-        self.rank == 0
-    }
-
-    /// The device this rank computes on.
-    pub fn device(&self) -> &B::Device {
-        &self.device
-    }
-
     fn peer(&self) -> PeerId {
         PeerId(self.rank as u32)
     }

@@ -153,7 +153,7 @@ pub fn run_on<B: AutodiffBackend>(
 ) -> Result<RunSummary> {
     let distributed = &config.distributed;
     let writes = distributed.node_rank == 0;
-    let local_ranks = distributed.world_size / distributed.nodes;
+    let local_ranks = distributed.topology().local_ranks();
     if devices.is_empty() || (devices.len() > 1 && devices.len() != local_ranks) {
         return Err(Error::Collective(format!(
             "{} devices for {local_ranks} ranks on this node: give one device for all of them, or one per rank",
